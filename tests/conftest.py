@@ -1,0 +1,26 @@
+"""Fixtures shared across the suite. Expensive assets are built once per session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from training.demo import build_demo  # noqa: E402
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny scratch model (hidden 64, 2 layers, vocab 512), a small Python-code corpus
+    and a general-prose set, built offline once for the whole run. Treat as read-only:
+    tests that write copy what they need into their own tmp_path."""
+    ws = tmp_path_factory.mktemp("assets")
+    paths = build_demo(ws, size="tiny", domain_bytes=400_000, general_bytes=60_000)
+    return {**paths, "workspace": ws}

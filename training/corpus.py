@@ -1,0 +1,143 @@
+"""Corpus discovery and reading: which files make a corpus, and their documents.
+
+A corpus is a .txt/.md file, a .jsonl file with a `text` field per line, a folder
+of those (read recursively, in sorted order so a corpus reads the same everywhere),
+or an mlx-lm data folder (train.jsonl / valid.jsonl). Every problem is a CorpusError
+whose message says what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text")
+JSONL_SUFFIXES = (".jsonl",)
+# A file with a NUL byte in its first block is binary, not text.
+_SNIFF_BYTES = 8192
+
+
+class CorpusError(ValueError):
+    """A corpus that cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class CorpusFiles:
+    """The files of a corpus, and the separate validation file(s) if the layout has them."""
+
+    root: Path
+    train: tuple[Path, ...]
+    valid: tuple[Path, ...] = ()
+
+    def fingerprint(self) -> str:
+        """Changes whenever any file's path, size or modification time changes."""
+        h = hashlib.sha256()
+        for part, files in (("train", self.train), ("valid", self.valid)):
+            for f in files:
+                st = f.stat()
+                h.update(f"{part}\0{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:16]
+
+
+def find_corpus(path: str | Path) -> CorpusFiles:
+    """Resolve a corpus path into its files; CorpusError when there is nothing usable."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise CorpusError(f"corpus not found: {root}; give a text file or a folder of text files")
+    if root.is_file():
+        _check_suffix(root)
+        return CorpusFiles(root, (root,))
+    if not root.is_dir():
+        raise CorpusError(f"{root} is neither a file nor a folder")
+    train, valid = root / "train.jsonl", root / "valid.jsonl"
+    if train.is_file():  # mlx-lm's layout
+        return CorpusFiles(root, (train,), (valid,) if valid.is_file() else ())
+    files = tuple(
+        sorted(
+            p
+            for p in root.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        )
+    )
+    if not files:
+        raise CorpusError(
+            f"no text files in {root}; add .txt, .md or .jsonl files (with a 'text' field)"
+        )
+    return CorpusFiles(root, files)
+
+
+def _check_suffix(path: Path) -> None:
+    if path.suffix.lower() not in TEXT_SUFFIXES + JSONL_SUFFIXES:
+        raise CorpusError(
+            f"{path}: unsupported file type '{path.suffix}'; use .txt, .md or .jsonl "
+            "(one JSON object with a 'text' field per line)"
+        )
+
+
+def read_documents(files: tuple[Path, ...] | list[Path]) -> Iterator[str]:
+    """Yield the non-empty documents of the files: a text file is one document, a
+    .jsonl line with a non-empty `text` is one document."""
+    for path in files:
+        if path.suffix.lower() in JSONL_SUFFIXES:
+            yield from _read_jsonl(path)
+        else:
+            text = _read_text(path)
+            if text.strip():
+                yield text
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except PermissionError:
+        raise CorpusError(f"{path}: permission denied; make the file readable") from None
+    except OSError as exc:
+        raise CorpusError(f"{path}: cannot read ({exc.strerror})") from None
+    if b"\0" in data[:_SNIFF_BYTES]:
+        raise CorpusError(f"{path}: looks binary (contains NUL bytes); give plain UTF-8 text")
+    return data
+
+
+def _read_text(path: Path) -> str:
+    data = _read_bytes(path)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise CorpusError(
+            f"{path}: not UTF-8 (invalid byte at line {line}); convert it, e.g. "
+            f"`iconv -f latin1 -t utf-8 {path.name}`"
+        ) from None
+
+
+def _read_jsonl(path: Path) -> Iterator[str]:
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorpusError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or "text" not in row:
+            raise CorpusError(
+                f"{path}:{number}: each line needs a 'text' field for continued pre-training "
+                "(chat or prompt/completion data is not raw text)"
+            )
+        if not isinstance(row["text"], str):
+            raise CorpusError(f"{path}:{number}: 'text' must be a string")
+        if row["text"].strip():
+            yield row["text"]
+
+
+def load_documents(path: str | Path) -> list[str]:
+    """All training documents of a corpus path; CorpusError if there are none."""
+    corpus = find_corpus(path)
+    docs = list(read_documents(corpus.train))
+    if not docs:
+        raise CorpusError(f"{corpus.root}: the corpus is empty (no non-blank documents)")
+    return docs

@@ -1,0 +1,1 @@
+"""The console's web layer: blueprints, socket handlers and request guards."""

@@ -100,7 +100,8 @@ def init_weights(config: dict[str, Any], seed: int) -> dict[str, Any]:
     mx.random.seed(seed)
     model = llama.Model(llama.ModelArgs.from_dict(config))
     weights: dict[str, Any] = {}
-    for name, value in tree_flatten(model.parameters()):
+    params: Any = tree_flatten(model.parameters())
+    for name, value in params:
         if name.endswith("norm.weight"):
             weights[name] = mx.ones(value.shape, dtype=mx.float32)
         else:

@@ -1,0 +1,29 @@
+"""The offline demo assets: built without network, valid as a run config, never overwritten."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from training.config import build_config, read_yaml
+from training.corpus import load_documents
+from training.demo import build_demo
+
+
+def test_demo_assets_make_a_valid_config(tiny_assets):
+    config, warnings = build_config(
+        read_yaml(tiny_assets["config"]), check_paths=True, base_dir=tiny_assets["workspace"]
+    )
+    assert not warnings
+    assert config.eval_sets == {"general": "corpora/general-prose.jsonl"}
+    docs = load_documents(tiny_assets["corpus"])
+    # Long documents (median well over a sequence): the case packing exists for.
+    assert sorted(map(len, docs))[len(docs) // 2] > 4 * config.max_seq_length
+    assert load_documents(tiny_assets["general"])
+
+
+def test_build_demo_keeps_existing_files(tmp_path: Path, tiny_assets):
+    config = tmp_path / "demo.yaml"
+    config.write_text("# mine\n")
+    paths = build_demo(tmp_path, size="tiny", domain_bytes=50_000, general_bytes=5_000)
+    assert config.read_text() == "# mine\n"
+    assert paths["model"].is_dir() and (paths["model"] / "config.json").is_file()

@@ -24,3 +24,6 @@ def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ws = tmp_path_factory.mktemp("assets")
     paths = build_demo(ws, size="tiny", domain_bytes=400_000, general_bytes=60_000)
     return {**paths, "workspace": ws}
+
+# The evaluation/export tests' shared session fixture (a short LoRA run in a workspace).
+from tests.eval_fixtures import lora_workspace  # noqa: E402, F401

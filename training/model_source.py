@@ -1,0 +1,241 @@
+"""What to load for "the base model of a run", "checkpoint N", "the final model" or a folder.
+
+Pure path logic, no MLX: the console lists the choices with it (model pickers), the
+evaluation worker and the exporter resolve a choice into folders to load. A run's
+`config.yaml` names its base model; its checkpoints and `final/` hold either a complete
+model folder, LoRA/DoRA adapters (mlx-lm's adapter folder), or bare weights that go
+over the base model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.config import ConfigError, read_yaml
+from training.run_store import RunPaths, Workspace, is_valid_run_id
+
+CHECKPOINT_RE = re.compile(r"step-(\d{8})")
+# The names a person or the API may use besides a checkpoint folder name.
+BASE, FINAL, LATEST = "base", "final", "latest"
+ADAPTER_FILES = ("adapter_config.json", "adapters.safetensors")
+WEIGHT_GLOBS = ("model*.safetensors", "weights*.safetensors")
+
+
+class SourceError(ValueError):
+    """A model choice that cannot be used; `field` names the input to fix."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Folders that together make one model to load."""
+
+    model: Path  # config.json + tokenizer + base weights
+    adapter_path: Path | None = None  # applied with mlx_lm.load(adapter_path=...)
+    weights: Path | None = None  # a full run's checkpoint weights, loaded over `model`
+    label: str = ""
+    run_id: str | None = None
+    checkpoint: str | None = None  # base, final or step-XXXXXXXX; None for a plain folder
+    fine_tune_type: str | None = None
+
+    @property
+    def step(self) -> int | None:
+        m = CHECKPOINT_RE.fullmatch(self.checkpoint or "")
+        return int(m.group(1)) if m else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": str(self.model),
+            "adapter_path": str(self.adapter_path) if self.adapter_path else None,
+            "weights": str(self.weights) if self.weights else None,
+            "label": self.label,
+            "run_id": self.run_id,
+            "checkpoint": self.checkpoint,
+            "step": self.step,
+            "fine_tune_type": self.fine_tune_type,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelSource:
+        def path(key: str) -> Path | None:
+            value = data.get(key)
+            return Path(value) if value else None
+
+        model = path("model")
+        if model is None:
+            raise SourceError("a model folder is required", "model")
+        return cls(
+            model=model,
+            adapter_path=path("adapter_path"),
+            weights=path("weights"),
+            label=str(data.get("label") or model.name),
+            run_id=data.get("run_id"),
+            checkpoint=data.get("checkpoint"),
+            fine_tune_type=data.get("fine_tune_type"),
+        )
+
+
+def normalize_checkpoint(checkpoint: str | int | None) -> str:
+    """'final' (default), 'base', 'latest', a step number or a folder name → canonical name."""
+    if checkpoint is None or checkpoint == "":
+        return FINAL
+    text = str(checkpoint).strip()
+    if text in (BASE, FINAL, LATEST) or CHECKPOINT_RE.fullmatch(text):
+        return text
+    if text.isdigit():
+        return f"step-{int(text):08d}"
+    raise SourceError(
+        f"unknown checkpoint {text!r}; use base, final, latest, a step number or step-XXXXXXXX",
+        "checkpoint",
+    )
+
+
+def resolve_run_path(value: str, workspace: Path) -> Path:
+    """A path from a run's config: absolute, else relative to the workspace (the demo's
+    config says so), else as given (relative to where the trainer was started)."""
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return p
+    in_workspace = workspace / p
+    return in_workspace if in_workspace.exists() else p.resolve()
+
+
+def run_config(run: RunPaths) -> dict[str, Any]:
+    if not run.root.is_dir():
+        raise SourceError(f"no run {run.run_id!r} in the workspace", "run_id")
+    try:
+        return read_yaml(run.config)
+    except ConfigError as exc:
+        raise SourceError(f"run {run.run_id}: {exc}", "run_id") from exc
+
+
+def base_model_dir(run: RunPaths, workspace: Path) -> Path:
+    raw = run_config(run).get("model")
+    if not isinstance(raw, str) or not raw:
+        raise SourceError(f"run {run.run_id} names no base model in config.yaml", "run_id")
+    path = resolve_run_path(raw, workspace)
+    if not (path / "config.json").is_file():
+        raise SourceError(
+            f"the base model of run {run.run_id} is not on this machine ({path}); "
+            "it is needed to load the run's adapters or weights",
+            "model",
+        )
+    return path
+
+
+def list_checkpoints(run: RunPaths) -> list[str]:
+    """Complete checkpoint bundles, oldest first (temporary folders are not matched)."""
+    if not run.checkpoints.is_dir():
+        return []
+    return sorted(p.name for p in run.checkpoints.iterdir() if CHECKPOINT_RE.fullmatch(p.name))
+
+
+def latest_checkpoint(run: RunPaths) -> str | None:
+    try:
+        pointer = json.loads(run.latest.read_text())
+    except (OSError, ValueError):
+        pointer = {}
+    # latest.json may name the bundle by path, folder name or step.
+    for key in ("checkpoint", "name", "path"):
+        value = pointer.get(key) if isinstance(pointer, dict) else None
+        if isinstance(value, str) and CHECKPOINT_RE.fullmatch(Path(value).name):
+            return Path(value).name
+    step = pointer.get("step") if isinstance(pointer, dict) else None
+    if isinstance(step, int):
+        return f"step-{step:08d}"
+    names = list_checkpoints(run)
+    return names[-1] if names else None
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(any(folder.glob(g)) for g in WEIGHT_GLOBS)
+
+
+def _weights_file(folder: Path) -> Path | None:
+    for pattern in WEIGHT_GLOBS:
+        found = sorted(folder.glob(pattern))
+        if len(found) == 1:
+            return found[0]
+    return None
+
+
+def bundle_source(
+    folder: Path, base: Path, *, run_id: str, checkpoint: str, fine_tune_type: str | None
+) -> ModelSource:
+    """How to load one checkpoint bundle or final/ folder."""
+    label = f"{run_id} · {checkpoint}"
+    common: dict[str, Any] = {
+        "label": label,
+        "run_id": run_id,
+        "checkpoint": checkpoint,
+        "fine_tune_type": fine_tune_type,
+    }
+    if all((folder / f).is_file() for f in ADAPTER_FILES):
+        return ModelSource(model=base, adapter_path=folder, **common)
+    if (folder / "config.json").is_file() and _has_weights(folder):
+        return ModelSource(model=folder, **common)
+    weights = _weights_file(folder)
+    if weights is not None:
+        return ModelSource(model=base, weights=weights, **common)
+    raise SourceError(f"{folder} holds no model weights or adapters", "checkpoint")
+
+
+def resolve_source(workspace: Workspace, run_id: str, checkpoint: str | int | None) -> ModelSource:
+    """The model of `run_id` at `checkpoint` (base, final, latest, step)."""
+    if not is_valid_run_id(run_id):
+        raise SourceError(f"invalid run_id {run_id!r}", "run_id")
+    run = workspace.run(run_id)
+    name = normalize_checkpoint(checkpoint)
+    config = run_config(run)
+    fine_tune_type = config.get("fine_tune_type") or "full"
+    base = base_model_dir(run, workspace.root)
+    if name == BASE:
+        return ModelSource(
+            model=base,
+            label=f"{run_id} · base ({base.name})",
+            run_id=run_id,
+            checkpoint=BASE,
+            fine_tune_type=fine_tune_type,
+        )
+    if name == LATEST:
+        latest = latest_checkpoint(run)
+        if latest is None:
+            raise SourceError(f"run {run_id} has no checkpoint yet", "checkpoint")
+        name = latest
+    folder = run.final if name == FINAL else run.checkpoints / name
+    if not folder.is_dir():
+        known = ", ".join([BASE] + list_checkpoints(run) + ([FINAL] if run.final.is_dir() else []))
+        raise SourceError(
+            f"run {run_id} has no checkpoint {name!r}; choose one of: {known}", "checkpoint"
+        )
+    return bundle_source(
+        folder, base, run_id=run_id, checkpoint=name, fine_tune_type=fine_tune_type
+    )
+
+
+def folder_source(path: str | Path) -> ModelSource:
+    """A local model folder outside any run (already confined by the caller)."""
+    folder = Path(path).expanduser()
+    if not (folder / "config.json").is_file():
+        raise SourceError(f"{folder} is not a model folder (no config.json)", "model")
+    return ModelSource(model=folder, label=folder.name)
+
+
+def run_choices(workspace: Workspace, run_id: str) -> list[dict[str, Any]]:
+    """Every model of a run a person can pick: base, each checkpoint, final."""
+    run = workspace.run(run_id)
+    names = [BASE] + list_checkpoints(run) + ([FINAL] if run.final.is_dir() else [])
+    out: list[dict[str, Any]] = []
+    for name in names:
+        try:
+            out.append(resolve_source(workspace, run_id, name).to_json())
+        except SourceError:
+            continue  # e.g. a base model that moved away: not a choice
+    return out

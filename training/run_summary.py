@@ -1,0 +1,181 @@
+"""Read a run's results for people: losses per evaluation, final losses, the checkpoint table.
+
+No MLX and no Flask: the console's checkpoint table, the exporter's model card and the
+evaluation worker all read a run through here. Only complete JSON lines of metrics.jsonl
+count (a half-written last line is "not yet").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from training.model_source import CHECKPOINT_RE, list_checkpoints
+from training.run_store import RunPaths
+
+# eval-event keys that are not a held-out set's loss.
+_NOT_SETS = {"val_loss", "val_ppl", "v", "seq", "event", "time", "step"}
+
+
+def read_events(path: Path) -> Iterator[dict[str, Any]]:
+    """Whole, valid JSON objects of a JSON-lines file; the unterminated tail is skipped."""
+    try:
+        with path.open("rb") as f:
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    return
+                try:
+                    row = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(row, dict):
+                    yield row
+    except FileNotFoundError:
+        return
+
+
+def eval_losses(event: dict[str, Any]) -> dict[str, float]:
+    """{set name: loss} of one eval event: `val` plus each extra held-out set.
+
+    The trainer may write extra sets as `<name>_loss` keys or nested under `eval_sets`
+    ({name: loss} or {name: {loss: ...}}); both read the same."""
+    out: dict[str, float] = {}
+    if _is_number(event.get("val_loss")):
+        out["val"] = float(event["val_loss"])
+    for key, value in event.items():
+        if key.endswith("_loss") and key not in _NOT_SETS and _is_number(value):
+            out[key[: -len("_loss")]] = float(value)
+    nested = event.get("eval_sets")
+    if isinstance(nested, dict):
+        for name, value in nested.items():
+            if isinstance(value, dict):
+                value = value.get("loss", value.get("val_loss"))
+            if _is_number(value):
+                out[str(name)] = float(value)
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def evals_by_step(run: RunPaths) -> dict[int, dict[str, float]]:
+    """The last eval event's losses at each step (a resume may repeat a step)."""
+    out: dict[int, dict[str, float]] = {}
+    for event in read_events(run.metrics):
+        if event.get("event") == "eval" and isinstance(event.get("step"), int):
+            losses = eval_losses(event)
+            if losses:
+                out[event["step"]] = losses
+    return out
+
+
+def final_losses(run: RunPaths) -> dict[str, Any]:
+    """The last train loss and the last evaluation, with their steps (for the model card)."""
+    train: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = None
+    start: dict[str, Any] | None = None
+    for event in read_events(run.metrics):
+        kind = event.get("event")
+        if kind == "train" and _is_number(event.get("train_loss")):
+            train = {"step": event.get("step"), "train_loss": float(event["train_loss"])}
+        elif kind == "eval" and eval_losses(event):
+            evaluation = {"step": event.get("step"), "losses": eval_losses(event)}
+        elif kind == "run_start" and start is None:
+            start = event
+    return {"train": train, "eval": evaluation, "run_start": start}
+
+
+def folder_size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += (Path(root) / name).stat().st_size
+            except OSError:
+                continue
+    return total
+
+
+def read_evaluations(run: RunPaths) -> list[dict[str, Any]]:
+    """Stored perplexity results of this run (written by the evaluation worker), oldest first."""
+    path = run.evaluations / "perplexity.jsonl"
+    return list(read_events(path))
+
+
+def append_evaluation(run: RunPaths, record: dict[str, Any]) -> None:
+    """One result per line, one write each: concurrent jobs never interleave a line."""
+    run.evaluations.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(
+        run.evaluations / "perplexity.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+    )
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_table(run: RunPaths) -> dict[str, Any]:
+    """Rows for the run page: each checkpoint (and final/) with its step, the losses of the
+    evaluation at that step (val and every extra set), its size, stored perplexities, and
+    which row has the lowest validation loss."""
+    evals = evals_by_step(run)
+    perplexities: dict[str, list[dict[str, Any]]] = {}
+    for record in read_evaluations(run):
+        perplexities.setdefault(str(record.get("checkpoint")), []).append(record)
+    names = list_checkpoints(run) + (["final"] if run.final.is_dir() else [])
+    rows: list[dict[str, Any]] = []
+    final_step = max(evals) if evals else None
+    for name in names:
+        m = CHECKPOINT_RE.fullmatch(name)
+        step = int(m.group(1)) if m else _final_step(run, final_step)
+        folder = run.final if name == "final" else run.checkpoints / name
+        try:
+            mtime = folder.stat().st_mtime
+        except OSError:
+            continue  # removed by retention while we listed
+        rows.append(
+            {
+                "checkpoint": name,
+                "step": step,
+                "losses": evals.get(step, {}) if step is not None else {},
+                "size": folder_size(folder),
+                "time": mtime,
+                "perplexity": perplexities.get(name, []),
+                "best": False,
+            }
+        )
+    sets = sorted({k for r in rows for k in r["losses"]} - {"val"})
+    scored = [r for r in rows if "val" in r["losses"] and r["checkpoint"] != "final"]
+    if scored:
+        min(scored, key=lambda r: r["losses"]["val"])["best"] = True
+    return {"rows": rows, "sets": ["val", *sets], "evals": len(evals)}
+
+
+def _final_step(run: RunPaths, fallback: int | None) -> int | None:
+    for name in ("state.json", "trainer_state.json"):
+        try:
+            state = json.loads((run.final / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict) and isinstance(state.get("step"), int):
+            return state["step"]
+    last: int | None = None
+    for event in read_events(run.metrics):
+        if event.get("event") == "status" and event.get("state") == "finished":
+            last = event.get("step") if isinstance(event.get("step"), int) else last
+    return last if last is not None else fallback
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)

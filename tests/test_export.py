@@ -1,0 +1,163 @@
+"""training.export: exported runs load with mlx_lm.load and generate; nothing is clobbered."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.eval_fixtures import LORA_RUN_ID
+from training.export import ExportError, export_run
+from training.model_source import SourceError
+from training.run_store import Workspace
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def workspace(lora_workspace: Workspace, tmp_path: Path) -> Workspace:
+    """A private copy: exports write into the workspace."""
+    shutil.copytree(lora_workspace.root, tmp_path / "ws")
+    return Workspace(tmp_path / "ws")
+
+
+def _logits(model, tokenizer, text: str):
+    import mlx.core as mx
+
+    return model(mx.array([tokenizer.encode(text)]))
+
+
+def test_fused_lora_export_loads_and_generates_like_the_adapter(workspace: Workspace) -> None:
+    import mlx.core as mx
+    from mlx_lm import generate, load
+
+    result = export_run(workspace, LORA_RUN_ID, "final")
+    assert result.path == workspace.exports_dir / f"{LORA_RUN_ID}-final"
+    assert not (result.path / "adapter_config.json").exists()  # a plain model folder
+
+    fused, tokenizer = load(str(result.path))
+    run = workspace.run(LORA_RUN_ID)
+    base = json.loads((result.path / "config.json").read_text())
+    adapted, _ = load(str(Path(_base_model(workspace))), adapter_path=str(run.final))
+    prompt = "def parse(text):\n    "
+    # Fusing W + scale * B A is exact up to float32 rounding.
+    diff = mx.abs(_logits(fused, tokenizer, prompt) - _logits(adapted, tokenizer, prompt)).max()
+    assert diff.item() < 1e-3
+    text = generate(fused, tokenizer, prompt, max_tokens=12)
+    assert text and text == generate(adapted, tokenizer, prompt, max_tokens=12)
+    assert base["model_type"] == "llama"
+
+    card = (result.path / "README.md").read_text()
+    for expected in (
+        "library_name: mlx",
+        "## Training data",
+        "documents: 10",
+        "## Final losses",
+        "held-out set `general` loss",
+        "fine_tune_type: lora",
+        '"mlx-lm"',
+    ):
+        assert expected in card
+
+
+def _base_model(workspace: Workspace) -> str:
+    import yaml
+
+    return yaml.safe_load(workspace.run(LORA_RUN_ID).config.read_text())["model"]
+
+
+def test_adapter_export_of_a_checkpoint(workspace: Workspace) -> None:
+    from mlx_lm import generate, load
+
+    result = export_run(workspace, LORA_RUN_ID, 5, fmt="adapter")
+    assert sorted(p.name for p in result.path.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapters.safetensors",
+    ]
+    model, tokenizer = load(_base_model(workspace), adapter_path=str(result.path))
+    assert generate(model, tokenizer, "import ", max_tokens=4)
+    assert "adapter_path=" in (result.path / "README.md").read_text()
+
+
+def test_never_overwrites_without_confirmation(workspace: Workspace) -> None:
+    dest = workspace.root / "mine"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("precious")
+    with pytest.raises(ExportError) as err:
+        export_run(workspace, LORA_RUN_ID, "final", fmt="adapter", dest=dest)
+    assert err.value.field == "overwrite"
+    assert (dest / "keep.txt").read_text() == "precious"
+    assert [p.name for p in workspace.root.iterdir() if p.name.startswith(".mine")] == []
+
+    export_run(workspace, LORA_RUN_ID, "final", fmt="adapter", dest=dest, overwrite=True)
+    assert not (dest / "keep.txt").exists() and (dest / "adapters.safetensors").is_file()
+    assert [p.name for p in workspace.root.iterdir() if p.name.startswith(".mine")] == []
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "dest", "fmt", "field"),
+    [
+        ("step-00000099", None, "model", "checkpoint"),
+        ("nonsense", None, "model", "checkpoint"),
+        ("final", "runs/x", "model", "dest"),
+        ("final", None, "zip", "format"),
+    ],
+)
+def test_bad_requests_touch_nothing(
+    workspace: Workspace, checkpoint: str, dest: str | None, fmt: str, field: str
+) -> None:
+    before = sorted(str(p) for p in workspace.root.rglob("*"))
+    with pytest.raises((ExportError, SourceError)) as err:
+        export_run(
+            workspace,
+            LORA_RUN_ID,
+            checkpoint,
+            fmt=fmt,
+            dest=workspace.root / dest if dest else None,
+        )
+    assert err.value.field == field  # type: ignore[union-attr]
+    assert sorted(str(p) for p in workspace.root.rglob("*")) == before
+
+
+def test_full_run_exports_its_model_folder(
+    workspace: Workspace, tiny_assets: dict[str, Path]
+) -> None:
+    """A full run's final/ is a model folder: the export is that folder plus a model card."""
+    from mlx_lm import load
+
+    run = workspace.run("20260101-000000-full01")
+    run.root.mkdir(parents=True)
+    shutil.copytree(tiny_assets["model"], run.final)
+    run.config.write_text(f"model: {tiny_assets['model']}\ndata: x\nfine_tune_type: full\n")
+    result = export_run(workspace, run.run_id)
+    assert load(str(result.path))
+    assert "model.safetensors" in {p.name for p in result.path.iterdir()}
+    with pytest.raises(ExportError) as err:
+        export_run(workspace, run.run_id, fmt="adapter")
+    assert err.value.field == "format"
+
+
+def test_cli(workspace: Workspace, tmp_path: Path) -> None:
+    run_dir = workspace.run(LORA_RUN_ID).root
+    out = tmp_path / "cli-export"
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.export",
+        "--run",
+        str(run_dir),
+        "--format",
+        "adapter",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "adapter_path=" in done.stdout and (out / "adapters.safetensors").is_file()
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "--overwrite" in again.stderr

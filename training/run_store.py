@@ -6,13 +6,22 @@ layout is written down once. No MLX import here: the console imports this module
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import secrets
+import shutil
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from training.metrics_store import RunMetrics
 
 WORKSPACE_ENV = "MLX_CPT_HOME"
 APP_DIR_NAME = "mlx-cpt-console"
@@ -128,3 +137,348 @@ class Workspace:
         if not is_valid_run_id(run_id):
             raise ValueError(f"invalid run_id {run_id!r}")
         return RunPaths(self.runs_dir / run_id)
+
+
+# -- run.json and run states ----------------------------------------------------------------
+
+RECORD_VERSION = 1
+# The trainer's final `status` states; `interrupted` is derived, never written by anyone.
+FINAL_STATES: tuple[str, ...] = ("stopped", "finished", "failed", "diverged")
+ACTIVE_STATES: tuple[str, ...] = ("starting", "running", "stopping")
+# `created`: a run folder whose trainer was never started (not queued, not running).
+RUN_STATES: tuple[str, ...] = (
+    "created",
+    "queued",
+    *ACTIVE_STATES,
+    *FINAL_STATES,
+    "interrupted",
+)
+RESUMABLE_STATES: tuple[str, ...] = ("stopped", "interrupted", "failed", "diverged")
+# Trainer exit codes (DESIGN.md): 0 done or stopped, 1 failed, 2 bad input, 3 diverged.
+EXIT_CODE_STATES: dict[int, str] = {0: "finished", 1: "failed", 2: "failed", 3: "diverged"}
+
+
+class RunNotFound(LookupError):
+    """No run folder with that run_id (or an invalid run_id, which is the same to a client)."""
+
+
+@dataclass
+class RunRecord:
+    """run.json: what the console knows about a run; the console is its only writer."""
+
+    run_id: str
+    name: str
+    created: float
+    # The console's last intent: created, queued, starting (spawned), stopping (signalled).
+    state: str = "created"
+    pid: int | None = None
+    pid_create_time: float | None = None
+    cmdline: list[str] | None = None
+    started: float | None = None
+    # seq of the last metrics event before the current attempt was spawned: status events
+    # at or below it belong to an earlier attempt (stop, then resume).
+    start_seq: int = 0
+    stop_requested: bool = False
+    # Set when the console saw the trainer exit: code, signal, reason, time, log_tail.
+    exit: dict[str, Any] | None = None
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+    cloned_from: str | None = None
+    # No process of this console's: a trainer on another machine (POST /api/callbacks) or
+    # one launched from the command line. Its state comes from its events alone.
+    remote: bool = False
+    v: int = RECORD_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunRecord:
+        known = {f.name for f in fields(cls)}
+        # Unknown keys (a newer console's) are dropped rather than refused.
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
+    """Write to a sibling temp file, fsync, rename: readers see the old or the new file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_record(paths: RunPaths) -> RunRecord:
+    """run.json of a run folder; a folder without one (e.g. a bare trainer CLI run) gets a
+    record derived from the folder, so every run folder can be listed."""
+    try:
+        data = json.loads(paths.run_json.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if not paths.root.is_dir():
+            raise RunNotFound(paths.run_id) from None
+        # Launched outside the console (the trainer's own command line): judge it by its
+        # events, like a remote trainer.
+        return RunRecord(
+            paths.run_id, paths.run_id, _folder_time(paths.root), state="running", remote=True
+        )
+    except (OSError, ValueError):
+        # A corrupt record must not hide the run: list it, derived from its files.
+        return RunRecord(paths.run_id, paths.run_id, _folder_time(paths.root), state="running")
+    if not isinstance(data, dict):
+        return RunRecord(paths.run_id, paths.run_id, _folder_time(paths.root), state="running")
+    data = {**data, "run_id": paths.run_id}
+    data.setdefault("name", paths.run_id)
+    data.setdefault("created", _folder_time(paths.root))
+    try:
+        return RunRecord.from_json(data)
+    except TypeError:
+        return RunRecord(paths.run_id, paths.run_id, _folder_time(paths.root), state="running")
+
+
+def write_record(paths: RunPaths, record: RunRecord) -> None:
+    atomic_write_text(paths.run_json, json.dumps(record.to_json(), indent=2) + "\n")
+
+
+def _folder_time(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def derive_state(
+    record: RunRecord,
+    last_status: Mapping[str, Any] | None,
+    alive: bool,
+    *,
+    now: float | None = None,
+    last_event_time: float | None = None,
+    remote_stale_seconds: float = 300.0,
+) -> tuple[str, str]:
+    """A run's state and the reason, derived at read time (DESIGN.md "Run states").
+
+    `last_status` is the newest `status` event of the current attempt (seq > start_seq);
+    `alive` says whether the recorded process is verifiably the run's trainer.
+    """
+    if record.pid is None and not record.remote and record.state in ("created", "queued"):
+        return record.state, "waiting in the queue" if record.state == "queued" else "not started"
+    status = str(last_status.get("state")) if last_status else None
+    message = str(last_status.get("message") or "") if last_status else ""
+    if status in FINAL_STATES:
+        return status, message or f"the trainer reported {status}"
+    if alive:
+        if status in ACTIVE_STATES:
+            return ("stopping" if record.stop_requested else status), message or "training"
+        return ("stopping" if record.stop_requested else "starting"), "the trainer is starting"
+    if record.exit is not None:
+        return exit_state(record), str(record.exit.get("reason") or "the trainer exited")
+    if record.remote:
+        seen = last_event_time or 0.0
+        if (now if now is not None else time.time()) - seen < remote_stale_seconds:
+            return status or "running", "reported by a remote trainer"
+        return "interrupted", "the remote trainer stopped reporting without a final status"
+    if record.pid is None:
+        return "interrupted", "no trainer process was recorded for this run"
+    return "interrupted", "the trainer process is gone and never reported a final status"
+
+
+def exit_state(record: RunRecord) -> str:
+    """The state an observed exit means when the trainer wrote no final status."""
+    info = record.exit or {}
+    code = info.get("code")
+    if isinstance(code, int) and code in EXIT_CODE_STATES:
+        if code == 0 and record.stop_requested:
+            return "stopped"
+        return EXIT_CODE_STATES[code]
+    return "failed"
+
+
+def exit_reason(code: int | None, signal_name: str | None, we_killed: bool) -> str:
+    """A person-readable sentence for why a trainer ended."""
+    if signal_name == "SIGKILL" and not we_killed:
+        return "killed: likely out of memory (SIGKILL not sent by the console)"
+    if signal_name == "SIGKILL":
+        return "killed by the console after the stop grace period"
+    if signal_name:
+        return f"ended by signal {signal_name}"
+    return {
+        0: "exited normally (code 0)",
+        1: "failed (exit code 1): see the log",
+        2: "bad input (exit code 2): see the log for the field to fix",
+        3: "diverged (exit code 3): the loss became NaN or infinite",
+    }.get(code if isinstance(code, int) else -1, f"exited with code {code}")
+
+
+# -- the data provider ------------------------------------------------------------------------
+
+CHECKPOINT_DIR_RE = re.compile(r"step-(\d+)")
+MAX_NAME_LENGTH = 200
+
+
+class RunStore:
+    """Everything the console reads or writes in run folders, in one place.
+
+    Web handlers never open files themselves; they ask this store (and the
+    TrainingManager for anything involving processes), as TensorBoard plugins ask
+    their data provider.
+    """
+
+    def __init__(self, workspace: Workspace, metrics_capacity: int = 32):
+        from training.metrics_store import MetricsCache
+
+        self.workspace = workspace
+        self.metrics_cache = MetricsCache(metrics_capacity)
+
+    def paths(self, run_id: str) -> RunPaths:
+        """The run's paths; RunNotFound for an invalid run_id or a missing folder."""
+        if not isinstance(run_id, str) or not is_valid_run_id(run_id):
+            raise RunNotFound(str(run_id))
+        paths = self.workspace.run(run_id)
+        if not paths.root.is_dir():
+            raise RunNotFound(run_id)
+        return paths
+
+    def run_ids(self) -> list[str]:
+        """Every run folder, newest first (run_ids sort by creation time)."""
+        try:
+            entries = list(os.scandir(self.workspace.runs_dir))
+        except FileNotFoundError:
+            return []
+        ids = [e.name for e in entries if e.is_dir() and is_valid_run_id(e.name)]
+        return sorted(ids, reverse=True)
+
+    def read_record(self, run_id: str) -> RunRecord:
+        return read_record(self.paths(run_id))
+
+    def write_record(self, record: RunRecord) -> None:
+        write_record(self.paths(record.run_id), record)
+
+    def create_run(self, record: RunRecord, config_yaml: str) -> RunPaths:
+        """Create the run folder with config.yaml and run.json, all or nothing: written
+        into a hidden temp folder in runs/, then renamed into place."""
+        runs = self.workspace.runs_dir
+        runs.mkdir(parents=True, exist_ok=True)
+        final = self.workspace.run(record.run_id)
+        tmp = Path(tempfile.mkdtemp(dir=runs, prefix=f".new-{record.run_id}-"))
+        try:
+            staged = RunPaths(tmp)
+            atomic_write_text(staged.config, config_yaml)
+            write_record(staged, record)
+            os.chmod(tmp, 0o755)
+            # rename() refuses to replace a non-empty folder: a clash fails loudly.
+            os.rename(tmp, final.root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove a run folder: renamed away first, so a crash never leaves half a run."""
+        paths = self.paths(run_id)
+        self.metrics_cache.drop(paths.metrics)
+        trash = Path(tempfile.mkdtemp(dir=self.workspace.runs_dir, prefix=f".deleted-{run_id}-"))
+        os.rename(paths.root, trash / run_id)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def config_text(self, run_id: str) -> str:
+        try:
+            return self.paths(run_id).config.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return ""
+
+    def metrics(self, run_id: str) -> RunMetrics:
+        """The run's metrics index, refreshed to the end of metrics.jsonl."""
+        return self.metrics_cache.get(self.paths(run_id).metrics)
+
+    def log_tail(self, run_id: str, lines: int = 100) -> list[str]:
+        return tail_lines(self.paths(run_id).stdout, lines)
+
+    def checkpoints(self, run_id: str) -> list[dict[str, Any]]:
+        return list_checkpoint_bundles(self.paths(run_id))
+
+    def close(self) -> None:
+        self.metrics_cache.close()
+
+
+def tail_lines(path: Path, lines: int, block: int = 64 * 1024) -> list[str]:
+    """The last `lines` lines of a text file, reading backwards from its end."""
+    if lines <= 0:
+        return []
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            end = pos = f.tell()
+            data = b""
+            while pos > 0 and data.count(b"\n") <= lines:
+                step = min(block, pos)
+                pos -= step
+                f.seek(pos)
+                data = f.read(step) + data
+                if end - pos > 64 * 1024 * 1024:
+                    break
+    except FileNotFoundError:
+        return []
+    text = data.decode("utf-8", errors="replace")
+    # Progress bars rewrite a line with \r: show its last state.
+    out = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+    return out[-lines:]
+
+
+def list_checkpoint_bundles(paths: RunPaths) -> list[dict[str, Any]]:
+    """Complete checkpoint bundles, oldest first: step, time, size, and state.json's
+    figures. Read defensively: a half-written or foreign folder is skipped, never fatal."""
+    latest_step = None
+    try:
+        latest = json.loads(paths.latest.read_text(encoding="utf-8"))
+        if isinstance(latest, dict):
+            latest_step = latest.get("step")
+            if latest_step is None and isinstance(latest.get("path"), str):
+                m = CHECKPOINT_DIR_RE.fullmatch(Path(latest["path"]).name)
+                latest_step = int(m.group(1)) if m else None
+    except (OSError, ValueError):
+        pass
+    bundles: list[dict[str, Any]] = []
+    try:
+        entries = sorted(os.scandir(paths.checkpoints), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        m = CHECKPOINT_DIR_RE.fullmatch(entry.name)
+        if not m or not entry.is_dir():
+            continue
+        folder = Path(entry.path)
+        try:
+            state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # no state.json: not a complete bundle
+        if not isinstance(state, dict):
+            continue
+        size = 0
+        for f in folder.rglob("*"):
+            with contextlib.suppress(OSError):
+                if f.is_file():
+                    size += f.stat().st_size
+        step = state.get("step", int(m.group(1)))
+        bundles.append(
+            {
+                "name": entry.name,
+                "path": f"checkpoints/{entry.name}",
+                "step": step,
+                "time": state.get("time", _folder_time(folder)),
+                "size": size,
+                "val_loss": state.get("val_loss"),
+                "latest": step == latest_step,
+            }
+        )
+    return bundles
+
+
+def has_checkpoint(paths: RunPaths) -> bool:
+    return paths.latest.is_file() or bool(list_checkpoint_bundles(paths))

@@ -1,0 +1,104 @@
+/**
+ * Live updates over Socket.IO (DESIGN.md "Live updates"), shared by every page.
+ *
+ *   getSocket() -> the page's single Socket.IO connection, opened on first use. It
+ *       authenticates with the console's HttpOnly cookie on the handshake.
+ *   followRun(run_id, {afterSeq, onRows(rows), onStatus(msg)}) -> {stop(), lastSeq}
+ *       Emits `join_run {run_id, after_seq}` now and after every reconnect, always with the
+ *       last seq delivered, and drops any row whose seq was already delivered: a dropped
+ *       connection or a reload resumes with no gap and no duplicate.
+ *   onConnection(fn(online: boolean)) -> unsubscribe; called at once with the current state.
+ *   onAnyStatus(fn(msg)) -> unsubscribe: every `run_status` event this page receives.
+ *
+ * While the socket is down, base.html's #offline-banner ("Offline, reconnecting") is shown and
+ * the top bar's connection dot turns red; both clear on reconnect.
+ */
+import { io } from "../vendor/socket.io-4.8.4.esm.min.js";
+
+let socket = null;
+let online = false;
+const connectionListeners = new Set();
+const statusListeners = new Set();
+
+export function getSocket() {
+  if (socket) return socket;
+  socket = io({
+    withCredentials: true,
+    reconnectionDelay: 500,
+    reconnectionDelayMax: 4000,
+  });
+  socket.on("connect", () => setOnline(true));
+  socket.on("disconnect", () => setOnline(false));
+  socket.on("connect_error", () => setOnline(false));
+  socket.on("run_status", (msg) => {
+    for (const fn of statusListeners) fn(msg);
+  });
+  return socket;
+}
+
+function setOnline(value) {
+  online = value;
+  const banner = document.getElementById("offline-banner");
+  if (banner) banner.hidden = value;
+  const dot = document.getElementById("conn");
+  if (dot) {
+    dot.dataset.state = value ? "online" : "offline";
+    const label = dot.querySelector(".conn-label");
+    if (label) label.textContent = value ? "Live" : "Offline";
+  }
+  for (const fn of connectionListeners) fn(value);
+}
+
+export function onConnection(fn) {
+  connectionListeners.add(fn);
+  fn(online);
+  return () => connectionListeners.delete(fn);
+}
+
+export function onAnyStatus(fn) {
+  getSocket();
+  statusListeners.add(fn);
+  return () => statusListeners.delete(fn);
+}
+
+export function followRun(runId, { afterSeq = 0, onRows = () => {}, onStatus = () => {} } = {}) {
+  const s = getSocket();
+  let lastSeq = Number(afterSeq) || 0;
+  let stopped = false;
+
+  const join = () => {
+    if (!stopped) s.emit("join_run", { run_id: runId, after_seq: lastSeq });
+  };
+  const handleRows = (msg) => {
+    if (stopped || !msg || msg.run_id !== runId || !Array.isArray(msg.rows)) return;
+    const fresh = [];
+    for (const row of msg.rows) {
+      if (typeof row.seq === "number" && row.seq > lastSeq) {
+        fresh.push(row);
+        lastSeq = row.seq;
+      }
+    }
+    if (fresh.length) onRows(fresh);
+  };
+  const handleStatus = (msg) => {
+    if (!stopped && msg && msg.run_id === runId) onStatus(msg);
+  };
+
+  s.on("connect", join);
+  s.on("run_metrics", handleRows);
+  s.on("run_status", handleStatus);
+  if (s.connected) join();
+
+  return {
+    get lastSeq() {
+      return lastSeq;
+    },
+    stop() {
+      stopped = true;
+      s.off("connect", join);
+      s.off("run_metrics", handleRows);
+      s.off("run_status", handleStatus);
+      if (s.connected) s.emit("leave_run", { run_id: runId });
+    },
+  };
+}

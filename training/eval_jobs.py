@@ -1,0 +1,236 @@
+"""EvalJobs: the console's owner of evaluation worker processes (training/eval_worker.py).
+
+No MLX and no Flask here. Each job is one worker started from an argv list in its own
+session; the job goes in on stdin (never argv), events come back on stdout and are read
+by a thread that keeps the job's state and hands every event to `on_event` (the web
+layer forwards them over Socket.IO). Stop asks politely on stdin, then SIGTERM, then
+SIGKILL. A worker that dies without a last word gets an `error` event built from its
+exit status and the tail of its stderr, so no job ever hangs in "running".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+# Late joiners (a page reload) get the job's events again; a generation is a few thousand.
+MAX_KEPT_EVENTS = 5000
+STOP_GRACE_SECONDS = 5.0
+FINAL_EVENTS = ("result", "error")
+
+
+class JobLimitError(RuntimeError):
+    """Too many evaluation workers at once (each loads a model into memory)."""
+
+
+@dataclass
+class EvalJob:
+    job_id: str
+    kind: str
+    spec: dict[str, Any]
+    process: subprocess.Popen[bytes]
+    started: float = field(default_factory=time.time)
+    state: str = "running"  # running, done, stopped, failed
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    progress: dict[str, Any] | None = None
+    events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_KEPT_EVENTS))
+    stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
+    exit_code: int | None = None
+    finished: threading.Event = field(default_factory=threading.Event)
+    stop_requested: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "kind": self.kind,
+            "state": self.state,
+            "started": self.started,
+            "progress": self.progress,
+            "result": self.result,
+            "error": self.error,
+            "exit_code": self.exit_code,
+            "run_id": self.spec.get("run_id"),
+        }
+
+
+EventHandler = Callable[[EvalJob, dict[str, Any]], None]
+
+
+class EvalJobs:
+    """Start, follow and stop evaluation workers."""
+
+    def __init__(
+        self,
+        on_event: EventHandler = lambda job, event: None,
+        *,
+        python: str = sys.executable,
+        max_running: int = 3,
+        env: dict[str, str] | None = None,
+    ):
+        self.on_event = on_event
+        self.python = python
+        self.max_running = max_running
+        self.env = env
+        self._jobs: dict[str, EvalJob] = {}
+        self._lock = threading.Lock()
+
+    def start(self, kind: str, spec: dict[str, Any]) -> EvalJob:
+        with self._lock:
+            running = sum(1 for j in self._jobs.values() if j.state == "running")
+            if running >= self.max_running:
+                raise JobLimitError(
+                    f"{running} evaluations are running; stop one or wait for it to finish"
+                )
+            job_id = secrets.token_hex(6)
+            spec = {**spec, "kind": kind, "job_id": job_id}
+            env = dict(self.env if self.env is not None else os.environ)
+            env.setdefault("HF_HUB_OFFLINE", "1")
+            # argv holds no user input: the job goes in on stdin.
+            process = subprocess.Popen(
+                [self.python, "-m", "training.eval_worker"],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            job = EvalJob(job_id, kind, spec, process)
+            self._jobs[job_id] = job
+        assert process.stdin is not None
+        try:
+            process.stdin.write((json.dumps(spec) + "\n").encode())
+            process.stdin.flush()
+        except OSError:
+            pass  # it died at once; the reader reports how
+        threading.Thread(target=self._read_stderr, args=(job,), daemon=True).start()
+        threading.Thread(target=self._read_events, args=(job,), daemon=True).start()
+        return job
+
+    def get(self, job_id: str) -> EvalJob | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def list(self) -> list[EvalJob]:
+        with self._lock:
+            return sorted(self._jobs.values(), key=lambda j: j.started)
+
+    def stop(self, job_id: str) -> bool:
+        """Ask the worker to stop (it finishes the token or batch at hand, then reports)."""
+        job = self.get(job_id)
+        if job is None or job.state != "running":
+            return False
+        job.stop_requested = True
+        try:
+            assert job.process.stdin is not None
+            job.process.stdin.write(b'{"command": "stop"}\n')
+            job.process.stdin.flush()
+        except (OSError, ValueError):
+            pass
+        threading.Thread(target=self._escalate, args=(job,), daemon=True).start()
+        return True
+
+    def _escalate(self, job: EvalJob) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if job.finished.wait(STOP_GRACE_SECONDS):
+                return
+            if job.process.poll() is None:
+                try:
+                    job.process.send_signal(sig)
+                except ProcessLookupError:
+                    return
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop every running worker (the console is exiting)."""
+        for job in self.list():
+            self.stop(job.job_id)
+        deadline = time.monotonic() + timeout
+        for job in self.list():
+            job.finished.wait(max(0.0, deadline - time.monotonic()))
+            if job.process.poll() is None:
+                job.process.kill()
+
+    # -- reader threads --
+
+    def _read_stderr(self, job: EvalJob) -> None:
+        assert job.process.stderr is not None
+        with job.process.stderr:
+            for raw in job.process.stderr:
+                job.stderr_tail.append(raw.decode(errors="replace").rstrip())
+
+    def _read_events(self, job: EvalJob) -> None:
+        assert job.process.stdout is not None
+        final_seen = False
+        with job.process.stdout:
+            for raw in job.process.stdout:
+                try:
+                    event = json.loads(raw)
+                except ValueError:
+                    continue
+                if not isinstance(event, dict):
+                    continue
+                final_seen = final_seen or event.get("event") in FINAL_EVENTS
+                self._record(job, event)
+        job.exit_code = job.process.wait()
+        if not final_seen:
+            self._record(job, self._death_notice(job))
+        if job.process.stdin is not None:
+            try:
+                job.process.stdin.close()
+            except OSError:
+                pass
+        job.finished.set()
+
+    def _death_notice(self, job: EvalJob) -> dict[str, Any]:
+        code = job.exit_code
+        if job.stop_requested:
+            why = "stopped"
+        elif code is not None and code < 0:
+            why = f"killed by signal {-code}" + (
+                " (likely out of memory)" if -code == signal.SIGKILL else ""
+            )
+        else:
+            why = f"exited with code {code}"
+        tail = "\n".join(list(job.stderr_tail)[-5:])
+        message = f"the evaluation worker {why} before reporting a result"
+        return {
+            "v": 1,
+            "job_id": job.job_id,
+            "event": "error",
+            "time": time.time(),
+            "error": message + (f":\n{tail}" if tail else ""),
+            "field": None,
+        }
+
+    def _record(self, job: EvalJob, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "progress":
+            job.progress = event
+        elif kind == "result":
+            job.result = event
+            job.state = "stopped" if event.get("stopped") else "done"
+        elif kind == "error":
+            job.error = {"error": event.get("error"), "field": event.get("field")}
+            if "lane" in event:
+                job.error["lane"] = event["lane"]
+            job.state = "stopped" if job.stop_requested else "failed"
+        job.events.append(event)
+        try:
+            self.on_event(job, event)
+        except Exception:  # noqa: BLE001 - a broken listener must not kill the reader
+            import logging
+
+            logging.getLogger(__name__).exception("eval event handler failed")

@@ -117,6 +117,9 @@ def lora_workspace(
     shutil.copytree(scratch / "b", run.checkpoints / "step-00000010")
     shutil.move(scratch / "b", run.final)
     shutil.rmtree(scratch)
+    for step in (5, 10):
+        state = {"step": step, "val_loss": None, "time": time.time()}
+        (run.checkpoints / f"step-{step:08d}" / "state.json").write_text(json.dumps(state))
     (run.latest).write_text(json.dumps({"checkpoint": "step-00000010", "step": 10}))
     config, _ = build_config(
         {

@@ -18,7 +18,7 @@ from typing import Any
 from training.config import ConfigError, read_yaml
 from training.run_store import RunPaths, Workspace, is_valid_run_id
 
-CHECKPOINT_RE = re.compile(r"step-(\d{8})")
+CHECKPOINT_RE = re.compile(r"step-(\d+)")
 # The names a person or the API may use besides a checkpoint folder name.
 BASE, FINAL, LATEST = "base", "final", "latest"
 ADAPTER_FILES = ("adapter_config.json", "adapters.safetensors")
@@ -131,10 +131,16 @@ def base_model_dir(run: RunPaths, workspace: Path) -> Path:
 
 
 def list_checkpoints(run: RunPaths) -> list[str]:
-    """Complete checkpoint bundles, oldest first (temporary folders are not matched)."""
+    """Complete checkpoint bundles, oldest first. As for the console's checkpoint list, a
+    bundle is complete when it has its state.json (temporary folders never match)."""
     if not run.checkpoints.is_dir():
         return []
-    return sorted(p.name for p in run.checkpoints.iterdir() if CHECKPOINT_RE.fullmatch(p.name))
+    names = [
+        p.name
+        for p in run.checkpoints.iterdir()
+        if CHECKPOINT_RE.fullmatch(p.name) and (p / "state.json").is_file()
+    ]
+    return sorted(names, key=lambda n: int(n.split("-")[1]))
 
 
 def latest_checkpoint(run: RunPaths) -> str | None:
@@ -209,8 +215,12 @@ def resolve_source(workspace: Workspace, run_id: str, checkpoint: str | int | No
         if latest is None:
             raise SourceError(f"run {run_id} has no checkpoint yet", "checkpoint")
         name = latest
+    if name != FINAL:
+        # Match by step number, whatever the zero padding of the folder name.
+        wanted = int(name.split("-")[1])
+        name = next((n for n in list_checkpoints(run) if int(n.split("-")[1]) == wanted), name)
     folder = run.final if name == FINAL else run.checkpoints / name
-    if not folder.is_dir():
+    if not folder.is_dir() or (name != FINAL and not (folder / "state.json").is_file()):
         known = ", ".join([BASE] + list_checkpoints(run) + ([FINAL] if run.final.is_dir() else []))
         raise SourceError(
             f"run {run_id} has no checkpoint {name!r}; choose one of: {known}", "checkpoint"

@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from training.model_source import CHECKPOINT_RE, list_checkpoints
-from training.run_store import RunPaths
+from training.run_store import RunPaths, list_checkpoint_bundles
 
 # eval-event keys that are not a held-out set's loss.
 _NOT_SETS = {"val_loss", "val_ppl", "v", "seq", "event", "time", "step"}
@@ -122,32 +120,41 @@ def append_evaluation(run: RunPaths, record: dict[str, Any]) -> None:
 
 
 def checkpoint_table(run: RunPaths) -> dict[str, Any]:
-    """Rows for the run page: each checkpoint (and final/) with its step, the losses of the
-    evaluation at that step (val and every extra set), its size, stored perplexities, and
-    which row has the lowest validation loss."""
+    """Rows for the run page: each complete checkpoint (as the console lists them) and
+    final/, with the losses of the evaluation at its step (val and every extra set), its
+    size, the perplexities stored for it, and `best` on the lowest validation loss."""
     evals = evals_by_step(run)
     perplexities: dict[str, list[dict[str, Any]]] = {}
     for record in read_evaluations(run):
         perplexities.setdefault(str(record.get("checkpoint")), []).append(record)
-    names = list_checkpoints(run) + (["final"] if run.final.is_dir() else [])
     rows: list[dict[str, Any]] = []
-    final_step = max(evals) if evals else None
-    for name in names:
-        m = CHECKPOINT_RE.fullmatch(name)
-        step = int(m.group(1)) if m else _final_step(run, final_step)
-        folder = run.final if name == "final" else run.checkpoints / name
-        try:
-            mtime = folder.stat().st_mtime
-        except OSError:
-            continue  # removed by retention while we listed
+    for bundle in list_checkpoint_bundles(run):
+        losses = dict(evals.get(bundle["step"], {}))
+        if "val" not in losses and _is_number(bundle.get("val_loss")):
+            losses["val"] = float(bundle["val_loss"])
         rows.append(
             {
-                "checkpoint": name,
+                "checkpoint": bundle["name"],
+                "step": bundle["step"],
+                "time": bundle["time"],
+                "size": bundle["size"],
+                "latest": bundle["latest"],
+                "losses": losses,
+                "perplexity": perplexities.get(bundle["name"], []),
+                "best": False,
+            }
+        )
+    if run.final.is_dir():
+        step = _final_step(run, max(evals) if evals else None)
+        rows.append(
+            {
+                "checkpoint": "final",
                 "step": step,
-                "losses": evals.get(step, {}) if step is not None else {},
-                "size": folder_size(folder),
-                "time": mtime,
-                "perplexity": perplexities.get(name, []),
+                "time": run.final.stat().st_mtime,
+                "size": folder_size(run.final),
+                "latest": False,
+                "losses": dict(evals.get(step, {})) if step is not None else {},
+                "perplexity": perplexities.get("final", []),
                 "best": False,
             }
         )
@@ -171,11 +178,3 @@ def _final_step(run: RunPaths, fallback: int | None) -> int | None:
         if event.get("event") == "status" and event.get("state") == "finished":
             last = event.get("step") if isinstance(event.get("step"), int) else last
     return last if last is not None else fallback
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)

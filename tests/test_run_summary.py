@@ -1,0 +1,50 @@
+"""training.run_summary: the checkpoint table and the forgetting sets, read from a run folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tests.eval_fixtures import LORA_RUN_ID
+from training.run_store import Workspace
+from training.run_summary import append_evaluation, checkpoint_table, eval_losses, final_losses
+
+
+def test_eval_losses_name_every_held_out_set() -> None:
+    flat = {"event": "eval", "step": 5, "val_loss": 2.0, "val_ppl": 7.4, "general_loss": 3.5}
+    nested = {"event": "eval", "step": 5, "val_loss": 2.0, "eval_sets": {"general": {"loss": 3.5}}}
+    assert eval_losses(flat) == eval_losses(nested) == {"val": 2.0, "general": 3.5}
+
+
+def test_checkpoint_table(lora_workspace: Workspace, tmp_path: Path) -> None:
+    shutil.copytree(lora_workspace.root, tmp_path / "ws")
+    run = Workspace(tmp_path / "ws").run(LORA_RUN_ID)
+    # A half-written tail line is "not yet", never an error.
+    with run.metrics.open("a") as f:
+        f.write('{"event": "eval", "step": 15, "val_lo')
+    append_evaluation(run, {"checkpoint": "step-00000005", "perplexity": 42.0, "data_label": "val"})
+
+    table = checkpoint_table(run)
+    assert table["sets"] == ["val", "general"]
+    rows = {r["checkpoint"]: r for r in table["rows"]}
+    assert list(rows) == ["step-00000005", "step-00000010", "final"]
+    assert rows["step-00000005"]["step"] == 5 and rows["final"]["step"] == 10
+    assert set(rows["step-00000010"]["losses"]) == {"val", "general"}
+    assert rows["step-00000005"]["perplexity"][0]["perplexity"] == 42.0
+    assert all(r["size"] > 0 for r in rows.values())
+    best = [name for name, r in rows.items() if r["best"]]
+    val = {n: r["losses"]["val"] for n, r in rows.items() if n != "final"}
+    assert best == [min(val, key=val.__getitem__)]
+
+    # A folder without state.json is not a complete bundle.
+    (run.checkpoints / "step-00000020").mkdir()
+    assert len(checkpoint_table(run)["rows"]) == 3
+
+
+def test_final_losses_for_the_model_card(lora_workspace: Workspace) -> None:
+    summary = final_losses(lora_workspace.run(LORA_RUN_ID))
+    assert summary["train"]["step"] == 10
+    assert summary["eval"]["step"] == 10 and "general" in summary["eval"]["losses"]
+    assert summary["run_start"]["data"]["documents"] == 10
+    json.dumps(summary)  # the card and the API serialise it

@@ -94,7 +94,7 @@ def _events(losses: list[float]) -> list[dict[str, Any]]:
                     "step": step,
                     "val_loss": loss + 0.1,
                     "val_ppl": 2.718 ** (loss + 0.1),
-                    "general_loss": 6.0 + step / 100,
+                    "val_general_loss": 6.0 + step / 100,
                 }
             )
     rows.append({"event": "status", "step": len(losses), "state": "finished", "message": "done"})

@@ -12,9 +12,19 @@ from training.run_summary import append_evaluation, checkpoint_table, eval_losse
 
 
 def test_eval_losses_name_every_held_out_set() -> None:
-    flat = {"event": "eval", "step": 5, "val_loss": 2.0, "val_ppl": 7.4, "general_loss": 3.5}
+    # The trainer's keys: metrics_logger.eval_set_keys("general") = val_general_loss/_ppl.
+    trainer = {
+        "event": "eval",
+        "step": 5,
+        "val_loss": 2.0,
+        "val_ppl": 7.4,
+        "val_general_loss": 3.5,
+        "val_general_ppl": 33.1,
+    }
+    flat = {"event": "eval", "step": 5, "val_loss": 2.0, "general_loss": 3.5}
     nested = {"event": "eval", "step": 5, "val_loss": 2.0, "eval_sets": {"general": {"loss": 3.5}}}
-    assert eval_losses(flat) == eval_losses(nested) == {"val": 2.0, "general": 3.5}
+    expected = {"val": 2.0, "general": 3.5}
+    assert eval_losses(trainer) == eval_losses(flat) == eval_losses(nested) == expected
 
 
 def test_checkpoint_table(lora_workspace: Workspace, tmp_path: Path) -> None:

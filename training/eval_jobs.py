@@ -51,6 +51,12 @@ class EvalJob:
     exit_code: int | None = None
     finished: threading.Event = field(default_factory=threading.Event)
     stop_requested: bool = False
+    # Numbers the job's events (added to each as `seq`) so a client that re-joins can
+    # ask for what it missed and drop what it already has.
+    last_seq: int = 0
+    # Held while an event is recorded and handed on, and while a client re-joins, so a
+    # replay and the live stream never interleave out of order.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,7 +69,11 @@ class EvalJob:
             "error": self.error,
             "exit_code": self.exit_code,
             "run_id": self.spec.get("run_id"),
+            "last_seq": self.last_seq,
         }
+
+    def events_after(self, seq: int) -> list[dict[str, Any]]:
+        return [e for e in list(self.events) if e.get("seq", 0) > seq]
 
 
 EventHandler = Callable[[EvalJob, dict[str, Any]], None]
@@ -124,7 +134,7 @@ class EvalJobs:
         with self._lock:
             return self._jobs.get(job_id)
 
-    def list(self) -> list[EvalJob]:
+    def list_jobs(self) -> list[EvalJob]:
         with self._lock:
             return sorted(self._jobs.values(), key=lambda j: j.started)
 
@@ -155,10 +165,10 @@ class EvalJobs:
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop every running worker (the console is exiting)."""
-        for job in self.list():
+        for job in self.list_jobs():
             self.stop(job.job_id)
         deadline = time.monotonic() + timeout
-        for job in self.list():
+        for job in self.list_jobs():
             job.finished.wait(max(0.0, deadline - time.monotonic()))
             if job.process.poll() is None:
                 job.process.kill()
@@ -215,7 +225,21 @@ class EvalJobs:
             "field": None,
         }
 
+    def attach(
+        self, job: EvalJob, after_seq: int, deliver: Callable[[list[dict[str, Any]]], None]
+    ) -> None:
+        """Replay the events after `after_seq` through `deliver` (which also subscribes the
+        client), atomically with respect to new events."""
+        with job.lock:
+            deliver(job.events_after(after_seq))
+
     def _record(self, job: EvalJob, event: dict[str, Any]) -> None:
+        with job.lock:
+            self._record_locked(job, event)
+
+    def _record_locked(self, job: EvalJob, event: dict[str, Any]) -> None:
+        job.last_seq += 1
+        event["seq"] = job.last_seq
         kind = event.get("event")
         if kind == "progress":
             job.progress = event

@@ -255,17 +255,10 @@ class PerplexityResult:
 
 def read_eval_documents(data: str | Path, field: str = "data") -> list[str]:
     """The documents to evaluate: a text/jsonl file, a folder of them, or valid.jsonl of an
-    mlx-lm data folder (its held-out part, never its training part)."""
+    mlx-lm data folder (train.jsonl when it has none, as the trainer reads its eval sets)."""
     try:
         corpus = find_corpus(data)
-        files = corpus.valid if corpus.valid else corpus.train
-        if corpus.train and not corpus.valid and corpus.train[0].name == "train.jsonl":
-            raise EvaluationError(
-                f"{corpus.root} is an mlx-lm data folder without valid.jsonl; add one, or "
-                "give the file to evaluate",
-                field,
-            )
-        docs = list(read_documents(files))
+        docs = list(read_documents(corpus.valid or corpus.train))
     except CorpusError as exc:
         raise EvaluationError(str(exc), field) from exc
     if not docs:

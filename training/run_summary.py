@@ -17,7 +17,7 @@ from typing import Any
 from training.run_store import RunPaths, list_checkpoint_bundles
 
 # eval-event keys that are not a held-out set's loss.
-_NOT_SETS = {"val_loss", "val_ppl", "v", "seq", "event", "time", "step"}
+_NOT_SETS = {"val_loss", "train_loss", "v", "seq", "event", "time", "step"}
 
 
 def read_events(path: Path) -> Iterator[dict[str, Any]]:
@@ -40,14 +40,16 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
 def eval_losses(event: dict[str, Any]) -> dict[str, float]:
     """{set name: loss} of one eval event: `val` plus each extra held-out set.
 
-    The trainer may write extra sets as `<name>_loss` keys or nested under `eval_sets`
-    ({name: loss} or {name: {loss: ...}}); both read the same."""
+    The trainer writes an extra set as `val_<name>_loss` (metrics_logger.eval_set_keys);
+    `<name>_loss` keys and sets nested under `eval_sets` ({name: loss} or {name: {loss}})
+    read the same."""
     out: dict[str, float] = {}
     if _is_number(event.get("val_loss")):
         out["val"] = float(event["val_loss"])
     for key, value in event.items():
         if key.endswith("_loss") and key not in _NOT_SETS and _is_number(value):
-            out[key[: -len("_loss")]] = float(value)
+            name = key[: -len("_loss")]
+            out[name[len("val_") :] if name.startswith("val_") else name] = float(value)
     nested = event.get("eval_sets")
     if isinstance(nested, dict):
         for name, value in nested.items():

@@ -133,6 +133,11 @@ class Workspace:
     def console_lock(self) -> Path:
         return self.root / "console.lock"
 
+    @property
+    def queue_json(self) -> Path:
+        """The run queue's order and settings (written by the console only)."""
+        return self.root / "queue.json"
+
     def run(self, run_id: str) -> RunPaths:
         if not is_valid_run_id(run_id):
             raise ValueError(f"invalid run_id {run_id!r}")
@@ -271,6 +276,9 @@ def derive_state(
         return record.state, "waiting in the queue" if record.state == "queued" else "not started"
     status = str(last_status.get("state")) if last_status else None
     message = str(last_status.get("message") or "") if last_status else ""
+    if alive and status in FINAL_STATES:
+        # Reported, but still flushing and exiting: not yet safe to resume or delete.
+        return "stopping", f"the trainer reported {status} and is exiting"
     if status in FINAL_STATES:
         return status, message or f"the trainer reported {status}"
     if alive:
@@ -335,6 +343,7 @@ class RunStore:
 
         self.workspace = workspace
         self.metrics_cache = MetricsCache(metrics_capacity)
+        self._config_cache: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
 
     def paths(self, run_id: str) -> RunPaths:
         """The run's paths; RunNotFound for an invalid run_id or a missing folder."""
@@ -360,16 +369,18 @@ class RunStore:
     def write_record(self, record: RunRecord) -> None:
         write_record(self.paths(record.run_id), record)
 
-    def create_run(self, record: RunRecord, config_yaml: str) -> RunPaths:
+    def create_run(self, record: RunRecord, config_yaml: str | None) -> RunPaths:
         """Create the run folder with config.yaml and run.json, all or nothing: written
-        into a hidden temp folder in runs/, then renamed into place."""
+        into a hidden temp folder in runs/, then renamed into place. (A remote run has
+        no config.yaml: its trainer holds it.)"""
         runs = self.workspace.runs_dir
         runs.mkdir(parents=True, exist_ok=True)
         final = self.workspace.run(record.run_id)
         tmp = Path(tempfile.mkdtemp(dir=runs, prefix=f".new-{record.run_id}-"))
         try:
             staged = RunPaths(tmp)
-            atomic_write_text(staged.config, config_yaml)
+            if config_yaml is not None:
+                atomic_write_text(staged.config, config_yaml)
             write_record(staged, record)
             os.chmod(tmp, 0o755)
             # rename() refuses to replace a non-empty folder: a clash fails loudly.
@@ -393,9 +404,47 @@ class RunStore:
         except FileNotFoundError:
             return ""
 
+    def config_values(self, run_id: str) -> dict[str, Any]:
+        """config.yaml as a raw mapping ({} when missing or unreadable), cached by mtime:
+        the runs list reads every run's model and data names."""
+        path = self.paths(run_id).config
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return {}
+        key = (st.st_mtime_ns, st.st_size)
+        cached = self._config_cache.get(path)
+        if cached and cached[0] == key:
+            return cached[1]
+        from training.config import ConfigError, parse_yaml_text
+
+        try:
+            values = parse_yaml_text(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ConfigError):
+            values = {}
+        self._config_cache[path] = (key, values)
+        return values
+
     def metrics(self, run_id: str) -> RunMetrics:
         """The run's metrics index, refreshed to the end of metrics.jsonl."""
         return self.metrics_cache.get(self.paths(run_id).metrics)
+
+    def append_events(self, run_id: str, events: list[dict[str, Any]]) -> tuple[int, int]:
+        """Append a remote trainer's events (seq above the file's last, in order) as one
+        write. Returns (appended, skipped as already present)."""
+        metrics = self.metrics(run_id)
+        last = metrics.last_seq
+        fresh: list[dict[str, Any]] = []
+        for event in sorted(events, key=lambda e: e["seq"]):
+            if event["seq"] > last:
+                fresh.append(event)
+                last = event["seq"]
+        if fresh:
+            blob = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in fresh)
+            with self.paths(run_id).metrics.open("a", encoding="utf-8") as f:
+                f.write(blob)
+            metrics.refresh()
+        return len(fresh), len(events) - len(fresh)
 
     def log_tail(self, run_id: str, lines: int = 100) -> list[str]:
         return tail_lines(self.paths(run_id).stdout, lines)

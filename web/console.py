@@ -1,0 +1,58 @@
+"""The console's long-lived objects for one app: workspace, store, manager, broadcaster.
+
+Handlers reach them through `console()`; tests build several apps side by side, each
+with its own Console in app.extensions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flask import current_app
+
+from training.broadcaster import Broadcaster
+from training.browse import load_presets
+from training.manager import PROJECT_ROOT, TrainingManager
+from training.run_store import RunStore, Workspace
+
+
+@dataclass
+class Console:
+    workspace: Workspace
+    store: RunStore
+    manager: TrainingManager
+    broadcaster: Broadcaster
+    browse_roots: list[Path]
+    # --demo: "building", "ready" or "failed: <why>"; None without --demo.
+    demo_state: str | None = None
+    examples_dir: Path | None = PROJECT_ROOT / "examples"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def presets(self) -> list[dict[str, Any]]:
+        presets = load_presets(self.workspace.root, self.examples_dir)
+        if self.demo_state is not None:
+            for preset in presets:
+                if preset["name"] == "demo":
+                    preset["state"] = self.demo_state
+            if not any(p["name"] == "demo" for p in presets):
+                presets.insert(
+                    0,
+                    {
+                        "name": "demo",
+                        "title": "Demo (being built)",
+                        "config": None,
+                        "state": self.demo_state,
+                    },
+                )
+        return presets
+
+    def close(self) -> list[str]:
+        """Stop following trainers (they keep running); returns the live run_ids."""
+        self.broadcaster.close()
+        return self.manager.close()
+
+
+def console() -> Console:
+    return current_app.extensions["console"]

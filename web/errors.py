@@ -1,0 +1,70 @@
+"""JSON errors for the API: {"error": "...", "field": "..."} with DESIGN.md's status codes.
+
+Domain exceptions from training/ map to HTTP statuses here, in one registry, so handlers
+just call the manager and let its exceptions travel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from training.browse import PathError
+from training.config import ConfigError
+from training.manager import ConfirmRequired, RunConflict
+from training.run_queue import QueueError
+from training.run_store import RunNotFound
+
+
+class ApiError(Exception):
+    """An error a handler raises directly: status, message and the field concerned."""
+
+    def __init__(self, status: int, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+
+def error_response(status: int, message: str, field: str | None = None, **extra: Any):
+    response = jsonify({"error": message, "field": field, **extra})
+    response.status_code = status
+    return response
+
+
+def _config_error(exc: ConfigError):
+    first = exc.errors[0] if exc.errors else None
+    return error_response(
+        400,
+        "; ".join(str(e) for e in exc.errors) or "invalid config",
+        first.field if first else None,
+        errors=[e.to_json() for e in exc.errors],
+    )
+
+
+def _run_not_found(exc: RunNotFound):
+    return error_response(404, f"no run {exc.args[0]!r} in this workspace", "run_id")
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(ApiError, lambda e: error_response(e.status, e.message, e.field))
+    app.register_error_handler(ConfigError, _config_error)
+    app.register_error_handler(RunNotFound, _run_not_found)
+    app.register_error_handler(RunConflict, lambda e: error_response(409, str(e)))
+    app.register_error_handler(ConfirmRequired, lambda e: error_response(400, str(e), e.field))
+    app.register_error_handler(PathError, lambda e: error_response(400, str(e), e.field))
+    app.register_error_handler(QueueError, lambda e: error_response(400, str(e), "run_ids"))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        # Pages keep Werkzeug's HTML errors; the API always answers JSON.
+        if not request.path.startswith("/api/"):
+            return exc
+        return error_response(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        if request.path.startswith("/api/"):
+            return error_response(500, f"internal error: {type(exc).__name__}")
+        return "Internal error", 500

@@ -195,8 +195,8 @@ function rangeIndices(table, xKey, yKey, lo, hi) {
 
 // -- a run's metrics ------------------------------------------------------------------------
 
-const TRAIN_KEYS = ["step", "tokens", "train_loss", "smooth", "learning_rate", "tokens_per_second", "peak_memory"];
-const RESERVED_EVAL = new Set(["val_loss", "val_ppl", "step", "seq", "v", "time", "trained_tokens"]);
+const TRAIN_KEYS = ["step", "tokens", "train_loss", "smooth", "learning_rate", "tokens_per_second", "peak_memory", "time"];
+const RESERVED_EVAL = new Set(["val_loss", "train_loss", "step", "seq", "v", "time", "trained_tokens"]);
 
 /**
  * Columns of one run: table "train" (train events) and "eval" (eval events, one column per
@@ -252,7 +252,7 @@ export class RunData {
   ingestTrain(rows) {
     const t = this.train;
     t.reserve(rows.length);
-    const [step, tokens, loss, smooth, lr, tps, mem] = TRAIN_KEYS.map((k) => t.col(k));
+    const [step, tokens, loss, smooth, lr, tps, mem, time] = TRAIN_KEYS.map((k) => t.col(k));
     let n = t.n;
     for (let r = 0; r < rows.length; r++) {
       const row = rows[r];
@@ -270,6 +270,7 @@ export class RunData {
       lr[n] = num(row.learning_rate);
       tps[n] = num(row.tokens_per_second);
       mem[n] = num(row.peak_memory);
+      time[n] = num(row.time);
       smooth[n] = this.nextEma(l);
       n++;
     }
@@ -346,7 +347,8 @@ function num(x) {
   return typeof x === "number" && Number.isFinite(x) ? x : NaN;
 }
 
-/** Extra held-out sets of an eval event: {name: loss}, from `<name>_loss` keys or `sets`. */
+/** Extra held-out sets of an eval event: {name: loss}, from `val_<name>_loss` / `<name>_loss`
+ * keys or a nested `eval_sets` mapping (as training/run_summary.eval_losses reads them). */
 function extraSets(row) {
   const out = {};
   const nested = row.sets || row.eval_sets;
@@ -356,9 +358,11 @@ function extraSets(row) {
       if (typeof loss === "number") out[name] = loss;
     }
   }
+  // The trainer writes an extra set as val_<name>_loss (metrics_logger.eval_set_keys).
   for (const [key, value] of Object.entries(row)) {
     if (key.endsWith("_loss") && !RESERVED_EVAL.has(key) && typeof value === "number") {
-      out[key.slice(0, -5)] = value;
+      const name = key.slice(0, -5);
+      out[name.startsWith("val_") ? name.slice(4) : name] = value;
     }
   }
   return out;

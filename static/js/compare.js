@@ -1,0 +1,202 @@
+// The Compare page: overlay one metric of several runs (by step or by tokens), live, and a
+// table of how their configs differ. The picked runs live in the URL (?runs=a,b) to share.
+import { h, $, replace, fmt } from "./dom.js";
+import { api, reportError, runUrl } from "./api.js";
+import { followRun } from "./live.js";
+import { RunData, MetricChart, seriesColor } from "./chart.js";
+import { settings } from "./settings.js";
+import { badge, isActive } from "./run_actions.js";
+
+const MAX_RUNS = 8;
+const METRIC_TABLE = { val_loss: "eval" };
+const state = { runs: [], picked: [], data: new Map(), configs: new Map(), chart: null };
+window.cpt = { state };
+
+async function main() {
+  try {
+    state.runs = (await api.get("/api/runs")).runs || [];
+  } catch (err) {
+    return reportError(err, "Cannot list the runs");
+  }
+  const fromUrl = (new URLSearchParams(location.search).get("runs") || "").split(",").filter(Boolean);
+  const known = new Set(state.runs.map((r) => r.run_id));
+  state.picked = fromUrl.filter((id) => known.has(id)).slice(0, MAX_RUNS);
+  if (!state.picked.length) state.picked = state.runs.slice(0, 2).map((r) => r.run_id);
+  wireControls();
+  renderPicker();
+  await update();
+}
+
+function renderPicker() {
+  if (!state.runs.length) {
+    replace($("#run-picker"), h("li", { class: "faint", text: "No runs yet." }));
+    return;
+  }
+  replace(
+    $("#run-picker"),
+    state.runs.map((run) => {
+      const i = state.picked.indexOf(run.run_id);
+      const sw = h("span", { class: "swatch" });
+      sw.style.background = i >= 0 ? seriesColor(i) : "transparent";
+      const box = h("input", {
+        type: "checkbox",
+        checked: i >= 0,
+        disabled: i < 0 && state.picked.length >= MAX_RUNS,
+        on: { change: () => toggle(run.run_id) },
+      });
+      return h(
+        "li",
+        { dataset: { runId: run.run_id } },
+        h("label", { class: "pick" }, box, sw, h("span", { class: "grow", text: run.name || run.run_id, title: run.run_id })),
+        badge(run.state)
+      );
+    })
+  );
+  $("#compare-count").textContent = state.picked.length ? `${state.picked.length} selected` : "";
+}
+
+async function toggle(runId) {
+  const i = state.picked.indexOf(runId);
+  if (i >= 0) state.picked.splice(i, 1);
+  else state.picked.push(runId);
+  const url = new URL(location.href);
+  url.searchParams.set("runs", state.picked.join(","));
+  history.replaceState(null, "", url);
+  renderPicker();
+  await update();
+}
+
+async function update() {
+  await Promise.all(state.picked.map(load));
+  // Runs no longer picked stop following.
+  for (const [id, entry] of state.data) {
+    if (!state.picked.includes(id)) {
+      if (entry.follower) entry.follower.stop();
+      state.data.delete(id);
+    }
+  }
+  renderChart();
+  renderDiff();
+}
+
+async function load(runId) {
+  if (state.data.has(runId)) return;
+  const run = new RunData({ smoothing: Number($("#smoothing").value) });
+  const entry = { run, follower: null };
+  state.data.set(runId, entry);
+  try {
+    const [metrics, config] = await Promise.all([
+      api.get(runUrl(runId, `/metrics?max_points=${settings.get("maxPoints")}`)),
+      api.get(runUrl(runId, "/config")),
+    ]);
+    run.ingest(metrics.rows || []);
+    run.lastSeq = Math.max(run.lastSeq, metrics.last_seq || 0);
+    state.configs.set(runId, config.config || {});
+    const meta = state.runs.find((r) => r.run_id === runId);
+    if (meta && isActive(meta.state)) {
+      entry.follower = followRun(runId, { afterSeq: run.lastSeq, onRows: (rows) => run.ingest(rows) });
+    }
+  } catch (err) {
+    reportError(err, `Cannot load ${runId}`);
+  }
+}
+
+function series() {
+  const key = $("#metric").value;
+  const table = METRIC_TABLE[key] || "train";
+  return state.picked
+    .filter((id) => state.data.has(id))
+    .map((id, i) => {
+      const meta = state.runs.find((r) => r.run_id === id) || {};
+      return {
+        source: state.data.get(id).run,
+        table,
+        key,
+        label: meta.name || id,
+        color: seriesColor(state.picked.indexOf(id)),
+        width: 1.75,
+        points: table === "eval",
+      };
+    });
+}
+
+function yFormat() {
+  const key = $("#metric").value;
+  if (key === "learning_rate") return (v) => fmt.lr(v);
+  if (key === "tokens_per_second") return (v) => fmt.compact(v);
+  return (v) => (v == null ? "–" : Number(v.toPrecision(4)).toString());
+}
+
+function renderChart() {
+  const el = $("#chart-compare");
+  const opts = { series: series(), x: xAxis(), logY: $("#log-scale").checked, height: 340, yFormat: yFormat() };
+  if (state.chart) state.chart.destroy();
+  state.chart = new MetricChart(el, opts);
+}
+
+const xAxis = () => (document.querySelector('input[name="x-axis"]:checked') || {}).value || "step";
+
+// -- config diff -----------------------------------------------------------------------------
+
+function flatten(obj, prefix = "", out = {}) {
+  for (const [k, v] of Object.entries(obj || {})) {
+    const key = prefix ? `${prefix}.${k}` : k;
+    if (v && typeof v === "object" && !Array.isArray(v) && key === "lora_parameters") flatten(v, key, out);
+    else out[key] = v;
+  }
+  return out;
+}
+
+function show(v) {
+  if (v === null || v === undefined) return "–";
+  return typeof v === "object" ? JSON.stringify(v) : String(v);
+}
+
+function renderDiff() {
+  const ids = state.picked.filter((id) => state.configs.has(id));
+  $("#diff-empty").hidden = ids.length >= 2;
+  if (ids.length < 2) {
+    replace($("#diff-head"));
+    replace($("#diff-body"));
+    return;
+  }
+  const flat = ids.map((id) => flatten(state.configs.get(id)));
+  const keys = [...new Set(flat.flatMap((f) => Object.keys(f)))];
+  const only = $("#diff-only").checked;
+  const rows = [];
+  for (const key of keys) {
+    const values = flat.map((f) => show(f[key]));
+    const differs = new Set(values).size > 1;
+    if (only && !differs) continue;
+    rows.push(h("tr", { class: differs ? "diff-changed" : "" }, h("td", { text: key }), values.map((v) => h("td", { text: v }))));
+  }
+  const names = ids.map((id) => (state.runs.find((r) => r.run_id === id) || {}).name || id);
+  replace($("#diff-head"), h("tr", null, h("th", { scope: "col", text: "Setting" }), names.map((n, i) => {
+    const sw = h("span", { class: "swatch" });
+    sw.style.background = seriesColor(state.picked.indexOf(ids[i]));
+    return h("th", { scope: "col" }, sw, " ", n);
+  })));
+  replace($("#diff-body"), rows.length ? rows : h("tr", null, h("td", { colspan: ids.length + 1, class: "faint", text: "The configs are identical." })));
+}
+
+// -- controls --------------------------------------------------------------------------------
+
+function wireControls() {
+  const slider = $("#smoothing");
+  slider.value = String(settings.get("smoothing"));
+  $("#smoothing-value").textContent = Number(slider.value).toFixed(2);
+  slider.addEventListener("input", () => {
+    $("#smoothing-value").textContent = Number(slider.value).toFixed(2);
+    for (const { run } of state.data.values()) run.setSmoothing(Number(slider.value));
+  });
+  $("#log-scale").checked = settings.get("logScale");
+  $("#log-scale").addEventListener("change", () => state.chart && state.chart.setLogY($("#log-scale").checked));
+  for (const radio of document.querySelectorAll('input[name="x-axis"]')) {
+    radio.checked = radio.value === settings.get("xAxis");
+    radio.addEventListener("change", () => state.chart && state.chart.setX(radio.value));
+  }
+  $("#metric").addEventListener("change", renderChart);
+  $("#diff-only").addEventListener("change", renderDiff);
+}
+
+main();

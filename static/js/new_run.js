@@ -1,0 +1,419 @@
+// The New run page: the registry-built form, presets, live validation next to each field,
+// the data report and corpus preview, the learning-rate plot, the YAML and command line,
+// Load YAML, and Start now / Add to queue.
+import { h, $, replace, fmt, debounce } from "./dom.js";
+import { api, reportError, runUrl } from "./api.js";
+import { toast } from "./toast.js";
+import { FieldForm } from "./form.js";
+import { LrPlot } from "./lr_schedule.js";
+import { pickPath } from "./picker.js";
+
+const EP = {
+  fields: "/api/fields",
+  validate: "/api/config/validate",
+  presets: "/api/presets",
+  dataReport: "/api/data/report",
+  parseYaml: "/api/ui/parse_yaml",
+  runs: "/api/runs",
+};
+const DEFAULT_ITERS = 1000; // training/config.py DEFAULT_ITERS: the budget when none is given
+
+const state = {
+  form: null,
+  presets: [],
+  normalized: null, // the server's normalized config from the last validation
+  errors: [],
+  report: null,
+  reportPath: null,
+  yaml: "",
+  cli: "",
+  fields: [],
+  fieldNames: new Set(),
+  seq: 0,
+};
+
+async function main() {
+  const params = new URLSearchParams(location.search);
+  let fields;
+  try {
+    [{ fields }, state.presets] = await Promise.all([
+      api.get(EP.fields),
+      api.get(EP.presets).then((r) => r.presets || [], () => []),
+    ]);
+  } catch (err) {
+    replace($("#groups"), h("div", { class: "callout callout-bad", text: `Cannot load the settings: ${err.message}` }));
+    return;
+  }
+  state.fields = fields;
+  state.fieldNames = new Set(fields.map((f) => f.name));
+  state.form = new FieldForm($("#groups"), fields, { onChange: onFormChange });
+  addPickers(fields);
+  renderPresets();
+  wireConfigPanel();
+  wireLaunch();
+  state.lr = new LrPlot($("#lr-chart"));
+
+  const clone = params.get("clone");
+  const presetId = params.get("preset");
+  if (clone) await loadClone(clone);
+  else {
+    // The demo preset is the default: with it, Start works offline straight away.
+    const preset = state.presets.find((p) => p.name === (presetId || "demo"));
+    if (preset && preset.config) applyPreset(preset, false);
+  }
+  refresh();
+}
+
+// -- presets, clone, YAML -------------------------------------------------------------------
+
+function renderPresets() {
+  const box = $("#presets");
+  if (!state.presets.length) return;
+  replace(
+    box,
+    h("span", { class: "faint", text: "Presets" }),
+    state.presets.map((p) =>
+      h("button", {
+        class: "btn btn-sm",
+        type: "button",
+        text: presetLabel(p),
+        title: p.error || (p.config ? p.title : `${p.title}: ${p.state || "not ready"}`),
+        disabled: !p.config,
+        dataset: { preset: p.name },
+        on: { click: () => applyPreset(p, true) },
+      })
+    )
+  );
+}
+
+function presetLabel(p) {
+  const short = { demo: "Demo", "lora-local": "LoRA", "full-finetune": "Full fine-tune" };
+  return short[p.name] || p.title || p.name;
+}
+
+function applyPreset(preset, announce) {
+  state.form.setValues(preset.config);
+  for (const b of document.querySelectorAll("[data-preset]")) {
+    b.setAttribute("aria-pressed", String(b.dataset.preset === preset.name));
+  }
+  if (announce) toast(preset.title || preset.name, { title: `Preset: ${presetLabel(preset)}`, timeout: 4000 });
+  refresh();
+}
+
+async function loadClone(runId) {
+  try {
+    const { config, name } = await api.get(runUrl(runId, "/config"));
+    state.form.setValues(config || {});
+    $("#f-name").value = `${name || runId} (copy)`;
+    toast(`Settings copied from ${name || runId}. Change what you need, then start.`, { title: "Clone & edit" });
+  } catch (err) {
+    reportError(err, "Cannot clone that run");
+  }
+}
+
+async function loadYamlFile(file) {
+  const text = await file.text();
+  try {
+    const res = await api.post(EP.parseYaml, { yaml: text });
+    state.form.setValues(res.config || {});
+    for (const w of res.warnings || []) toast(w, { kind: "warning", title: "YAML" });
+    toast(`${file.name} loaded.`, { kind: "success" });
+    refresh();
+  } catch (err) {
+    reportError(err, `Cannot load ${file.name}`);
+  }
+}
+
+// -- live validation and derived panels -----------------------------------------------------
+
+const validateSoon = debounce(validate, 250);
+const reportSoon = debounce(loadReport, 400);
+
+function onFormChange() {
+  validateSoon();
+  reportSoon();
+  updatePlan();
+}
+
+function refresh() {
+  validate();
+  loadReport();
+}
+
+async function validate() {
+  const seq = ++state.seq;
+  const config = state.form.values();
+  let res;
+  try {
+    res = await api.post(EP.validate, { config });
+  } catch (err) {
+    if (err.status === 400 && err.body && Array.isArray(err.body.errors)) res = err.body;
+    else return reportError(err, "Validation failed");
+  }
+  if (seq !== state.seq) return; // a newer edit is already being checked
+  state.errors = res.errors || [];
+  state.normalized = res.ok ? res.config : null;
+  const unplaced = state.form.showErrors(state.errors);
+  const box = $("#form-errors");
+  box.hidden = !unplaced.length;
+  replace(box, unplaced.length ? h("div", null, unplaced.map((e) => h("p", { text: e.field ? `${e.field}: ${e.message}` : e.message }))) : null);
+  const warnings = res.warnings || [];
+  $("#form-warnings").hidden = !warnings.length;
+  replace($("#form-warnings"), h("div", null, warnings.map((w) => h("p", { text: w }))));
+  const badge = $("#validity");
+  badge.dataset.state = res.ok ? "finished" : "failed";
+  badge.textContent = res.ok ? "Ready" : `${state.errors.length} to fix`;
+  updatePlan();
+  updateConfigText(res);
+}
+
+async function loadReport() {
+  const data = state.form.values().data;
+  const box = $("#data-report");
+  if (!data) {
+    state.report = null;
+    replace(box, h("dt", { text: "Corpus" }), h("dd", { class: "faint", text: "Pick a corpus to see its report." }));
+    $("#corpus-preview").textContent = "…";
+    updatePlan();
+    return;
+  }
+  if (data === state.reportPath && state.report) return updatePlan();
+  state.reportPath = data;
+  $("#data-status").textContent = "reading…";
+  try {
+    const { report } = await api.post(EP.dataReport, { path: data });
+    if (state.reportPath !== data) return;
+    state.report = report;
+    $("#data-status").textContent = report.complete === false ? "extrapolated" : "";
+    $("#corpus-preview").textContent = report.preview || "(empty)";
+  } catch (err) {
+    if (state.reportPath !== data) return;
+    state.report = null;
+    $("#data-status").textContent = "";
+    $("#corpus-preview").textContent = "";
+    replace(box, h("dt", { text: "Corpus" }), h("dd", { class: "field-error", text: err.message }));
+    updatePlan();
+    return;
+  }
+  updatePlan();
+}
+
+/** Steps, tokens and time this config plans, from the form and the data report. */
+function plan() {
+  const cfg = state.normalized || numericValues(state.form.values());
+  const perStep = (cfg.batch_size || 0) * (cfg.grad_accumulation_steps || 1) * (cfg.max_seq_length || 0);
+  const r = state.report;
+  const corpusTokens = r ? r.tokens ?? r.tokens_estimate : null;
+  const trainTokens = corpusTokens != null ? corpusTokens * (1 - (cfg.val_fraction ?? 0.05)) : null;
+  const stepsPerEpoch = trainTokens && perStep ? Math.max(1, Math.floor(trainTokens / perStep)) : null;
+  let steps = null;
+  if (cfg.epochs) steps = stepsPerEpoch ? Math.ceil(cfg.epochs * stepsPerEpoch) : null;
+  else if (cfg.train_tokens) steps = perStep ? Math.ceil(cfg.train_tokens / perStep) : null;
+  else steps = cfg.iters || DEFAULT_ITERS;
+  return { cfg, perStep, corpusTokens, stepsPerEpoch, steps, tokens: steps && perStep ? steps * perStep : null };
+}
+
+function updatePlan() {
+  const p = plan();
+  const epochs = p.steps && p.stepsPerEpoch ? p.steps / p.stepsPerEpoch : null;
+  replace(
+    $("#plan"),
+    kv("Steps", fmt.int(p.steps)),
+    kv("Tokens per step", fmt.int(p.perStep || null)),
+    kv("Tokens to train", p.tokens ? `${fmt.compact(p.tokens)}${epochs ? ` · ${epochs.toFixed(2)} epochs` : ""}` : "–")
+  );
+  const r = state.report;
+  if (r) {
+    replace(
+      $("#data-report"),
+      kv("Corpus", r.path),
+      kv("Files", fmt.int(r.files)),
+      kv("Documents", fmt.int(r.documents)),
+      kv("Size", fmt.bytes(r.bytes)),
+      kv(r.estimated ? "Tokens (est.)" : "Tokens", fmt.compact(r.tokens ?? r.tokens_estimate)),
+      kv("Steps per epoch", fmt.int(p.stepsPerEpoch)),
+      kv("Estimated time", estimate(p))
+    );
+  }
+  if (state.lr) $("#lr-summary").textContent = p.steps ? state.lr.update(p.cfg, p.steps) : "";
+}
+
+function estimate(p) {
+  const tps = state.report && state.report.tokens_per_second;
+  if (!p.tokens || !tps) return "after the first steps";
+  return `≈ ${fmt.duration(p.tokens / tps)}`;
+}
+
+function numericValues(values) {
+  const out = {};
+  for (const [k, v] of Object.entries(values)) {
+    const x = typeof v === "string" && v.trim() !== "" ? Number(v) : v;
+    out[k] = typeof x === "number" && Number.isFinite(x) ? x : v;
+  }
+  return out;
+}
+
+const kv = (k, v) => [h("dt", { text: k }), h("dd", { text: v })];
+
+// -- YAML and command line -----------------------------------------------------------------
+
+/** The YAML is the server's (exactly what the trainer would receive); the command line is
+ * built from the registry's flags, with only the settings that differ from the defaults. */
+function updateConfigText(res) {
+  if (!res.ok) {
+    state.yaml = state.cli = "";
+    $("#config-yaml").textContent = "# Fix the settings marked in the form to see the config.";
+    $("#config-cli").textContent = "# Fix the settings marked in the form to see the command.";
+    return;
+  }
+  state.yaml = res.yaml || "";
+  state.cli = commandLine(res.config);
+  $("#config-yaml").textContent = state.yaml;
+  $("#config-cli").textContent = state.cli;
+}
+
+function commandLine(nested) {
+  const flat = flattenNested(nested);
+  const lines = ["python -m training.continued_pretraining"];
+  const add = (...parts) => lines.push(parts.map(shellQuote).join(" "));
+  for (const f of state.fields) {
+    const v = flat[f.name];
+    if (v === undefined || v === null || JSON.stringify(v) === JSON.stringify(f.default)) continue;
+    if (f.type === "bool") add(v ? f.flag : f.flag.replace(/^--/, "--no-"));
+    else if (f.name === "eval_sets") for (const [k, p] of Object.entries(v)) add(f.flag, `${k}=${p}`);
+    else if (f.type === "list") add(f.flag, v.join(","));
+    else if (typeof v === "object") return `# A custom ${f.name} needs the YAML file:\npython -m training.continued_pretraining -c config.yaml`;
+    else add(f.flag, String(v));
+  }
+  return lines.join(" \\\n    ");
+}
+
+function flattenNested(nested) {
+  const out = {};
+  for (const [k, v] of Object.entries(nested || {})) {
+    if (v && typeof v === "object" && !Array.isArray(v) && !state.fieldNames.has(k)) {
+      for (const [sub, x] of Object.entries(v)) out[`${k}.${sub}`] = x;
+    } else out[k] = v;
+  }
+  return out;
+}
+
+function shellQuote(s) {
+  return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, "'\\''")}'`;
+}
+
+function wireConfigPanel() {
+  const tabs = [$("#tab-yaml"), $("#tab-cli")];
+  const panels = [$("#config-yaml"), $("#config-cli")];
+  const select = (i) => {
+    tabs.forEach((t, j) => {
+      t.setAttribute("aria-selected", String(i === j));
+      t.tabIndex = i === j ? 0 : -1;
+      panels[j].hidden = i !== j;
+    });
+    tabs[i].focus();
+  };
+  tabs.forEach((t, i) => {
+    t.addEventListener("click", () => select(i));
+    t.addEventListener("keydown", (e) => {
+      if (e.key === "ArrowRight" || e.key === "ArrowLeft") select((i + 1) % 2);
+    });
+  });
+  const current = () => (panels[0].hidden ? { text: state.cli, name: "train.sh", type: "text/x-shellscript" } : { text: state.yaml, name: "config.yaml", type: "application/x-yaml" });
+  $("#copy-config").addEventListener("click", async () => {
+    const { text } = current();
+    try {
+      await navigator.clipboard.writeText(text);
+      toast("Copied to the clipboard.", { kind: "success", timeout: 2500 });
+    } catch {
+      const sel = getSelection();
+      sel.selectAllChildren(panels[0].hidden ? panels[1] : panels[0]);
+      toast("Selected: press Ctrl+C (⌘C) to copy.", { timeout: 4000 });
+    }
+  });
+  $("#download-config").addEventListener("click", () => {
+    const { text, name, type } = current();
+    const url = URL.createObjectURL(new Blob([text], { type }));
+    const a = h("a", { href: url, download: name });
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  });
+  $("#load-yaml").addEventListener("click", () => $("#yaml-file").click());
+  $("#yaml-file").addEventListener("change", (e) => {
+    const file = e.target.files[0];
+    if (file) loadYamlFile(file);
+    e.target.value = "";
+  });
+}
+
+// -- pickers -------------------------------------------------------------------------------
+
+function addPickers(fields) {
+  for (const f of fields) {
+    if (f.type !== "path") continue;
+    const input = state.form.controlFor(f.name);
+    const kind = f.name === "model" ? "model" : "data";
+    const button = h("button", {
+      class: "btn",
+      type: "button",
+      text: "Browse…",
+      "aria-label": `Browse for ${f.name}`,
+      on: {
+        click: async () => {
+          const start = input.value.includes("/") ? input.value.replace(/\/[^/]*$/, "") : ".";
+          const picked = await pickPath({ title: kind === "model" ? "Choose a model folder" : "Choose a corpus", start, kind });
+          if (picked) {
+            input.value = picked;
+            input.dispatchEvent(new Event("input", { bubbles: true }));
+          }
+        },
+      },
+    });
+    const row = h("div", { class: "field-control-row" });
+    input.replaceWith(row);
+    row.append(input, button);
+  }
+}
+
+// -- launch -------------------------------------------------------------------------------
+
+function wireLaunch() {
+  $("#start-now").addEventListener("click", () => launch(true));
+  $("#add-to-queue").addEventListener("click", () => launch(false));
+  $("#run-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    launch(true);
+  });
+}
+
+async function launch(startNow) {
+  const buttons = [$("#start-now"), $("#add-to-queue")];
+  buttons.forEach((b) => (b.disabled = true));
+  const body = {
+    config: state.form.values(),
+    name: $("#f-name").value.trim() || null,
+    start: startNow,
+    queue: !startNow,
+  };
+  try {
+    const res = await api.post(EP.runs, body);
+    if (startNow) location.assign(`/runs/${encodeURIComponent(res.run_id)}`);
+    else {
+      toast("Added to the queue.", { kind: "success", action: { label: "Open runs", onClick: () => location.assign("/") } });
+      buttons.forEach((b) => (b.disabled = false));
+    }
+  } catch (err) {
+    buttons.forEach((b) => (b.disabled = false));
+    const errors = (err.body && err.body.errors) || (err.field ? [{ field: err.field, message: err.message }] : null);
+    if (errors) {
+      const unplaced = state.form.showErrors(errors);
+      state.form.focusFirstError();
+      if (unplaced.length) reportError(new Error(unplaced.map((e) => e.message).join(" ")), "Cannot start");
+      else toast("Fix the highlighted settings, then start again.", { kind: "error", title: "Cannot start" });
+    } else reportError(err, "Cannot start the run");
+  }
+}
+
+main();

@@ -1,0 +1,161 @@
+/**
+ * What the Runs and Run pages share about one run: its badge, its numbers, and the actions
+ * that change it (each confirmed where it cannot be undone or starts a process).
+ *
+ *   badge(state) -> <span class="badge">; progressBar(fraction, state) -> <div class="progress">
+ *   summary(run) -> {step, total, fraction, tokens, totalTokens, loss, elapsed, eta, checkpoint}
+ *       from a GET /api/runs or /api/runs/<run_id> record (missing figures are null)
+ *   resumeRun(run) -> Promise<boolean>: explains what Resume will do, then POSTs
+ *       {"confirm": true} only if the person confirms
+ *   stopRun(run), deleteRun(run) -> Promise<boolean> (delete is confirmed)
+ *   isActive(state), canResume(run)
+ */
+import { h, fmt, toEpoch } from "./dom.js";
+import { api, reportError, runUrl } from "./api.js";
+import { confirmDialog } from "./dialog.js";
+import { toast } from "./toast.js";
+
+export const ACTIVE = new Set(["starting", "running", "stopping"]);
+export const RESUMABLE = new Set(["stopped", "interrupted", "failed", "diverged"]);
+export const isActive = (state) => ACTIVE.has(state);
+
+export function badge(state) {
+  return h("span", { class: "badge", dataset: { state: state || "created" }, text: state || "unknown" });
+}
+
+export function progressBar(fraction, state) {
+  const bar = h("span");
+  bar.style.width = `${Math.max(0, Math.min(1, fraction || 0)) * 100}%`;
+  return h(
+    "div",
+    {
+      class: "progress",
+      role: "progressbar",
+      "aria-valuemin": "0",
+      "aria-valuemax": "100",
+      "aria-valuenow": String(Math.round((fraction || 0) * 100)),
+      dataset: { state: state || "" },
+    },
+    bar
+  );
+}
+
+const pick = (...xs) => xs.find((x) => typeof x === "number" && Number.isFinite(x)) ?? null;
+
+export function summary(run) {
+  const last = run.last || run.metrics || {};
+  const train = last.train || {};
+  const start = last.run_start || {};
+  const step = pick(run.step, train.step);
+  const total = pick(run.total_steps, start.total_steps);
+  const tokens = pick(run.trained_tokens, run.tokens, train.trained_tokens);
+  const totalTokens = pick(run.total_tokens, start.total_tokens);
+  const started = toEpoch(run.started) ?? toEpoch(run.created);
+  const ended = toEpoch(run.ended) ?? toEpoch(run.last_event_time);
+  const elapsed = pick(run.elapsed, started && (isActive(run.state) ? Date.now() / 1000 - started : ended ? ended - started : null));
+  let eta = pick(run.eta, run.eta_seconds);
+  if (eta === null && isActive(run.state) && step && total && elapsed) {
+    const base = pick(run.start_step) || 0;
+    const rate = (step - base) / Math.max(1, elapsed);
+    eta = rate > 0 ? (total - step) / rate : null;
+  }
+  const ckptStep = pick(run.latest_checkpoint_step, (run.last_checkpoint || {}).step);
+  const ckpt = ckptStep !== null ? { step: ckptStep, ...(run.last_checkpoint || {}) } : null;
+  return {
+    step,
+    total,
+    fraction: step !== null && total ? step / total : null,
+    tokens,
+    totalTokens,
+    loss: pick(run.train_loss, run.loss, train.train_loss),
+    valLoss: pick(run.val_loss, (last.eval || {}).val_loss),
+    elapsed,
+    eta,
+    checkpoint: ckpt,
+  };
+}
+
+/** The server says (`resumable`: a resumable state and a checkpoint) on a detailed record. */
+export function canResume(run) {
+  return typeof run.resumable === "boolean" ? run.resumable : RESUMABLE.has(run.state);
+}
+
+async function latestCheckpoint(run) {
+  try {
+    const { checkpoints } = await api.get(runUrl(run.run_id, "/checkpoints"));
+    return checkpoints.find((c) => c.latest) || checkpoints[checkpoints.length - 1] || null;
+  } catch {
+    return summary(run).checkpoint;
+  }
+}
+
+async function describeResume(run) {
+  const s = summary(run);
+  const ckpt = await latestCheckpoint(run);
+  const name = run.name || run.run_id;
+  const lines = [];
+  if (ckpt && typeof ckpt.step === "number") {
+    const when = toEpoch(ckpt.time);
+    lines.push(
+      `The trainer starts again in the same run folder, from the checkpoint at step ${fmt.int(ckpt.step)}` +
+        (when ? ` (saved ${fmt.dateTime(when)}).` : ".")
+    );
+    if (s.step !== null && s.step > ckpt.step) {
+      lines.push(`Steps ${fmt.int(ckpt.step + 1)}–${fmt.int(s.step)}, logged after that checkpoint, are trained again.`);
+    }
+  } else {
+    lines.push("The trainer starts again in the same run folder, from its latest checkpoint.");
+  }
+  lines.push(
+    `Training continues towards ${s.total ? `step ${fmt.int(s.total)}` : "its budget"} with the same settings; ` +
+      "its metrics and log are appended to, nothing already written is changed."
+  );
+  return { title: `Resume “${name}”?`, lines };
+}
+
+export async function resumeRun(run) {
+  const { title, lines } = await describeResume(run);
+  const ok = await confirmDialog({ title, body: lines, confirmLabel: "Resume training" });
+  if (!ok) return false;
+  try {
+    await api.post(runUrl(run.run_id, "/resume"), { confirm: true });
+    toast(`${run.name || run.run_id} is resuming.`, { kind: "success", timeout: 4000 });
+    return true;
+  } catch (err) {
+    reportError(err, "Cannot resume");
+    return false;
+  }
+}
+
+export async function stopRun(run) {
+  try {
+    await api.post(runUrl(run.run_id, "/stop"), {});
+    toast("Stopping: the trainer finishes its step and writes a checkpoint.", { timeout: 5000 });
+    return true;
+  } catch (err) {
+    reportError(err, "Cannot stop");
+    return false;
+  }
+}
+
+export async function deleteRun(run) {
+  const name = run.name || run.run_id;
+  const ok = await confirmDialog({
+    title: `Delete “${name}”?`,
+    body: [
+      "This removes the run's folder: its checkpoints, final model, metrics and log.",
+      "It cannot be undone. Exported models outside the run folder are kept.",
+    ],
+    confirmLabel: "Delete run",
+    danger: true,
+  });
+  if (!ok) return false;
+  try {
+    await api.del(runUrl(run.run_id), { confirm: true });
+    toast(`${name} deleted.`, { timeout: 4000 });
+    return true;
+  } catch (err) {
+    reportError(err, "Cannot delete");
+    return false;
+  }
+}

@@ -1,0 +1,332 @@
+// One run's page: live charts (history from /metrics?max_points=, then socket rows after the
+// last seq), progress and ETA, the reason it ended, stdout tail, checkpoints, and actions.
+import { h, $, replace, fmt, toEpoch } from "./dom.js";
+import { api, reportError, runUrl } from "./api.js";
+import { followRun, onConnection } from "./live.js";
+import { RunData, MetricChart, seriesColor } from "./chart.js";
+import { settings } from "./settings.js";
+import { toast } from "./toast.js";
+import { noteRunState } from "./notify.js";
+import { summary, canResume, isActive, resumeRun, stopRun, deleteRun } from "./run_actions.js";
+
+const runId = document.body.dataset.runId;
+const run = new RunData({ smoothing: settings.get("smoothing") });
+const page = { record: null, charts: {}, follower: null, info: {}, logTimer: 0, checkpoints: [] };
+// For tests and the curious: window.cpt.run holds the chart columns.
+window.cpt = { run, page };
+
+async function main() {
+  try {
+    page.record = (await api.get(runUrl(runId))).run;
+  } catch (err) {
+    replace($("#main"), h("div", { class: "empty" }, h("h2", { text: err.status === 404 ? "No such run" : "Cannot load this run" }), h("p", { text: err.message }), h("a", { class: "btn", href: "/", text: "Back to runs" })));
+    return;
+  }
+  buildCharts();
+  wireToolbar();
+  wireActions();
+  renderRecord();
+  await loadHistory();
+  page.follower = followRun(runId, {
+    afterSeq: run.lastSeq,
+    onRows: (rows) => {
+      run.ingest(rows);
+      noteRows(rows, true);
+      renderLive();
+    },
+    onStatus: () => refreshRecord(),
+  });
+  onConnection((online) => {
+    if (online) refreshRecord();
+  });
+  loadLog();
+  loadCheckpoints();
+  loadConfig();
+  setInterval(tick, 1000);
+}
+
+// -- data ------------------------------------------------------------------------------------
+
+async function loadHistory() {
+  const maxPoints = settings.get("maxPoints");
+  try {
+    const res = await api.get(runUrl(runId, `/metrics?max_points=${maxPoints}`));
+    const rows = res.rows || [];
+    run.ingest(rows);
+    if (typeof res.last_seq === "number" && res.last_seq > run.lastSeq) run.lastSeq = res.last_seq;
+    noteRows(rows, false);
+  } catch (err) {
+    reportError(err, "Cannot load the metrics");
+  }
+  renderLive();
+}
+
+/** Keep what the page shows besides the charts: plan, status, warnings, checkpoints. */
+function noteRows(rows, live) {
+  for (const row of rows) {
+    if (row.event === "run_start") {
+      page.info.start = row;
+      page.info.attemptStart = { step: row.step ?? 0, time: row.time, tokens: row.trained_tokens };
+    } else if (row.event === "status") {
+      page.info.status = row;
+      if (live) refreshRecord();
+    } else if (row.event === "checkpoint") {
+      if (live) loadCheckpoints();
+    } else if (row.event === "warning" && live) {
+      toast(row.message || row.kind, { kind: "warning", title: `Warning: ${row.kind || "training"}` });
+    } else if (row.event === "train") {
+      page.info.lastTrain = row;
+    }
+  }
+}
+
+async function refreshRecord() {
+  try {
+    page.record = (await api.get(runUrl(runId))).run;
+    renderRecord();
+    if (!isActive(page.record.state)) loadLog();
+  } catch (err) {
+    if (err.status !== 0) reportError(err, "Cannot refresh the run");
+  }
+}
+
+// -- rendering -------------------------------------------------------------------------------
+
+function renderRecord() {
+  const r = page.record;
+  noteRunState(r);
+  $("#run-name").textContent = r.name || r.run_id;
+  document.title = `${r.name || r.run_id} · MLX CPT Console`;
+  const b = $("#run-state");
+  b.dataset.state = r.state;
+  b.textContent = r.state;
+  $("#act-stop").hidden = !["starting", "running"].includes(r.state);
+  $("#act-resume").hidden = !canResume(r);
+  $("#act-delete").disabled = isActive(r.state);
+  const reason = r.reason || r.state_reason || r.message || (r.exit && r.exit.reason);
+  const box = $("#run-reason");
+  const ended = ["stopped", "finished", "failed", "diverged", "interrupted"].includes(r.state);
+  box.hidden = !reason || (!ended && r.state !== "queued");
+  box.className = `callout ${r.state === "failed" || r.state === "diverged" ? "callout-bad" : r.state === "interrupted" ? "callout-warn" : ""}`;
+  const exitBits = r.exit ? [r.exit.code != null ? `exit code ${r.exit.code}` : null, r.exit.signal].filter(Boolean).join(", ") : "";
+  replace(box, h("div", null, h("strong", { text: `${cap(r.state)}: ` }), reason || "", exitBits ? h("span", { class: "muted", text: ` (${exitBits})` }) : null));
+  renderProgress();
+}
+
+function renderLive() {
+  const s = run.last("train", "smooth");
+  $("#s-loss").textContent = fmt.loss(s);
+  $("#s-loss-sub").textContent = `raw ${fmt.loss(run.last("train", "train_loss"))} · smoothed`;
+  const val = run.last("eval", "val_loss");
+  $("#s-val").textContent = fmt.loss(val);
+  $("#s-val-sub").textContent = `best ${fmt.loss(minOf(run.eval, "val_loss"))}`;
+  $("#s-tps").textContent = fmt.compact(run.last("train", "tokens_per_second"));
+  $("#s-mem").textContent = fmt.gb(run.last("train", "peak_memory"));
+  if (run.evalSets.length !== page.knownSets) {
+    page.knownSets = run.evalSets.length;
+    page.charts.loss.setSeries(lossSeries());
+  }
+  renderProgress();
+}
+
+function renderProgress() {
+  const r = page.record;
+  if (!r) return;
+  const s = summary(r);
+  const start = page.info.start || {};
+  const step = Math.max(s.step ?? 0, run.last("train", "step") || 0);
+  const total = s.total ?? start.total_steps ?? null;
+  const tokens = Math.max(s.tokens ?? 0, run.last("train", "tokens") || 0);
+  const totalTokens = s.totalTokens ?? start.total_tokens ?? null;
+  $("#p-steps").textContent = `${fmt.int(step)} / ${fmt.int(total)}`;
+  $("#p-tokens").textContent = `${fmt.compact(tokens)} / ${fmt.compact(totalTokens)}`;
+  setBar("#bar-steps", total ? step / total : 0, r.state);
+  setBar("#bar-tokens", totalTokens ? tokens / totalTokens : 0, r.state);
+  $("#p-elapsed").textContent = fmt.duration(s.elapsed);
+  $("#p-eta").textContent = isActive(r.state) ? fmt.duration(eta(step, total) ?? s.eta) : r.state === "finished" ? "done" : "–";
+}
+
+/** Remaining seconds at the pace of this attempt's last train rows (a resume restarts the clock). */
+function eta(step, total) {
+  const t = run.train;
+  if (!total || t.n < 2) return null;
+  const steps = t.col("step");
+  const times = t.col("time");
+  const since = page.info.attemptStart?.time ?? -Infinity;
+  let first = Math.max(0, t.n - 20);
+  while (first < t.n - 1 && !(times[first] >= since)) first++;
+  const dt = times[t.n - 1] - times[first];
+  const ds = steps[t.n - 1] - steps[first];
+  if (!(dt > 0 && ds > 0)) return null;
+  return ((total - step) * dt) / ds;
+}
+
+function tick() {
+  if (page.record && isActive(page.record.state)) renderProgress();
+}
+
+function setBar(sel, fraction, state) {
+  const el = $(sel);
+  el.dataset.state = state;
+  el.firstElementChild.style.width = `${Math.max(0, Math.min(1, fraction)) * 100}%`;
+  el.setAttribute("role", "progressbar");
+  el.setAttribute("aria-valuenow", String(Math.round(fraction * 100)));
+}
+
+function minOf(table, key) {
+  const col = table.col(key);
+  let m = NaN;
+  for (let i = 0; i < table.n; i++) if (col[i] === col[i] && !(col[i] >= m)) m = col[i];
+  return m;
+}
+
+const cap = (s) => (s ? s[0].toUpperCase() + s.slice(1) : "");
+
+// -- charts ----------------------------------------------------------------------------------
+
+function lossSeries() {
+  const c = seriesColor(0);
+  return [
+    { source: run, table: "train", key: "train_loss", label: "train (raw)", color: c, width: 1, alpha: 0.3 },
+    { source: run, table: "train", key: "smooth", label: "train", color: c, width: 2 },
+    { source: run, table: "eval", key: "val_loss", label: "validation", color: seriesColor(1), width: 2, points: true },
+    ...run.evalSets.map((name, i) => ({
+      source: run,
+      table: "eval",
+      key: `${name}_loss`,
+      label: name,
+      color: seriesColor(i + 2),
+      width: 1.5,
+      dash: [6, 4],
+      points: true,
+    })),
+  ];
+}
+
+function buildCharts() {
+  const x = settings.get("xAxis");
+  const logY = settings.get("logScale");
+  page.knownSets = run.evalSets.length;
+  page.charts.loss = new MetricChart($("#chart-loss"), { series: lossSeries(), x, logY, height: 300, yFormat: (v) => (v == null ? "–" : v.toFixed(3)) });
+  page.charts.lr = new MetricChart($("#chart-lr"), {
+    series: [{ source: run, table: "train", key: "learning_rate", label: "lr", color: seriesColor(2), width: 1.5 }],
+    x,
+    height: 160,
+    yFormat: (v) => fmt.lr(v),
+  });
+  page.charts.tps = new MetricChart($("#chart-tps"), {
+    series: [{ source: run, table: "train", key: "tokens_per_second", label: "tok/s", color: seriesColor(3), width: 1.5 }],
+    x,
+    height: 160,
+    yFormat: (v) => fmt.compact(v),
+  });
+  page.charts.mem = new MetricChart($("#chart-mem"), {
+    series: [{ source: run, table: "train", key: "peak_memory", label: "GB", color: seriesColor(4), width: 1.5 }],
+    x,
+    height: 160,
+    yFormat: (v) => (v == null ? "–" : Number(v.toPrecision(3)).toString()),
+  });
+}
+
+function wireToolbar() {
+  const slider = $("#smoothing");
+  const out = $("#smoothing-value");
+  slider.value = String(run.smoothing);
+  out.textContent = run.smoothing.toFixed(2);
+  slider.addEventListener("input", () => {
+    out.textContent = Number(slider.value).toFixed(2);
+    run.setSmoothing(Number(slider.value));
+  });
+  slider.addEventListener("change", () => settings.set("smoothing", Number(slider.value)));
+  const log = $("#log-scale");
+  log.checked = settings.get("logScale");
+  log.addEventListener("change", () => page.charts.loss.setLogY(log.checked));
+  for (const radio of document.querySelectorAll('input[name="x-axis"]')) {
+    radio.checked = radio.value === settings.get("xAxis");
+    radio.addEventListener("change", () => {
+      for (const c of Object.values(page.charts)) c.setX(radio.value);
+    });
+  }
+  $("#reset-zoom").addEventListener("click", () => {
+    for (const c of Object.values(page.charts)) c.resetZoom();
+  });
+}
+
+// -- actions ---------------------------------------------------------------------------------
+
+function wireActions() {
+  $("#act-stop").addEventListener("click", async () => {
+    $("#act-stop").disabled = true;
+    if (await stopRun(page.record)) await refreshRecord();
+    $("#act-stop").disabled = false;
+  });
+  $("#act-resume").addEventListener("click", async () => {
+    if (await resumeRun(page.record)) await refreshRecord();
+  });
+  $("#act-delete").addEventListener("click", async () => {
+    if (await deleteRun(page.record)) location.assign("/");
+  });
+}
+
+// -- log, checkpoints, config ----------------------------------------------------------------
+
+async function loadLog() {
+  clearTimeout(page.logTimer);
+  try {
+    const res = await api.get(runUrl(runId, `/logs?tail=${settings.get("logLines")}`));
+    const lines = Array.isArray(res.lines) ? res.lines : String(res.text ?? res.log ?? "").split("\n");
+    const pre = $("#log");
+    const text = lines.join("\n");
+    if (pre.textContent !== text) {
+      pre.textContent = text || "(no output yet)";
+      if ($("#follow-log").checked) pre.scrollTop = pre.scrollHeight;
+    }
+  } catch (err) {
+    if (err.status !== 404) $("#log").textContent = `Cannot read the log: ${err.message}`;
+  }
+  if (page.record && (isActive(page.record.state) || page.record.state === "queued")) {
+    page.logTimer = setTimeout(loadLog, 1500);
+  }
+}
+
+async function loadCheckpoints() {
+  try {
+    const res = await api.get(runUrl(runId, "/checkpoints"));
+    const list = res.checkpoints || [];
+    $("#ckpt-count").textContent = list.length ? `${list.length} kept` : "";
+    replace(
+      $("#ckpt-body"),
+      list.length
+        ? list.map((c) =>
+            h(
+              "tr",
+              null,
+              h("td", { class: "num", text: fmt.int(c.step) }),
+              h("td", { text: fmt.dateTime(toEpoch(c.time ?? c.created ?? c.mtime)) }),
+              h("td", { class: "right num", text: fmt.bytes(c.size) }),
+              h("td", { class: "right num", text: fmt.loss(c.val_loss ?? (c.losses || {}).val) }),
+              h("td", null, [c.latest ? h("span", { class: "badge", dataset: { state: "queued" }, text: "latest" }) : null, c.best ? h("span", { class: "badge", dataset: { state: "finished" }, text: "best" }) : null])
+            )
+          )
+        : h("tr", null, h("td", { colspan: 5, class: "faint", text: "None yet" }))
+    );
+  } catch (err) {
+    if (err.status !== 404) reportError(err, "Cannot list the checkpoints");
+  }
+}
+
+async function loadConfig() {
+  const r = page.record;
+  let text = r.config_yaml;
+  if (!text) {
+    try {
+      const res = await api.get(runUrl(runId, "/config"));
+      text = res.yaml;
+    } catch {
+      text = null;
+    }
+  }
+  $("#run-config").textContent = text || "(not available)";
+}
+
+main();

@@ -1,0 +1,84 @@
+"""The console's HTML pages: thin Jinja shells; the data comes from /api through static/js.
+
+Pages carry no inline script or style (the CSP is `default-src 'self'`): anything a page
+module needs from the server travels in `data-*` attributes of <body>.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, abort, current_app, render_template
+
+from training.run_store import is_valid_run_id
+from web import ui_api
+
+bp = Blueprint("pages", __name__)
+# The pages' own small endpoints (/api/ui/...) travel with the pages blueprint.
+bp.register_blueprint(ui_api.bp)
+
+# (endpoint, label) in the top bar; the Playground appears once its template exists.
+# "New run" is the top bar's button, so each page has exactly one control of that name.
+NAV: tuple[tuple[str, str], ...] = (
+    ("pages.runs", "Runs"),
+    ("pages.compare", "Compare"),
+    ("pages.playground", "Playground"),
+    ("pages.settings", "Settings"),
+)
+
+
+def _has_template(name: str) -> bool:
+    folder = current_app.template_folder or "templates"
+    return (Path(current_app.root_path) / folder / name).is_file()
+
+
+def _render(template: str, page: str, title: str, nav: str | None = None, **data: Any) -> str:
+    links = [
+        (e, label)
+        for e, label in NAV
+        if e != "pages.playground" or _has_template("playground.html")
+    ]
+    return render_template(
+        template,
+        page=page,
+        page_title=title,
+        nav=links,
+        active_nav=nav or f"pages.{page}",
+        **data,
+    )
+
+
+@bp.get("/")
+def runs() -> str:
+    return _render("runs.html", "runs", "Runs")
+
+
+@bp.get("/runs/new")
+def new_run() -> str:
+    return _render("new_run.html", "new_run", "New run")
+
+
+@bp.get("/runs/<run_id>")
+def run_detail(run_id: str) -> str:
+    if not is_valid_run_id(run_id):
+        abort(404)
+    return _render("run_detail.html", "run_detail", "Run", nav="pages.runs", run_id=run_id)
+
+
+@bp.get("/compare")
+def compare() -> str:
+    return _render("compare.html", "compare", "Compare")
+
+
+@bp.get("/settings")
+def settings() -> str:
+    return _render("settings.html", "settings", "Settings")
+
+
+@bp.get("/playground")
+def playground() -> str:
+    # The Evaluation part owns templates/playground.html and static/js/playground.js.
+    if not _has_template("playground.html"):
+        abort(404)
+    return _render("playground.html", "playground", "Playground")

@@ -69,11 +69,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     register_error_handlers(app)
     security.init_app(app)
-    from web import api, live, pages, runs  # noqa: F401  (live registers socket handlers)
+    # live and evaluation register Socket.IO handlers on import.
+    from web import api, evaluation, live, pages, runs  # noqa: F401
 
     app.register_blueprint(api.bp)
     app.register_blueprint(runs.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(evaluation.bp)
 
     socketio.init_app(
         app,

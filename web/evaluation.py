@@ -1,0 +1,217 @@
+"""Testing models from the console: Playground generation, perplexity jobs, exports.
+
+The console never imports MLX: each job runs in a worker process (training/eval_worker.py)
+owned by EvalJobs, whose events are forwarded here to Socket.IO rooms `eval:<job_id>`.
+Requests are checked by training/eval_requests.py before anything starts; the app-wide
+guards of web/security.py (token, Host, Origin, JSON-only mutations) cover every route
+and the Socket.IO handshake, and paths are confined to the console's browse roots.
+
+HTTP (all under /api):
+  GET  /eval/models                        model choices for the pickers
+  POST /eval/generate                      {model, compare?, prompt, max_tokens, temp,
+                                            top_p, seed} → 202 {job_id}
+  POST /eval/perplexity                    {model, data: {set} | {path}, sequence_length?,
+                                            num_samples?, batch_size?} → 202 {job_id}
+  POST /eval/export                        {model, format, dest?, overwrite} → 202 {job_id};
+                                            409 field "overwrite" when dest exists
+  GET  /eval/jobs[?run_id=]                {jobs: [...]}
+  GET  /eval/jobs/<job_id>                 {job}
+  POST /eval/jobs/<job_id>/stop            {ok}
+  GET  /runs/<run_id>/evaluations          the checkpoint table + this run's jobs
+Socket.IO, client → server:
+  eval_generate {as POST /eval/generate}   ack {job_id} | {error, field}; joins its room
+  join_eval {job_id, after_seq}            ack {ok, job}; replays the events after after_seq
+  leave_eval {job_id}, eval_stop {job_id}  ack {ok}
+Server → client: eval_started, eval_progress, eval_lane, eval_token, eval_lane_end,
+  eval_result, eval_error: the worker's events (training/eval_worker.py) with job_id, seq.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, jsonify, request
+from flask_socketio import join_room, leave_room
+
+from training.eval_jobs import EvalJob, EvalJobs, JobLimitError
+from training.eval_requests import (
+    EvalContext,
+    RequestError,
+    export_job,
+    generate_job,
+    model_choices,
+    perplexity_job,
+)
+from training.run_summary import checkpoint_table
+from web.console import console
+from web.errors import ApiError, error_response
+from web.extensions import socketio
+from web.security import json_body
+
+bp = Blueprint("evaluation", __name__, url_prefix="/api")
+
+EXTENSION = "eval_jobs"
+JOB_KINDS = {"generate": generate_job, "perplexity": perplexity_job, "export": export_job}
+
+
+def room_of(job_id: str) -> str:
+    return f"eval:{job_id}"
+
+
+def _forward(job: EvalJob, event: dict[str, Any]) -> None:
+    """Worker event → Socket.IO, to the clients following this job."""
+    name = event.get("event")
+    if isinstance(name, str) and name.isidentifier():
+        socketio.emit(f"eval_{name}", event, to=room_of(job.job_id))
+
+
+def eval_jobs(app: Flask | None = None) -> EvalJobs:
+    """This app's EvalJobs, created on first use (tests build several apps side by side)."""
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    jobs = app.extensions.get(EXTENSION)
+    if jobs is None:
+        jobs = app.extensions[EXTENSION] = EvalJobs(_forward)
+    return jobs
+
+
+def shutdown(app: Flask) -> None:
+    """Stop this app's evaluation workers (the console is exiting)."""
+    jobs = app.extensions.get(EXTENSION)
+    if jobs is not None:
+        jobs.shutdown()
+
+
+def _context() -> EvalContext:
+    c = console()
+    return EvalContext(c.workspace, c.browse_roots)
+
+
+def _start(kind: str, body: dict[str, Any]) -> EvalJob:
+    """Check the request, then start its worker; RequestError / ApiError on bad input."""
+    spec = JOB_KINDS[kind](_context(), body)
+    try:
+        return eval_jobs().start(kind, spec)
+    except JobLimitError as exc:
+        raise ApiError(409, str(exc), None) from exc
+
+
+@bp.errorhandler(RequestError)
+def _request_error(exc: RequestError):
+    return error_response(exc.status, str(exc), exc.field)
+
+
+# -- HTTP -----------------------------------------------------------------------------------
+
+
+@bp.get("/eval/models")
+def models():
+    c = console()
+    return jsonify(model_choices(_context(), c.store.run_ids()))
+
+
+@bp.post("/eval/<kind>")
+def start_job(kind: str):
+    if kind not in JOB_KINDS:
+        raise ApiError(404, f"no evaluation job {kind!r}; one of {', '.join(JOB_KINDS)}", "kind")
+    job = _start(kind, json_body())
+    return jsonify(job_id=job.job_id, job=job.to_json()), 202
+
+
+def _job(job_id: str) -> EvalJob:
+    job = eval_jobs().get(job_id)
+    if job is None:
+        raise ApiError(
+            404, f"no evaluation job {job_id!r} (jobs last until the console stops)", "job_id"
+        )
+    return job
+
+
+@bp.get("/eval/jobs")
+def list_jobs():
+    run_id = request.args.get("run_id")
+    jobs = [j.to_json() for j in eval_jobs().list_jobs()]
+    if run_id:
+        jobs = [j for j in jobs if j["run_id"] == run_id]
+    return jsonify(jobs=jobs)
+
+
+@bp.get("/eval/jobs/<job_id>")
+def get_job(job_id: str):
+    return jsonify(job=_job(job_id).to_json())
+
+
+@bp.post("/eval/jobs/<job_id>/stop")
+def stop_job(job_id: str):
+    job = _job(job_id)
+    return jsonify(ok=eval_jobs().stop(job.job_id), job=job.to_json())
+
+
+@bp.get("/runs/<run_id>/evaluations")
+def run_evaluations(run_id: str):
+    """The checkpoint table (step, val loss, each extra set's loss, size, best) and the
+    perplexities stored for the run, plus its evaluation jobs of this console session."""
+    paths = console().store.paths(run_id)  # RunNotFound → 404
+    jobs = [j.to_json() for j in eval_jobs().list_jobs() if j.spec.get("run_id") == run_id]
+    return jsonify(**checkpoint_table(paths), jobs=jobs)
+
+
+# -- Socket.IO ------------------------------------------------------------------------------
+
+
+def _job_id(data: Any) -> str | None:
+    job_id = data.get("job_id") if isinstance(data, dict) else None
+    return job_id if isinstance(job_id, str) and job_id.isalnum() else None
+
+
+@socketio.on("eval_generate")
+def on_generate(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {"error": "send the generation request as an object", "field": None}
+    try:
+        spec = generate_job(_context(), data)
+        jobs = eval_jobs()
+        # Join before the worker can say anything, so the first token is never missed.
+        job = jobs.start("generate", spec)
+        jobs.attach(job, 0, lambda missed: _deliver(job, missed))
+    except RequestError as exc:
+        return {"error": str(exc), "field": exc.field, "status": exc.status}
+    except JobLimitError as exc:
+        return {"error": str(exc), "field": None, "status": 409}
+    return {"job_id": job.job_id}
+
+
+def _deliver(job: EvalJob, missed: list[dict[str, Any]]) -> None:
+    sid = request.sid  # type: ignore[attr-defined]
+    join_room(room_of(job.job_id))
+    for event in missed:
+        socketio.emit(f"eval_{event['event']}", event, to=sid)
+
+
+@socketio.on("join_eval")
+def on_join(data: Any) -> dict[str, Any]:
+    job_id = _job_id(data)
+    job = eval_jobs().get(job_id) if job_id else None
+    if job is None:
+        return {"ok": False, "error": f"no evaluation job {job_id!r}", "field": "job_id"}
+    after = data.get("after_seq", 0)
+    if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+        return {"ok": False, "error": "after_seq must be a whole number >= 0", "field": "after_seq"}
+    eval_jobs().attach(job, after, lambda missed: _deliver(job, missed))
+    return {"ok": True, "job": job.to_json()}
+
+
+@socketio.on("leave_eval")
+def on_leave(data: Any) -> dict[str, Any]:
+    job_id = _job_id(data)
+    if job_id is None:
+        return {"ok": False, "error": "send {job_id}", "field": "job_id"}
+    leave_room(room_of(job_id))
+    return {"ok": True}
+
+
+@socketio.on("eval_stop")
+def on_stop(data: Any) -> dict[str, Any]:
+    job_id = _job_id(data)
+    if job_id is None or eval_jobs().get(job_id) is None:
+        return {"ok": False, "error": f"no evaluation job {job_id!r}", "field": "job_id"}
+    return {"ok": eval_jobs().stop(job_id)}

@@ -1,0 +1,110 @@
+"""Progress for a person: a live status line on a terminal, plain report lines in a file.
+
+On a TTY the current step, tokens, loss, tok/s and ETA are redrawn in place (at most ten
+times a second, so printing never costs a step); reports, evaluations and messages are
+printed as lines above it. When stdout is a file (the console's stdout.log) only the
+lines are written, so the log reads like a table.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+
+def human(n: float) -> str:
+    """1234 -> 1.2k, 5_600_000 -> 5.6M."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "?"
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class Progress:
+    def __init__(
+        self,
+        total_steps: int,
+        start_step: int = 0,
+        stream: TextIO | None = None,
+        tty: bool | None = None,
+        enabled: bool = True,
+    ) -> None:
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.enabled = enabled
+        self.total_steps = total_steps
+        self.start_step = start_step
+        self._start = time.perf_counter()
+        self._last_draw = 0.0
+        self._status = ""
+        self.last_loss: float | None = None
+        self.tokens_per_second = 0.0
+
+    def eta_seconds(self, step: int) -> float | None:
+        """Remaining wall time at this process's average pace (evaluations included)."""
+        done = step - self.start_step
+        if done <= 0:
+            return None
+        pace = (time.perf_counter() - self._start) / done
+        return pace * max(0, self.total_steps - step)
+
+    def line(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.tty and self._status:
+            self.stream.write("\r\x1b[2K")
+        self.stream.write(text + "\n")
+        if self.tty and self._status:
+            self.stream.write(self._status)
+        self.stream.flush()
+
+    def step(self, step: int, trained_tokens: int) -> None:
+        if not (self.enabled and self.tty):
+            return
+        now = time.perf_counter()
+        if now - self._last_draw < 0.1 and step != self.total_steps:
+            return
+        self._last_draw = now
+        loss = f"{self.last_loss:.4f}" if self.last_loss is not None else "-"
+        self._status = (
+            f"step {step}/{self.total_steps} | {human(trained_tokens)} tok | loss {loss} | "
+            f"{human(self.tokens_per_second)} tok/s | ETA {duration(self.eta_seconds(step))}"
+        )
+        self.stream.write("\r\x1b[2K" + self._status)
+        self.stream.flush()
+
+    def train(self, info: dict[str, Any], eta: float | None) -> None:
+        self.last_loss = info["train_loss"]
+        self.tokens_per_second = info["tokens_per_second"]
+        self.line(
+            f"step {info['step']:>6}/{self.total_steps}  loss {info['train_loss']:.4f}  "
+            f"lr {info['learning_rate']:.3g}  {human(info['tokens_per_second'])} tok/s  "
+            f"{human(info['trained_tokens'])} tokens  ETA {duration(eta)}"
+        )
+
+    def eval(self, info: dict[str, Any]) -> None:
+        parts = [
+            f"{k[:-5]} {v:.4f}"
+            for k, v in info.items()
+            if k.startswith("val") and k.endswith("_loss") and isinstance(v, float)
+        ]
+        self.line(
+            f"step {info['step']:>6}/{self.total_steps}  eval  {'  '.join(parts)}  "
+            f"({info.get('val_time', 0):.1f}s)"
+        )
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self._status:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._status = ""

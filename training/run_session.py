@@ -1,0 +1,166 @@
+"""One trainer process's side of a run: events, progress, checkpoints and stop requests.
+
+TrainingSession is the training loop's callback. Only rank 0 writes (its logger and
+checkpoints are real; other ranks get disabled ones), so the loop needs no rank checks.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from training import checkpoints
+from training.metrics_logger import CHECKPOINT, EVAL, STOPPING, TRAIN, TrainingMetricsLogger
+from training.progress import Progress
+from training.trainer_loop import LoopState, scalar
+
+
+class StopFlag:
+    """SIGTERM and SIGINT ask for a graceful stop: the flag is read between steps, so a
+    signal never interrupts a step or a checkpoint write (a second one only says so)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            print("already stopping: finishing the checkpoint", file=sys.stderr, flush=True)
+            return
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+@dataclass
+class SessionContext:
+    """What a checkpoint records besides the loop state."""
+
+    config_hash: str
+    seed: int
+    sequences_per_epoch: int
+    total_steps: int
+    fine_tune_type: str
+    adapter_config: dict[str, Any]
+    keep_checkpoints: int
+    keep_best: bool
+
+
+class TrainingSession:
+    def __init__(
+        self,
+        *,
+        run_dir: Path,
+        logger: TrainingMetricsLogger,
+        progress: Progress,
+        stop: StopFlag,
+        context: SessionContext,
+        model: Any,
+        optimizer: Any,
+        writer: bool,
+    ) -> None:
+        self.run_dir = run_dir
+        self.logger = logger
+        self.progress = progress
+        self.stop = stop
+        self.ctx = context
+        self.model = model
+        self.optimizer = optimizer
+        self.writer = writer
+        self._stopping_sent = False
+        self._started = time.time()
+
+    # -- the loop's callback --
+
+    def should_stop(self) -> bool:
+        if self.stop.requested and not self._stopping_sent:
+            self._stopping_sent = True
+            self.logger.status(
+                self.progress.start_step, STOPPING, f"{self.stop.signal_name or 'stop'} received"
+            )
+            self.progress.line("stop requested: finishing the step and saving a checkpoint")
+        return self.stop.requested
+
+    def on_step(self, state: LoopState, step_seconds: float) -> None:
+        self.progress.step(state.step, state.trained_tokens)
+
+    def on_train_loss_report(self, info: dict[str, Any]) -> None:
+        step = int(info.pop("iteration"))
+        eta = self.progress.eta_seconds(step)
+        event = self.logger.emit(TRAIN, step, **info, eta_seconds=eta)
+        self.progress.train(event, eta)
+
+    def on_val_loss_report(self, info: dict[str, Any]) -> None:
+        step = int(info.pop("iteration"))
+        event = self.logger.emit(EVAL, step, **info)
+        self.progress.eval(event)
+
+    def on_warning(self, step: int, kind: str, message: str, **fields: Any) -> None:
+        self.logger.warning(step, kind, message, **fields)
+        self.progress.line(f"warning ({kind}): {message}")
+
+    def save_checkpoint(self, state: LoopState, reason: str) -> None:
+        state.last_saved_step = state.step
+        if not self.writer:
+            return
+        tic = time.perf_counter()
+        n = self.ctx.sequences_per_epoch
+        record = {
+            "reason": reason,
+            "trained_tokens": state.trained_tokens,
+            # The checkpoint event below takes the next seq; events after it continue there.
+            "seq": self.logger.seq + 1,
+            "config_hash": self.ctx.config_hash,
+            "fine_tune_type": self.ctx.fine_tune_type,
+            "data": {
+                "cursor": state.cursor,
+                "epoch": state.cursor / n,
+                "sequences_per_epoch": n,
+                "seed": self.ctx.seed,
+            },
+            "schedule": {
+                "optimizer_step": int(scalar(self.optimizer.step)),
+                "learning_rate": scalar(self.optimizer.learning_rate),
+                "total_steps": self.ctx.total_steps,
+            },
+            "val_loss": state.val_loss,
+            "best_val_loss": state.best_val_loss,
+            "best_step": state.best_step,
+            "elapsed_seconds": round(time.time() - self._started, 3),
+        }
+
+        def write_files(directory: Path) -> None:
+            checkpoints.save_trainable(directory, self.model, self.ctx.adapter_config)
+            checkpoints.save_optimizer(directory, self.optimizer)
+
+        ckpt_dir = checkpoints.checkpoints_dir(self.run_dir)
+        bundle = checkpoints.write_bundle(ckpt_dir, state.step, record, write_files)
+        seconds = time.perf_counter() - tic
+        size = sum(p.stat().st_size for p in bundle.iterdir() if p.is_file())
+        self.logger.emit(
+            CHECKPOINT,
+            state.step,
+            path=str(bundle.relative_to(self.run_dir)),
+            seconds=round(seconds, 3),
+            size=size,
+            reason=reason,
+            val_loss=state.val_loss,
+        )
+        removed = checkpoints.apply_retention(
+            ckpt_dir, self.ctx.keep_checkpoints, self.ctx.keep_best
+        )
+        self.progress.line(
+            f"checkpoint {bundle.name} ({size / 1e6:.1f} MB, {seconds:.2f}s)"
+            + (f"; removed {', '.join(removed)}" if removed else "")
+        )

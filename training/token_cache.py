@@ -1,0 +1,262 @@
+"""Tokenize a corpus once: memory-mapped token arrays in <workspace>/cache/tokens/<key>/.
+
+The key hashes the tokenizer's files and the corpus's *document text* (not file names or
+times), so later runs, resumes and other runs on the same text reuse the entry. An entry
+holds every document's tokens followed by EOS (`tokens.bin`, uint16 when the vocabulary
+fits, else uint32) and the document start offsets (`doc_offsets.npy`); it is written into a
+temporary folder and renamed, so a reader never sees a partial entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.corpus import CorpusError, read_documents
+
+CACHE_VERSION = 1
+TOKENS_FILE = "tokens.bin"
+OFFSETS_FILE = "doc_offsets.npy"
+META_FILE = "meta.json"
+# Files that define a tokenizer's behaviour (whatever of them a model folder has).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "tiktoken.model",
+)
+_BATCH_CHARS = 4_000_000  # text per encode_batch call: big enough for Rust's threads
+_PROGRESS_MIN_CHARS = 20_000_000  # smaller corpora tokenize in a second or two: stay quiet
+_PROGRESS_EVERY_S = 2.0
+
+ProgressFn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CorpusScan:
+    """One read of a corpus: proves it is usable text and fingerprints its content."""
+
+    files: tuple[Path, ...]
+    content_hash: str
+    documents: int
+    chars: int
+
+
+def scan_corpus(files: Iterable[Path], label: str = "corpus") -> CorpusScan:
+    """Read every document once (CorpusError for binary, non-UTF-8, bad JSONL or empty)."""
+    files = tuple(files)
+    h = hashlib.sha256()
+    documents = chars = 0
+    for doc in read_documents(files):
+        data = doc.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+        documents += 1
+        chars += len(doc)
+    if documents == 0:
+        where = files[0] if len(files) == 1 else f"{len(files)} files"
+        raise CorpusError(f"{label} {where} is empty (no non-blank documents); add text to it")
+    return CorpusScan(files, h.hexdigest(), documents, chars)
+
+
+def tokenizer_fingerprint(tokenizer: Any, model_path: Path) -> str:
+    """Hash of the tokenizer's defining files plus its special token ids."""
+    h = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        p = model_path / name
+        if p.is_file():
+            h.update(name.encode() + b"\0" + p.read_bytes())
+    h.update(f"eos={tokenizer.eos_token_id};bos={getattr(tokenizer, 'bos_token', None)}".encode())
+    return h.hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class TokenizedCorpus:
+    tokens: np.ndarray  # 1-D memmap: doc0 EOS doc1 EOS ...
+    doc_offsets: np.ndarray  # int64, documents + 1 entries
+    key: str
+    path: Path
+    hit: bool
+    seconds: float
+
+    @property
+    def documents(self) -> int:
+        return len(self.doc_offsets) - 1
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.doc_offsets[-1])
+
+
+def cache_key(scan: CorpusScan, tokenizer_fp: str) -> str:
+    blob = f"v{CACHE_VERSION}\0{tokenizer_fp}\0{scan.content_hash}".encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def open_entry(path: Path, key: str, hit: bool, seconds: float) -> TokenizedCorpus:
+    meta = json.loads((path / META_FILE).read_text())
+    offsets = np.load(path / OFFSETS_FILE)
+    n = int(offsets[-1])
+    dtype = np.dtype(meta["dtype"])
+    tokens = (
+        np.memmap(path / TOKENS_FILE, dtype=dtype, mode="r", shape=(n,))
+        if n
+        else np.zeros(0, dtype)
+    )
+    return TokenizedCorpus(tokens, offsets, key, path, hit, seconds)
+
+
+def _encoder(tokenizer: Any) -> Callable[[list[str]], list[list[int]]]:
+    """Batch encoding through the Rust `tokenizers` backend when there is one (parallel,
+    no per-document Python), else the tokenizer's own encode."""
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    backend = getattr(hf, "backend_tokenizer", None)
+    if backend is not None:
+        return lambda texts: [e.ids for e in backend.encode_batch(texts, add_special_tokens=True)]
+    return lambda texts: [list(tokenizer.encode(t)) for t in texts]
+
+
+def _batches(docs: Iterable[str]) -> Iterator[list[str]]:
+    batch: list[str] = []
+    size = 0
+    for doc in docs:
+        batch.append(doc)
+        size += len(doc)
+        if size >= _BATCH_CHARS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def load_or_tokenize(
+    scan: CorpusScan,
+    tokenizer: Any,
+    tokenizer_fp: str,
+    cache_dir: Path,
+    *,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    label: str = "corpus",
+) -> TokenizedCorpus:
+    """The cached entry for this corpus and tokenizer, tokenizing it first if needed."""
+    key = cache_key(scan, tokenizer_fp)
+    path = cache_dir / key
+    tic = time.perf_counter()
+    if (path / META_FILE).is_file():
+        return open_entry(path, key, True, time.perf_counter() - tic)
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise CorpusError("the model's tokenizer has no EOS token to separate documents")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".tmp-{key}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        dtype = _write_tokens(scan, tokenizer, eos, tmp, progress, should_stop, label)
+        (tmp / META_FILE).write_text(
+            json.dumps(
+                {
+                    "version": CACHE_VERSION,
+                    "dtype": np.dtype(dtype).name,
+                    "eos_token_id": int(eos),
+                    "documents": scan.documents,
+                    "chars": scan.chars,
+                    "files": [str(f) for f in scan.files[:100]],
+                    "created": time.time(),
+                },
+                indent=2,
+            )
+        )
+        try:
+            os.rename(tmp, path)
+        except OSError:  # another process finished the same entry first: use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return open_entry(path, key, False, time.perf_counter() - tic)
+
+
+def _write_tokens(
+    scan: CorpusScan,
+    tokenizer: Any,
+    eos: int,
+    out: Path,
+    progress: ProgressFn | None,
+    should_stop: Callable[[], bool] | None,
+    label: str,
+) -> type[np.unsignedinteger[Any]]:
+    encode = _encoder(tokenizer)
+    dtype: type[np.unsignedinteger[Any]] = np.uint16
+    vocab = _vocab_size(tokenizer)
+    if vocab is None or vocab > np.iinfo(np.uint16).max:
+        dtype = np.uint32
+    offsets = [0]
+    done_chars = 0
+    n_tokens = 0
+    tic = last = time.perf_counter()
+    loud = progress is not None and scan.chars >= _PROGRESS_MIN_CHARS
+    with (out / TOKENS_FILE).open("wb") as f:
+        for texts in _batches(read_documents(scan.files)):
+            if should_stop is not None and should_stop():
+                raise InterruptedError("stopped while tokenizing")
+            encoded = encode(texts)
+            for ids in encoded:
+                if not ids or ids[-1] != eos:
+                    ids.append(eos)
+                n_tokens += len(ids)
+                offsets.append(n_tokens)
+            count = n_tokens - offsets[-len(encoded) - 1]
+            flat = np.fromiter(itertools.chain.from_iterable(encoded), np.int64, count)
+            if dtype is np.uint16 and count and int(flat.max()) > np.iinfo(np.uint16).max:
+                raise AssertionError("token id above the tokenizer's vocabulary size")
+            f.write(flat.astype(dtype).tobytes())
+            done_chars += sum(len(t) for t in texts)
+            now = time.perf_counter()
+            if loud and progress is not None and now - last >= _PROGRESS_EVERY_S:
+                last = now
+                rate = n_tokens / (now - tic)
+                share = done_chars / max(1, scan.chars)
+                eta = (now - tic) * (1 - share) / max(share, 1e-9)
+                progress(
+                    f"tokenizing {label}: {share:6.1%} of {scan.chars / 1e6:,.0f}M chars, "
+                    f"{n_tokens / 1e6:,.1f}M tokens, {rate / 1e3:,.0f}k tok/s, ETA {eta:,.0f}s"
+                )
+        f.flush()
+        os.fsync(f.fileno())
+    np.save(out / OFFSETS_FILE, np.asarray(offsets, dtype=np.int64))
+    if loud and progress is not None:
+        progress(
+            f"tokenized {label}: {n_tokens:,} tokens in {time.perf_counter() - tic:,.1f}s "
+            "(cached for later runs)"
+        )
+    return dtype
+
+
+def _vocab_size(tokenizer: Any) -> int | None:
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    try:
+        return int(len(hf))
+    except TypeError:
+        size = getattr(hf, "vocab_size", None)
+        return int(size) if isinstance(size, int) else None
+
+
+def default_progress(message: str) -> None:
+    print(message, file=sys.stdout, flush=True)

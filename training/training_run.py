@@ -1,0 +1,296 @@
+"""Run a checked plan: create the folder, tokenize, build the trainable model, train, save.
+
+Everything that can be bad input was checked by continued_pretraining.preflight; from here
+on, errors are failures (status `failed`, exit 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlx.core as mx
+
+from training import checkpoints
+from training.blas import blas_in_use
+from training.data import build_run_data, fixed_batches, format_report, iterate_batches
+from training.data import plan_total_steps as plan_steps
+from training.metrics_logger import (
+    DIVERGED,
+    FAILED,
+    FINISHED,
+    RUN_START,
+    RUNNING,
+    STOPPED,
+    HttpReporter,
+    TrainingMetricsLogger,
+)
+from training.model_setup import adapter_config, parameter_counts, prepare_trainable, save_final
+from training.optimization import build_optimizer
+from training.progress import Progress
+from training.run_session import SessionContext, StopFlag, TrainingSession
+from training.token_cache import default_progress, load_or_tokenize, tokenizer_fingerprint
+from training.trainer_loop import LoopArgs, LoopState, train
+
+if TYPE_CHECKING:
+    from training.continued_pretraining import Plan
+
+EXIT_OK, EXIT_FAILED, EXIT_DIVERGED = 0, 1, 3
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def versions() -> dict[str, Any]:
+    import mlx_lm
+
+    return {
+        "mlx": getattr(mx, "__version__", "?"),
+        "mlx_lm": mlx_lm.__version__,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "chip": _chip(),
+        "device": str(mx.default_device()),
+        "blas": blas_in_use(),
+    }
+
+
+def _chip() -> str:
+    if sys.platform == "darwin":
+        import subprocess
+
+        try:
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"],
+                capture_output=True,
+                text=True,
+                timeout=2,
+                check=False,
+            )
+            if out.stdout.strip():
+                return out.stdout.strip()
+        except OSError:
+            pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def _create_folder(plan: Plan) -> None:
+    """Rank 0 only: the run folder and its config.yaml, after all checks passed."""
+    paths = plan.folder.paths
+    if plan.folder.mode == "new":
+        paths.root.mkdir(parents=True, exist_ok=True)
+    if plan.rewrite_config:  # new runs, and resumes that changed the budget or intervals
+        write_text_atomic(paths.config, plan.config.to_yaml())
+    checkpoints.clean_stale_temp(paths.checkpoints)
+
+
+def run(plan: Plan) -> int:
+    writer = plan.rank == 0
+    paths = plan.folder.paths
+    if writer:
+        _create_folder(plan)
+    stop = StopFlag()
+    stop.install()
+    reporter = HttpReporter(plan.report_url) if plan.report_url and writer else None
+    logger = TrainingMetricsLogger(paths.metrics, reporter=reporter, enabled=writer)
+    progress = Progress(total_steps=0, enabled=writer)
+    step = 0
+    try:
+        if writer:
+            progress.line(f"run folder: {paths.root}  (BLAS: {blas_in_use()})")
+        for message in plan.warnings:
+            logger.warning(0, "config", message)
+            progress.line(f"warning: {message}")
+        outcome, step = _train(plan, logger, progress, stop)
+    except InterruptedError:  # a stop request while tokenizing
+        logger.status(step, STOPPED, "stopped before training started")
+        return EXIT_OK
+    except Exception as exc:
+        traceback.print_exc()
+        logger.status(step, FAILED, f"{type(exc).__name__}: {exc}")
+        return EXIT_FAILED
+    finally:
+        progress.close()
+        logger.close()
+    return {FINISHED: EXIT_OK, STOPPED: EXIT_OK, DIVERGED: EXIT_DIVERGED}[outcome]
+
+
+def _train(
+    plan: Plan, logger: TrainingMetricsLogger, progress: Progress, stop: StopFlag
+) -> tuple[str, int]:
+    config, loaded, paths = plan.config, plan.loaded, plan.folder.paths
+    cache_dir = plan.workspace.token_cache_dir
+    tok_fp = tokenizer_fingerprint(loaded.tokenizer, loaded.path)
+    say = default_progress if plan.rank == 0 else None
+
+    def tokenized(scan: Any, label: str) -> Any:
+        return load_or_tokenize(
+            scan, loaded.tokenizer, tok_fp, cache_dir, progress=say, should_stop=stop, label=label
+        )
+
+    inputs = plan.inputs
+    data = build_run_data(
+        config,
+        tokenized(inputs.train, "training corpus"),
+        tokenized(inputs.valid, "validation data") if inputs.valid else None,
+        {name: tokenized(scan, f"eval set {name}") for name, scan in inputs.eval_sets.items()},
+        valid_source=inputs.valid_source,
+        world=plan.world,
+    )
+    report = data.report
+    total_steps = plan_steps(config, report)
+    if plan.rank == 0:
+        write_text_atomic(paths.data_report, json.dumps(report, indent=2) + "\n")
+        progress.line(format_report(report))
+
+    model = loaded.model
+    prepare_trainable(model, config)
+    optimizer = build_optimizer(config, total_steps)
+    optimizer.init(model.trainable_parameters())
+    state = LoopState()
+    resumed_from = None
+    if plan.folder.mode == "resume":
+        state, resumed_from = _restore(paths.root, model, optimizer, config)
+    trainable, total = parameter_counts(model)
+
+    progress.total_steps, progress.start_step = total_steps, state.step
+    base_model = str(config.model)
+    logger.emit(
+        RUN_START,
+        state.step,
+        run_id=paths.run_id,
+        config_hash=config.config_hash(),
+        versions=versions(),
+        total_steps=total_steps,
+        total_tokens=total_steps * report["tokens_per_step"],
+        resumed_from=resumed_from,
+        data=report,
+        eval_sets=sorted(data.eval_sets),
+        world_size=plan.world,
+        model=base_model,
+        fine_tune_type=config.fine_tune_type,
+        trainable_parameters=trainable,
+        total_parameters=total,
+    )
+    logger.status(state.step, RUNNING, "resumed" if resumed_from is not None else "started")
+    progress.line(
+        f"training {trainable / 1e6:.2f}M of {total / 1e6:.2f}M parameters "
+        f"({config.fine_tune_type}) for {total_steps} steps"
+        + (f", resuming at step {state.step}" if resumed_from is not None else "")
+    )
+
+    session = TrainingSession(
+        run_dir=paths.root,
+        logger=logger,
+        progress=progress,
+        stop=stop,
+        context=SessionContext(
+            config_hash=config.config_hash(),
+            seed=config.seed,
+            sequences_per_epoch=len(data.train),
+            total_steps=total_steps,
+            fine_tune_type=config.fine_tune_type,
+            adapter_config=adapter_config(config, base_model),
+            keep_checkpoints=config.keep_checkpoints,
+            keep_best=config.keep_best,
+        ),
+        model=model,
+        optimizer=optimizer,
+        writer=plan.rank == 0,
+    )
+    eval_sets = {}
+    if data.val is not None:
+        eval_sets["val"] = fixed_batches(
+            data.val, config.batch_size, config.val_batches, plan.rank, plan.world
+        )
+    for name, packed in data.eval_sets.items():
+        eval_sets[name] = fixed_batches(
+            packed, config.batch_size, config.val_batches, plan.rank, plan.world
+        )
+    batches = iterate_batches(
+        data.train,
+        config.batch_size,
+        seed=config.seed,
+        start_cursor=state.cursor,
+        rank=plan.rank,
+        world=plan.world,
+    )
+    args = LoopArgs(
+        total_steps=total_steps,
+        grad_accumulation_steps=config.grad_accumulation_steps,
+        steps_per_report=config.steps_per_report,
+        steps_per_eval=config.steps_per_eval,
+        save_every=config.save_every,
+        grad_clip=config.grad_clip,
+        seed=config.seed,
+        clear_cache_threshold=config.clear_cache_threshold,
+        loss_spike_factor=config.loss_spike_factor,
+        eval_at_start=resumed_from is None,
+    )
+    outcome = train(
+        model,
+        optimizer,
+        batches,
+        args,
+        state,
+        session,
+        eval_sets=eval_sets,
+        group=plan.group,
+    )
+    if outcome == FINISHED:
+        if plan.rank == 0:
+            final = save_final(paths.final, loaded, config, base_model)
+            progress.line(f"final model: {final}")
+        logger.status(state.step, FINISHED, f"trained {total_steps} steps")
+    elif outcome == STOPPED:
+        logger.status(state.step, STOPPED, "stopped on request; resume with --resume")
+    else:
+        latest = checkpoints.read_latest(paths.root)
+        logger.status(
+            state.step,
+            DIVERGED,
+            "loss is not finite; last good checkpoint: " + (latest["bundle"] if latest else "none"),
+        )
+    return outcome, state.step
+
+
+def _restore(run_dir: Path, model: Any, optimizer: Any, config: Any) -> tuple[LoopState, int]:
+    bundle = checkpoints.latest_bundle(run_dir)
+    if bundle is None:
+        raise RuntimeError(f"{run_dir} has no complete checkpoint")
+    saved = checkpoints.read_state(bundle)
+    if saved.get("config_hash") != config.config_hash():
+        raise RuntimeError(
+            f"{bundle.name} was written with another config (hash {saved.get('config_hash')}, "
+            f"now {config.config_hash()}); restore the run's config.yaml"
+        )
+    checkpoints.load_trainable(bundle, model)
+    checkpoints.load_optimizer(bundle, optimizer)
+    mx.eval(model.parameters(), optimizer.state)
+    state = LoopState(
+        step=int(saved["step"]),
+        cursor=int(saved["data"]["cursor"]),
+        trained_tokens=int(saved["trained_tokens"]),
+        val_loss=saved.get("val_loss"),
+        best_val_loss=saved.get("best_val_loss"),
+        best_step=saved.get("best_step"),
+        last_saved_step=int(saved["step"]),
+    )
+    return state, state.step

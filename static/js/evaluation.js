@@ -1,0 +1,334 @@
+/**
+ * The run page's evaluation panel (mounts into <section id="evaluation" data-run-id>):
+ *
+ * - the checkpoint table from GET /api/runs/<run_id>/evaluations: step, validation loss,
+ *   each extra held-out set's loss (the forgetting monitor), size, stored perplexities,
+ *   the best checkpoint marked; per row: Playground, Perplexity…, Export…;
+ * - evaluation jobs with live progress (Socket.IO `join_eval`, then `eval_progress`,
+ *   `eval_result`, `eval_error`);
+ * - the Playground for this run (static/js/playground.js).
+ *
+ * Refreshes when the run reports a new checkpoint or evaluation (`run_metrics`).
+ */
+import { api, reportError, runUrl } from "./api.js";
+import { confirmDialog } from "./dialog.js";
+import { $, debounce, fmt, h, replace } from "./dom.js";
+import { getSocket } from "./live.js";
+import { mountPlayground } from "./playground.js";
+import { toast } from "./toast.js";
+
+const JOB_EVENTS = ["eval_progress", "eval_result", "eval_error"];
+
+/** Follow one evaluation job: re-joins after a reconnect, drops events already seen. */
+export function followJob(jobId, { onEvent }) {
+  const socket = getSocket();
+  let lastSeq = 0;
+  let done = false;
+  const join = () => socket.emit("join_eval", { job_id: jobId, after_seq: lastSeq });
+  const handlers = JOB_EVENTS.map((name) => [
+    name,
+    (msg) => {
+      if (done || !msg || msg.job_id !== jobId || msg.seq <= lastSeq) return;
+      lastSeq = msg.seq;
+      if (name !== "eval_progress") done = true;
+      onEvent(name, msg);
+      if (done) stop();
+    },
+  ]);
+  const stop = () => {
+    socket.off("connect", join);
+    for (const [name, fn] of handlers) socket.off(name, fn);
+    socket.emit("leave_eval", { job_id: jobId });
+  };
+  for (const [name, fn] of handlers) socket.on(name, fn);
+  socket.on("connect", join);
+  if (socket.connected) join();
+  return { stop };
+}
+
+function lossCell(value) {
+  return h("td", { class: "right num", text: fmt.loss(value) });
+}
+
+function perplexitySummary(records) {
+  // The newest result per text, e.g. "val 41.2 · general 188".
+  const latest = new Map();
+  for (const r of records || []) latest.set(r.data_label, r);
+  return [...latest.values()].map((r) => `${r.data_label} ${fmt.num(r.perplexity, 4)}`).join(" · ");
+}
+
+function textChoice(sets) {
+  const id = `ppl-${Math.random().toString(36).slice(2, 7)}`;
+  const select = h(
+    "select",
+    { class: "select", id, name: "data_set" },
+    sets.map((s) => h("option", { value: s, text: s === "val" ? "Validation set (val)" : `Held-out set: ${s}` })),
+    h("option", { value: "", text: "A text file…" })
+  );
+  const path = h("input", {
+    class: "input mono",
+    name: "data_path",
+    placeholder: "corpora/my-text.txt (inside the workspace or an allowed folder)",
+    hidden: true,
+    "aria-label": "Text file",
+  });
+  select.addEventListener("change", () => {
+    path.hidden = select.value !== "";
+  });
+  const samples = h("input", { class: "input", type: "number", name: "num_samples", value: "64", min: "-1", "aria-label": "Sequences" });
+  const body = h(
+    "div",
+    { class: "ev-form" },
+    h("label", { for: id, text: "Text to evaluate" }),
+    select,
+    path,
+    h("label", { class: "pg-setting" }, h("span", { class: "pg-setting-label", text: "Sequences (-1: all)" }), samples)
+  );
+  return { body, read: () => ({ set: select.value, path: path.value.trim(), num_samples: samples.value }) };
+}
+
+export function mountEvaluation(root, runId) {
+  const table = h("table", { class: "table", id: "eval-table" });
+  const jobs = h("div", { class: "ev-jobs", id: "eval-jobs", "aria-live": "polite" });
+  const playgroundRoot = h("div", { id: "run-playground" });
+  replace(
+    root,
+    h(
+      "section",
+      { class: "card section", "aria-labelledby": "eval-title" },
+      h(
+        "div",
+        { class: "card-head" },
+        h("h2", { id: "eval-title", class: "card-title", text: "Checkpoints: losses, perplexity, export" }),
+        h("span", { class: "spacer" }),
+        h("span", { class: "faint", id: "eval-sets" })
+      ),
+      h("div", { class: "table-wrap" }, table),
+      jobs
+    ),
+    h(
+      "section",
+      { class: "card section", "aria-labelledby": "pg-title" },
+      h("div", { class: "card-head" }, h("h2", { id: "pg-title", class: "card-title", text: "Playground" })),
+      h("div", { class: "card-body" }, playgroundRoot)
+    )
+  );
+  const state = { sets: ["val"], rows: [], fineTuneType: null };
+  const playground = mountPlayground(playgroundRoot, { runId });
+
+  async function refresh() {
+    try {
+      const res = await api.get(runUrl(runId, "/evaluations"));
+      state.sets = res.sets || ["val"];
+      state.rows = res.rows || [];
+      render();
+    } catch (err) {
+      if (err.status !== 404) reportError(err, "Cannot read the checkpoint table");
+    }
+  }
+  const refreshSoon = debounce(refresh, 800);
+
+  function render() {
+    const extra = state.sets.filter((s) => s !== "val");
+    $("#eval-sets", root).textContent = extra.length ? `held-out sets: ${extra.join(", ")}` : "";
+    const head = h(
+      "thead",
+      null,
+      h(
+        "tr",
+        null,
+        h("th", { scope: "col", text: "Checkpoint" }),
+        h("th", { scope: "col", class: "right", text: "Step" }),
+        h("th", { scope: "col", class: "right", text: "Val loss" }),
+        extra.map((s) => h("th", { scope: "col", class: "right", text: `${s} loss` })),
+        h("th", { scope: "col", text: "Perplexity" }),
+        h("th", { scope: "col", class: "right", text: "Size" }),
+        h("th", { scope: "col", class: "right", text: "" })
+      )
+    );
+    const body = h(
+      "tbody",
+      null,
+      state.rows.length
+        ? state.rows.map((row) =>
+            h(
+              "tr",
+              { dataset: { checkpoint: row.checkpoint, best: row.best ? "true" : "false" } },
+              h(
+                "td",
+                null,
+                h("span", { class: "mono", text: row.checkpoint }),
+                row.best ? h("span", { class: "badge ev-best", dataset: { state: "finished" }, text: "best" }) : null
+              ),
+              h("td", { class: "right num", text: fmt.int(row.step) }),
+              lossCell(row.losses.val),
+              extra.map((s) => lossCell(row.losses[s])),
+              h("td", { class: "num", text: perplexitySummary(row.perplexity) || "–" }),
+              h("td", { class: "right num", text: fmt.bytes(row.size) }),
+              h(
+                "td",
+                null,
+                h(
+                  "div",
+                  { class: "ev-actions" },
+                  h("button", {
+                    class: "btn btn-sm",
+                    type: "button",
+                    text: "Playground",
+                    on: {
+                      click: () => {
+                        playground.setModel({ run_id: runId, checkpoint: row.checkpoint });
+                        playgroundRoot.scrollIntoView({ behavior: "smooth", block: "start" });
+                      },
+                    },
+                  }),
+                  h("button", { class: "btn btn-sm", type: "button", text: "Perplexity…", on: { click: () => askPerplexity(row) } }),
+                  h("button", { class: "btn btn-sm", type: "button", text: "Export…", on: { click: () => askExport(row) } })
+                )
+              )
+            )
+          )
+        : h("tr", null, h("td", { colspan: 6 + extra.length, class: "faint", text: "No checkpoint yet" }))
+    );
+    replace(table, head, body);
+  }
+
+  function showJob(title, jobId) {
+    const bar = h("progress", { max: 1, value: 0, "aria-label": title });
+    const text = h("span", { class: "faint", text: "starting…" });
+    const stopBtn = h("button", {
+      class: "btn btn-sm",
+      type: "button",
+      text: "Stop",
+      on: { click: () => api.post(`/api/eval/jobs/${encodeURIComponent(jobId)}/stop`).catch((e) => reportError(e)) },
+    });
+    const line = h("div", { class: "ev-job", dataset: { jobId } }, h("strong", { text: title }), bar, text, stopBtn);
+    jobs.appendChild(line);
+    return {
+      progress(msg) {
+        text.textContent = msg.message || "";
+        if (msg.total) {
+          bar.max = msg.total;
+          bar.value = msg.done;
+        }
+      },
+      end(message, kind) {
+        text.textContent = message;
+        line.dataset.state = kind;
+        stopBtn.remove();
+        bar.value = bar.max;
+        setTimeout(() => line.remove(), 15000);
+      },
+    };
+  }
+
+  async function askPerplexity(row) {
+    const choice = textChoice(state.sets);
+    const ok = await confirmDialog({
+      title: `Perplexity of ${row.checkpoint}`,
+      body: [choice.body],
+      confirmLabel: "Evaluate",
+    });
+    if (!ok) return;
+    const picked = choice.read();
+    const body = {
+      model: { run_id: runId, checkpoint: row.checkpoint },
+      data: picked.set ? { set: picked.set } : { path: picked.path },
+      num_samples: picked.num_samples,
+    };
+    try {
+      const res = await api.post("/api/eval/perplexity", body);
+      const view = showJob(`Perplexity · ${row.checkpoint} · ${picked.set || picked.path}`, res.job_id);
+      followJob(res.job_id, {
+        onEvent(name, msg) {
+          if (name === "eval_progress") view.progress(msg);
+          else if (name === "eval_result") {
+            view.end(msg.stopped ? "stopped" : `perplexity ${fmt.num(msg.perplexity, 4)} (loss ${fmt.loss(msg.loss)})`, "done");
+            refresh();
+          } else view.end(msg.error, "failed");
+        },
+      });
+    } catch (err) {
+      reportError(err, "Cannot start the perplexity job");
+    }
+  }
+
+  async function askExport(row) {
+    const lora = (await modelKind()) !== "full";
+    const id = `exp-${Math.random().toString(36).slice(2, 7)}`;
+    const format = h(
+      "select",
+      { class: "select", id, name: "format" },
+      h("option", { value: "model", text: lora ? "Model folder (adapters fused into the base)" : "Model folder" }),
+      lora ? h("option", { value: "adapter", text: "Adapter folder (LoRA/DoRA only)" }) : null
+    );
+    const dest = h("input", {
+      class: "input mono",
+      name: "dest",
+      placeholder: "default: exports/<run>-<checkpoint> in the workspace",
+      "aria-label": "Destination folder",
+    });
+    const ok = await confirmDialog({
+      title: `Export ${row.checkpoint}`,
+      body: [h("div", { class: "ev-form" }, h("label", { for: id, text: "Format" }), format, h("label", { text: "Destination" }), dest)],
+      confirmLabel: "Export",
+    });
+    if (!ok) return;
+    const body = { model: { run_id: runId, checkpoint: row.checkpoint }, format: format.value };
+    if (dest.value.trim()) body.dest = dest.value.trim();
+    startExport(body, row);
+  }
+
+  async function startExport(body, row) {
+    let res;
+    try {
+      res = await api.post("/api/eval/export", body);
+    } catch (err) {
+      if (err.status === 409 && err.field === "overwrite") {
+        const replaceIt = await confirmDialog({
+          title: "Replace the existing export?",
+          body: [err.message, "Its files will be deleted once the new export is complete."],
+          confirmLabel: "Replace",
+          danger: true,
+        });
+        if (replaceIt) startExport({ ...body, overwrite: true }, row);
+        return;
+      }
+      reportError(err, "Cannot export");
+      return;
+    }
+    const view = showJob(`Export · ${row.checkpoint} · ${body.format}`, res.job_id);
+    followJob(res.job_id, {
+      onEvent(name, msg) {
+        if (name === "eval_progress") view.progress(msg);
+        else if (name === "eval_result") {
+          view.end(`exported to ${msg.path}`, "done");
+          toast(`${fmt.bytes(msg.size)} written to ${msg.path}`, { kind: "success", title: "Export complete", timeout: 12000 });
+        } else view.end(msg.error, "failed");
+      },
+    });
+  }
+
+  async function modelKind() {
+    if (state.fineTuneType) return state.fineTuneType;
+    try {
+      const res = await api.get("/api/eval/models");
+      const run = (res.runs || []).find((r) => r.run_id === runId);
+      state.fineTuneType = run ? run.fine_tune_type : "full";
+    } catch {
+      state.fineTuneType = "full";
+    }
+    return state.fineTuneType;
+  }
+
+  getSocket().on("run_metrics", (msg) => {
+    if (msg && msg.run_id === runId && (msg.rows || []).some((r) => r.event === "checkpoint" || r.event === "eval" || r.event === "status")) {
+      refreshSoon();
+    }
+  });
+  refresh();
+  return { refresh };
+}
+
+const mount = document.getElementById("evaluation");
+if (mount && mount.dataset.runId) mountEvaluation(mount, mount.dataset.runId);

@@ -503,7 +503,9 @@ class TrainingManager:
                 signal_name = signal.Signals(-code).name
             except ValueError:
                 signal_name = f"signal {-code}"
-        we_killed = "SIGKILL" in active.signals_sent
+        # A signal we sent (SIGTERM before the trainer's handler was installed, or
+        # SIGKILL after the grace period) ended it, rather than the OOM killer or a crash.
+        we_killed = signal_name in active.signals_sent
         reason = exit_reason(None if code < 0 else code, signal_name, we_killed)
         with self._lock:
             if active.kill_timer is not None:
@@ -516,6 +518,7 @@ class TrainingManager:
                     record.exit = {
                         "code": None if code < 0 else code,
                         "signal": signal_name,
+                        "killed_by_console": we_killed,
                         "reason": reason,
                         "time": time.time(),
                         "log_tail": self.store.log_tail(

@@ -301,6 +301,8 @@ def exit_state(record: RunRecord) -> str:
     """The state an observed exit means when the trainer wrote no final status."""
     info = record.exit or {}
     code = info.get("code")
+    if record.stop_requested and info.get("killed_by_console"):
+        return "stopped"  # asked to stop, killed after the grace period
     if isinstance(code, int) and code in EXIT_CODE_STATES:
         if code == 0 and record.stop_requested:
             return "stopped"
@@ -314,6 +316,8 @@ def exit_reason(code: int | None, signal_name: str | None, we_killed: bool) -> s
         return "killed: likely out of memory (SIGKILL not sent by the console)"
     if signal_name == "SIGKILL":
         return "killed by the console after the stop grace period"
+    if signal_name and we_killed:
+        return f"stopped by the console's {signal_name} before the trainer could checkpoint"
     if signal_name:
         return f"ended by signal {signal_name}"
     return {
@@ -476,7 +480,9 @@ def tail_lines(path: Path, lines: int, block: int = 64 * 1024) -> list[str]:
         return []
     text = data.decode("utf-8", errors="replace")
     # Progress bars rewrite a line with \r: show its last state.
-    out = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+    if text.endswith("\n"):
+        text = text[:-1]
+    out = [line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n")]
     return out[-lines:]
 
 

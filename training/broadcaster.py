@@ -38,7 +38,7 @@ class _Follower:
     emitted_seq: int
     lock: threading.RLock = field(default_factory=threading.RLock)
     sids: set[str] = field(default_factory=set)
-    last_emit: float = 0.0
+    last_emit: float = float("-inf")
 
 
 def _start_thread(target: Callable[[], None]) -> Any:

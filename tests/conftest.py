@@ -15,6 +15,9 @@ from training.demo import build_demo  # noqa: E402
 
 IN_CI = bool(os.environ.get("CI"))
 
+# Browser fixtures (browser, page, console_workspace) for the tests/test_browser_*.py modules.
+pytest_plugins = ["tests.browser"]
+
 
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -24,6 +27,7 @@ def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ws = tmp_path_factory.mktemp("assets")
     paths = build_demo(ws, size="tiny", domain_bytes=400_000, general_bytes=60_000)
     return {**paths, "workspace": ws}
+
 
 # The evaluation/export tests' shared session fixture (a short LoRA run in a workspace).
 from tests.eval_fixtures import lora_workspace  # noqa: E402, F401

@@ -1,5 +1,5 @@
 """Session fixtures for the evaluation, export and playground tests: a workspace holding a
-short LoRA run in the run-folder layout, trained with mlx-lm's own tuner utilities.
+short LoRA run trained by the real trainer (python -m training.continued_pretraining).
 
 Registered in conftest.py, so every module shares one build per test session.
 """
@@ -7,133 +7,97 @@ Registered in conftest.py, so every module shares one build per test session.
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import time
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
+import yaml
 
-from training.config import build_config
+from training.blas import preload_command
 from training.run_store import Workspace
 
+ROOT = Path(__file__).resolve().parent.parent
 LORA_RUN_ID = "20260101-000000-lora01"
-LORA_PARAMETERS = {"rank": 4, "scale": 20.0, "dropout": 0.0}
 SEQ = 64
+# Two checkpoints (steps 5 and 10), evaluations with the general-prose set at 0, 5 and 10.
+LORA_CONFIG = {
+    "model": "models/scratch-tiny",
+    "data": "corpora/python-stdlib.jsonl",
+    "eval_sets": {"general": "corpora/general-prose.jsonl"},
+    "fine_tune_type": "lora",
+    "num_layers": 2,
+    "lora_parameters": {"rank": 4, "scale": 20.0},
+    "max_seq_length": SEQ,
+    "batch_size": 4,
+    "iters": 10,
+    "learning_rate": 0.02,
+    "steps_per_report": 5,
+    "steps_per_eval": 5,
+    "val_batches": 2,
+    "save_every": 5,
+    "keep_checkpoints": 0,
+}
 
 
-def train_lora_adapter(
-    model_dir: Path, corpus: Path, out: Path, steps: int, seed: int = 0
-) -> list[float]:
-    """A few Adam steps of LoRA on packed corpus text; saves mlx-lm's adapter folder at `out`
-    (adapters.safetensors + adapter_config.json) and returns the losses."""
-    import mlx.core as mx
-    import mlx.nn as nn
-    import mlx.optimizers as optim
-    from mlx.utils import tree_flatten
-    from mlx_lm import load
-    from mlx_lm.tuner.trainer import default_loss
-    from mlx_lm.tuner.utils import linear_to_lora_layers
+def worker_env() -> dict[str, str]:
+    """The environment EvalJobs gives its workers (OpenBLAS preloaded on Linux), so
+    reference numbers computed in a subprocess use the same arithmetic."""
+    plan = preload_command([sys.executable], dict(os.environ))
+    return plan[1] if plan else dict(os.environ)
 
-    from training.evaluation import pack_documents, read_eval_documents
 
-    mx.random.seed(seed)
-    model, tokenizer = load(str(model_dir))
-    model.freeze()
-    linear_to_lora_layers(model, 2, LORA_PARAMETERS, use_dora=False)
-    data = pack_documents(
-        tokenizer, read_eval_documents(corpus), SEQ + 1, num_samples=32, seed=seed
+def reference_generate(model: str, adapter: str | None, prompt: str, max_tokens: int) -> str:
+    """mlx_lm.generate (greedy) in a fresh process with the workers' environment: on a tiny
+    random model the logits are nearly tied, so the BLAS must match for an exact text."""
+    code = (
+        "import json, sys\n"
+        "from mlx_lm import generate, load\n"
+        "from mlx_lm.sample_utils import make_sampler\n"
+        "a = json.loads(sys.argv[1])\n"
+        "m, t = load(a['model'], adapter_path=a['adapter'])\n"
+        "greedy = make_sampler(0.0)\n"
+        "text = generate(m, t, a['prompt'], max_tokens=a['max_tokens'], sampler=greedy)\n"
+        "sys.stdout.write(json.dumps(text))\n"
     )
-    optimizer = optim.Adam(learning_rate=2e-2)
-    step_fn = nn.value_and_grad(model, default_loss)
-    lengths = mx.array([[1, SEQ]] * 8)
-    losses = []
-    for step in range(steps):
-        batch = data[(step * 8) % 32 : (step * 8) % 32 + 8]
-        (loss, _), grads = step_fn(model, batch, lengths)
-        optimizer.update(model, grads)
-        mx.eval(model.parameters(), optimizer.state, loss)
-        losses.append(loss.item())
-    out.mkdir(parents=True)
-    mx.save_safetensors(
-        str(out / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters()))
+    args = {"model": model, "adapter": adapter, "prompt": prompt, "max_tokens": max_tokens}
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(args)],
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
-    adapter_config = {
-        "model": str(model_dir),
-        "fine_tune_type": "lora",
-        "num_layers": 2,
-        "lora_parameters": LORA_PARAMETERS,
-    }
-    (out / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
-    return losses
-
-
-def _events(losses: list[float]) -> list[dict[str, Any]]:
-    now = time.time()
-    rows: list[dict[str, Any]] = [
-        {
-            "event": "run_start",
-            "step": 0,
-            "versions": {"mlx": "test", "mlx-lm": "test"},
-            "data": {
-                "documents": 10,
-                "tokens": 2048,
-                "sequences": 32,
-                "tokens_per_step": 512,
-                "steps_per_epoch": 4,
-            },
-        }
-    ]
-    for step, loss in enumerate(losses, start=1):
-        rows.append({"event": "train", "step": step, "train_loss": loss})
-        if step % 5 == 0:
-            # domain loss falls, general loss rises: what the forgetting monitor shows
-            rows.append(
-                {
-                    "event": "eval",
-                    "step": step,
-                    "val_loss": loss + 0.1,
-                    "val_ppl": 2.718 ** (loss + 0.1),
-                    "val_general_loss": 6.0 + step / 100,
-                }
-            )
-    rows.append({"event": "status", "step": len(losses), "state": "finished", "message": "done"})
-    return [{"v": 1, "seq": i + 1, "time": now + i, **row} for i, row in enumerate(rows)]
+    return json.loads(done.stdout)
 
 
 @pytest.fixture(scope="session")
 def lora_workspace(
     tiny_assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Workspace:
-    """A workspace with one finished LoRA run (checkpoints at steps 5 and 10, final/) in the
-    run-folder layout of DESIGN.md. Read-only for tests: copy before writing into it."""
+    """A workspace with one finished LoRA run of the real trainer: checkpoints at steps 5
+    and 10, final/, eval events with the `general` held-out set. Paths in its config are
+    workspace-relative, as the console writes them. Read-only: copy before writing."""
     ws = Workspace(tmp_path_factory.mktemp("lora-ws"))
-    run = ws.run(LORA_RUN_ID)
-    (run.checkpoints).mkdir(parents=True)
-    scratch = run.root / ".train"
-    half = train_lora_adapter(tiny_assets["model"], tiny_assets["corpus"], scratch / "a", 5)
-    rest = train_lora_adapter(tiny_assets["model"], tiny_assets["corpus"], scratch / "b", 10)
-    shutil.move(scratch / "a", run.checkpoints / "step-00000005")
-    shutil.copytree(scratch / "b", run.checkpoints / "step-00000010")
-    shutil.move(scratch / "b", run.final)
-    shutil.rmtree(scratch)
-    for step in (5, 10):
-        state = {"step": step, "val_loss": None, "time": time.time()}
-        (run.checkpoints / f"step-{step:08d}" / "state.json").write_text(json.dumps(state))
-    (run.latest).write_text(json.dumps({"checkpoint": "step-00000010", "step": 10}))
-    config, _ = build_config(
-        {
-            "model": str(tiny_assets["model"]),
-            "data": str(tiny_assets["corpus"]),
-            "eval_sets": {"general": str(tiny_assets["general"])},
-            "fine_tune_type": "lora",
-            "num_layers": 2,
-            "lora_parameters": LORA_PARAMETERS,
-            "max_seq_length": SEQ,
-            "iters": 10,
-        }
-    )
-    run.config.write_text(config.to_yaml())
-    losses = half + rest[5:]
-    run.metrics.write_text("".join(json.dumps(e) + "\n" for e in _events(losses)))
+    shutil.copytree(tiny_assets["model"], ws.root / LORA_CONFIG["model"])
+    for key in ("corpus", "general"):
+        target = ws.root / "corpora" / tiny_assets[key].name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(tiny_assets[key], target)
+    config = ws.root / "lora.yaml"
+    config.write_text(yaml.safe_dump(LORA_CONFIG))
+    run_dir = ws.run(LORA_RUN_ID).root
+    done = subprocess.run(
+        [sys.executable, "-m", "training.continued_pretraining", "-c", str(config),
+         "--run-dir", str(run_dir)],
+        cwd=ws.root,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
     return ws

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.eval_fixtures import LORA_RUN_ID
+from tests.eval_fixtures import LORA_RUN_ID, reference_generate
 from tests.helpers import wait_until
 from training.eval_jobs import EvalJob, EvalJobs
 from training.model_source import resolve_source
@@ -57,9 +57,6 @@ def _source(ws: Workspace, checkpoint: str) -> dict[str, Any]:
 def test_generation_streams_the_same_text_as_mlx_lm_generate(
     jobs: EvalJobs, lora_workspace: Workspace
 ) -> None:
-    from mlx_lm import generate, load
-    from mlx_lm.sample_utils import make_sampler
-
     prompt = "def main():\n"
     spec = {
         "prompt": prompt,
@@ -74,9 +71,8 @@ def test_generation_streams_the_same_text_as_mlx_lm_generate(
     assert kinds[0] == "started" and kinds[-1] == "result" and "lane_end" in kinds
     assert job.state == "done" and job.exit_code == 0
     streamed = "".join(e["text"] for e in events if e["event"] == "token")
-    run = lora_workspace.run(LORA_RUN_ID)
-    model, tokenizer = load(_source(lora_workspace, "base")["model"], adapter_path=str(run.final))
-    assert streamed == generate(model, tokenizer, prompt, max_tokens=20, sampler=make_sampler(0.0))
+    final = _source(lora_workspace, "final")
+    assert streamed == reference_generate(final["model"], final["adapter_path"], prompt, 20)
     assert job.result and job.result["lanes"][0]["text"] == streamed
     assert all(e["job_id"] == job.job_id and e["v"] == 1 for e in events)
 
@@ -137,7 +133,10 @@ def test_perplexity_job_stores_its_result_in_the_run(
         loaded.model, ev.pack_documents(loaded.tokenizer, docs, 64, 16), 4
     )
     assert expected is not None
-    assert stored[0]["perplexity"] == pytest.approx(expected.perplexity, rel=1e-6)
+    # The worker may run on OpenBLAS and this process on MLX's bundled BLAS: the same
+    # float32 arithmetic summed in another order, ~1e-6 apart; 1e-4 leaves room, and is
+    # far below any difference between two checkpoints.
+    assert stored[0]["perplexity"] == pytest.approx(expected.perplexity, rel=1e-4)
 
 
 def test_stop_ends_a_generation_cleanly(jobs: EvalJobs, lora_workspace: Workspace) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.eval_fixtures import LORA_RUN_ID
 from training.export import ExportError, export_run
-from training.model_source import SourceError
+from training.model_source import SourceError, resolve_source
 from training.run_store import Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +55,7 @@ def test_fused_lora_export_loads_and_generates_like_the_adapter(workspace: Works
     for expected in (
         "library_name: mlx",
         "## Training data",
-        "documents: 10",
+        "- documents: ",
         "## Final losses",
         "held-out set `general` loss",
         "fine_tune_type: lora",
@@ -65,9 +65,7 @@ def test_fused_lora_export_loads_and_generates_like_the_adapter(workspace: Works
 
 
 def _base_model(workspace: Workspace) -> str:
-    import yaml
-
-    return yaml.safe_load(workspace.run(LORA_RUN_ID).config.read_text())["model"]
+    return str(resolve_source(workspace, LORA_RUN_ID, "base").model)
 
 
 def test_adapter_export_of_a_checkpoint(workspace: Workspace) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.eval_fixtures import LORA_RUN_ID
+from tests.eval_fixtures import LORA_RUN_ID, reference_generate
 from tests.helpers import wait_until
 from tests.live_server import LiveServer, live_server
 from training.run_store import Workspace
@@ -30,7 +30,6 @@ def server(
     broken = ws / "models" / "broken"
     broken.mkdir(parents=True)
     (broken / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    (ws / "corpora").mkdir()
     (ws / "corpora" / "empty.txt").write_text("")
     (ws / "corpora" / "prose.txt").write_text("The quick brown fox jumps over the lazy dog. " * 40)
     with live_server(ws, args=["--no-autodetect"]) as srv:
@@ -88,15 +87,11 @@ def _generate(server: LiveServer, body: dict[str, Any]) -> tuple[Events, str, di
 
 
 def _reference(server: LiveServer, ref: dict[str, str], prompt: str, max_tokens: int) -> str:
-    from mlx_lm import generate, load
-    from mlx_lm.sample_utils import make_sampler
-
     from training.model_source import resolve_source
 
     source = resolve_source(Workspace(server.workspace), ref["run_id"], ref["checkpoint"])
     adapter = str(source.adapter_path) if source.adapter_path else None
-    model, tokenizer = load(str(source.model), adapter_path=adapter)
-    return generate(model, tokenizer, prompt, max_tokens=max_tokens, sampler=make_sampler(0.0))
+    return reference_generate(str(source.model), adapter, prompt, max_tokens)
 
 
 def test_streamed_tokens_equal_mlx_lm_generate(server: LiveServer) -> None:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.blas import preload_command
+
 ROOT = Path(__file__).resolve().parent.parent
 # Late joiners (a page reload) get the job's events again; a generation is a few thousand.
 MAX_KEPT_EVENTS = 5000
@@ -109,8 +111,14 @@ class EvalJobs:
             env = dict(self.env if self.env is not None else os.environ)
             env.setdefault("HF_HUB_OFFLINE", "1")
             # argv holds no user input: the job goes in on stdin.
+            argv = [self.python, "-m", "training.eval_worker"]
+            # OpenBLAS preloaded on Linux, as for the trainer (training/blas.py): perplexity
+            # on the CPU wheel is several times faster. MLX_CPT_OPENBLAS=0 turns it off.
+            preload = preload_command(argv, env)
+            if preload is not None:
+                argv, env = preload
             process = subprocess.Popen(
-                [self.python, "-m", "training.eval_worker"],
+                argv,
                 cwd=ROOT,
                 env=env,
                 stdin=subprocess.PIPE,

@@ -232,7 +232,7 @@ def export_job(ctx: EvalContext, body: dict[str, Any]) -> dict[str, Any]:
     fmt = body.get("format") or "model"
     if fmt not in FORMATS:
         raise RequestError(f"format must be one of {', '.join(FORMATS)}", "format")
-    if fmt == "adapter" and source.adapter_path is None:
+    if fmt == "adapter" and not source.lora:
         raise RequestError("only LoRA/DoRA models have an adapter to export", "format")
     overwrite = body.get("overwrite", False)
     if not isinstance(overwrite, bool):

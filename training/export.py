@@ -110,7 +110,7 @@ def export_source(
     started = time.perf_counter()
     if fmt not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}", "format")
-    if fmt == "adapter" and source.adapter_path is None:
+    if fmt == "adapter" and not source.lora:
         raise ExportError(
             "only LoRA/DoRA runs have an adapter to export; choose the model format", "format"
         )

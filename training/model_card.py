@@ -77,7 +77,7 @@ def render_model_card(source: ModelSource, fmt: str, workspace: Workspace) -> st
     }
     what = {
         "model": "a standalone model folder"
-        + (" (adapters fused into the base model)" if source.adapter_path else ""),
+        + (" (adapters fused into the base model)" if source.lora else ""),
         "adapter": "a LoRA/DoRA adapter folder, applied over the base model",
     }[fmt]
     lines = [

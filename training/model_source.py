@@ -46,6 +46,19 @@ class ModelSource:
     fine_tune_type: str | None = None
 
     @property
+    def lora(self) -> bool:
+        """LoRA/DoRA adapters over the base. (A full run's checkpoint is an mlx-lm adapter
+        folder too, with fine_tune_type full: the trained weights themselves.)"""
+        if self.adapter_path is None:
+            return False
+        try:
+            config = json.loads((self.adapter_path / "adapter_config.json").read_text())
+            kind = config.get("fine_tune_type", "lora") if isinstance(config, dict) else None
+        except (OSError, ValueError):
+            kind = self.fine_tune_type
+        return kind in ("lora", "dora")
+
+    @property
     def step(self) -> int | None:
         m = CHECKPOINT_RE.fullmatch(self.checkpoint or "")
         return int(m.group(1)) if m else None
@@ -149,7 +162,7 @@ def latest_checkpoint(run: RunPaths) -> str | None:
     except (OSError, ValueError):
         pointer = {}
     # latest.json may name the bundle by path, folder name or step.
-    for key in ("checkpoint", "name", "path"):
+    for key in ("bundle", "checkpoint", "name", "path"):
         value = pointer.get(key) if isinstance(pointer, dict) else None
         if isinstance(value, str) and CHECKPOINT_RE.fullmatch(Path(value).name):
             return Path(value).name

@@ -5,8 +5,9 @@
  *       Same-origin fetch: the console's HttpOnly cookie authenticates; bodies are JSON
  *       (mutations must be JSON). A non-2xx reply throws ApiError.
  *   ApiError {message, status, field, body}: `message` is the server's `error` text.
- *   reportError(err, context?) -> shows the error as a toast ("<context>: <message>");
- *       a 401/403 also raises the sign-in banner. Aborted requests are ignored.
+ *   reportError(err, context?) -> shows the error as a toast titled <context>; a 401/403
+ *       also raises the sign-in banner. Aborted requests, and unreachable-console errors
+ *       while the offline banner is up, are not toasted.
  *   runUrl(run_id, suffix?) -> "/api/runs/<run_id><suffix>" with the id URL-encoded.
  */
 import { toast } from "./toast.js";
@@ -63,8 +64,11 @@ export function runUrl(runId, suffix = "") {
 
 export function reportError(err, context) {
   if (err && err.name === "AbortError") return;
+  // While the console is away the offline banner already says so: no toast per request.
+  const banner = document.getElementById("offline-banner");
+  if (err && err.status === 0 && banner && !banner.hidden) return;
   const message = (err && err.message) || String(err);
-  console.error(context || "error", err);
+  console.warn(context || "error", message);
   toast(message, { kind: "error", title: context || "Something went wrong", timeout: 9000 });
 }
 

@@ -1,0 +1,206 @@
+"""The console in a real browser, with the real trainer on the tiny scratch model: fill the
+form and start, watch loss points arrive, reload mid-run without a gap, stop, resume through
+the confirmation, inline validation, and run names that must stay text.
+
+One console for the module; the tests share it and its token cache, so later runs start
+faster. They also write the README screenshots (docs/screenshots/).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser import assert_no_js_errors, save_screenshot, signed_in
+from tests.live_server import LiveServer, live_server
+
+pytestmark = pytest.mark.browser
+
+XSS_NAME = "<img src=x onerror=alert(1)>"
+# Small and quick: a handful of seconds of training on two CPU cores.
+QUICK = {
+    "max_seq_length": 64,
+    "batch_size": 2,
+    "steps_per_report": 2,
+    "steps_per_eval": 20,
+    "save_every": 20,
+    "warmup_steps": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def server(console_workspace: Path) -> Iterator[LiveServer]:
+    with live_server(console_workspace) as s:
+        yield s
+
+
+def wait_js(page: Page, condition: str, timeout: float = 30_000) -> None:
+    """Poll a JavaScript condition. A function, not a string: under the console's CSP
+    (no 'unsafe-eval') Playwright cannot eval a string predicate in the page."""
+    page.wait_for_function(
+        f"() => {{ try {{ return {condition}; }} catch (e) {{ return false; }} }}",
+        timeout=timeout,
+    )
+
+
+def train_points(page: Page) -> int:
+    return page.evaluate("window.cpt.run.train.n")
+
+
+def chart_steps(page: Page) -> list[float]:
+    return page.evaluate(
+        "Array.from(window.cpt.run.train.col('step').subarray(0, window.cpt.run.train.n))"
+    )
+
+
+def file_train_steps(server: LiveServer, run_id: str) -> list[int]:
+    """Train steps in metrics.jsonl; after a resume the newest row of a step wins."""
+    steps: list[int] = []
+    for line in (server.workspace / "runs" / run_id / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row.get("event") == "train":
+            steps = [s for s in steps if s < row["step"]] + [row["step"]]
+    return steps
+
+
+def create_run(server: LiveServer, name: str, start: bool = True, **config: object) -> str:
+    body = {"config": {**demo_config(server), **QUICK, **config}, "name": name, "start": start}
+    response = server.post("/api/runs", body)
+    assert response.status_code == 201, response.text
+    return response.json()["run_id"]
+
+
+def demo_config(server: LiveServer) -> dict:
+    presets = server.get("/api/presets").json()["presets"]
+    return next(p["config"] for p in presets if p["name"] == "demo")
+
+
+def test_fill_the_form_start_and_watch_loss_grow(server: LiveServer, page: Page) -> None:
+    signed_in(page, server)
+    page.get_by_role("link", name="New run").click()
+    # The demo preset fills the form (the workspace has demo.yaml).
+    expect(page.locator('[name="model"]')).to_have_value("models/scratch-tiny")
+    page.fill('[name="name"]', "first light")
+    for field, value in {**QUICK, "iters": 80}.items():
+        page.fill(f'[name="{field}"]', str(value))
+    expect(page.locator("#validity")).to_have_text("Ready")
+    expect(page.locator("#config-yaml")).to_contain_text("iters: 80")
+    page.locator("#lr-chart canvas").wait_for()
+    page.evaluate("window.scrollTo(0, 0)")
+    save_screenshot(page, "new-run")
+
+    page.get_by_role("button", name="Start now").click()
+    page.wait_for_url(re.compile(r"/runs/[0-9]{8}-"))
+    expect(page.locator("#run-name")).to_have_text("first light")
+    wait_js(page, "window.cpt.run.train.n >= 2", timeout=90_000)
+    seen = train_points(page)
+    wait_js(page, f"window.cpt.run.train.n > {seen}", timeout=60_000)
+    expect(page.locator("#run-state")).to_have_text("finished", timeout=90_000)
+    wait_js(page, "window.cpt.run.train.n >= 40")  # 80 steps, one point per 2
+    expect(page.locator("#ckpt-body")).to_contain_text("80")  # the final checkpoint
+    assert int(page.locator("#chart-loss").get_attribute("data-points")) >= 40
+    expect(page.locator("#log")).to_contain_text("final model")
+    page.evaluate("document.querySelectorAll('.toast').forEach((t) => t.remove())")
+    page.evaluate("window.scrollTo(0, 0)")
+    save_screenshot(page, "run-detail")
+    assert_no_js_errors(page)
+
+
+def test_validation_errors_appear_next_to_the_field(server: LiveServer, page: Page) -> None:
+    signed_in(page, server)
+    page.goto(server.base_url + "runs/new")
+    expect(page.locator('[name="model"]')).to_have_value("models/scratch-tiny")
+    page.fill('[name="learning_rate"]', "-1")
+    page.fill('[name="batch_size"]', "lots")
+    page.fill('[name="model"]', "missing-model")
+    lr = page.locator('[data-field="learning_rate"]')
+    expect(lr.locator(".field-error")).to_contain_text("greater than 0")
+    expect(lr.locator('[name="learning_rate"]')).to_have_attribute("aria-invalid", "true")
+    expect(page.locator('[data-field="batch_size"] .field-error')).to_contain_text("whole number")
+    expect(page.locator('[data-field="model"] .field-error')).to_contain_text("no model folder")
+    # A valid field carries no message.
+    expect(page.locator('[data-field="iters"] .field-error')).to_be_hidden()
+    expect(page.locator("#validity")).to_have_text(re.compile(r"\d+ to fix"))
+    # Starting anyway is refused and keeps the person on the form.
+    page.get_by_role("button", name="Start now").click()
+    expect(page.locator('[data-field="model"] .field-error')).to_be_visible()
+    assert page.url.endswith("/runs/new")
+    # Fixing a field clears its message.
+    page.fill('[name="learning_rate"]', "0.001")
+    expect(lr.locator(".field-error")).to_be_hidden()
+    assert_no_js_errors(page)
+
+
+def test_run_names_render_as_text(server: LiveServer, page: Page) -> None:
+    run_id = create_run(server, XSS_NAME, start=False)
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    signed_in(page, server)
+    link = page.locator(f'#runs-body a[href="/runs/{run_id}"]')
+    expect(link).to_have_text(XSS_NAME)
+    assert page.locator("#runs-body img, #interrupted img").count() == 0
+    link.click()
+    expect(page.locator("#run-name")).to_have_text(XSS_NAME)
+    assert page.locator("main img").count() == 0
+    page.goto(server.base_url + f"compare?runs={run_id}")
+    expect(page.locator(f'#run-picker li[data-run-id="{run_id}"]')).to_contain_text(XSS_NAME)
+    assert page.locator("main img").count() == 0
+    assert dialogs == []
+    assert_no_js_errors(page)
+
+
+def test_reload_mid_run_then_stop_and_resume(server: LiveServer, page: Page) -> None:
+    run_id = create_run(server, "long run", iters=4000)
+    signed_in(page, server)
+    page.goto(server.base_url + f"runs/{run_id}")
+    wait_js(page, "window.cpt.run.train.n >= 3", timeout=90_000)
+    before = train_points(page)
+
+    # Reload mid-run: history, then live rows after the last seq, with no gap or repeat.
+    page.reload()
+    wait_js(page, f"window.cpt.run.train.n > {before + 2}", timeout=60_000)
+    steps = chart_steps(page)
+    assert steps == sorted(set(steps)), "duplicate or out-of-order points after reload"
+    on_disk = file_train_steps(server, run_id)
+    assert steps == on_disk[: len(steps)], "the chart has a gap the file does not"
+
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#run-state")).to_have_text("stopped", timeout=60_000)
+    expect(page.locator("#run-reason")).to_contain_text("Stopped")
+    stopped_at = chart_steps(page)[-1]
+
+    page.get_by_role("button", name="Resume…").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("from the checkpoint at step")
+    expect(dialog).to_contain_text("same run folder")
+    dialog.get_by_role("button", name="Resume training").click()
+    expect(page.locator("#run-state")).to_have_text(re.compile("starting|running"), timeout=30_000)
+    wait_js(
+        page,
+        f"window.cpt.run.train.col('step')[window.cpt.run.train.n - 1] > {stopped_at + 4}",
+        timeout=90_000,
+    )
+    steps = chart_steps(page)
+    assert steps == sorted(set(steps)), "a resumed run must not repeat steps on the chart"
+    assert steps == file_train_steps(server, run_id)[: len(steps)]
+
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#run-state")).to_have_text("stopped", timeout=60_000)
+    assert_no_js_errors(page)
+
+
+def test_runs_page_lists_every_run_with_its_link(server: LiveServer, page: Page) -> None:
+    signed_in(page, server)
+    runs = server.get("/api/runs").json()["runs"]
+    assert len(runs) >= 3
+    for run in runs:
+        row = page.locator(f'#runs-body tr[data-run-id="{run["run_id"]}"]')
+        expect(row.locator(f'a[href="/runs/{run["run_id"]}"]')).to_be_visible()
+        expect(row.locator(".badge")).to_have_text(run["state"])
+    expect(page.locator('#runs-body tr[data-state="finished"] .progress')).to_be_visible()
+    assert_no_js_errors(page)

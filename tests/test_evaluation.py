@@ -211,3 +211,19 @@ def test_cli_bad_input_exits_2(tmp_path: Path, tiny_assets: dict[str, Path]) -> 
     )
     assert out.returncode == 2
     assert "error (data)" in out.stderr and "empty" in out.stderr
+
+
+def test_run_validation_set_is_the_trainers_held_out_documents(
+    lora_workspace: Workspace, lora_model: ev.LoadedModel
+) -> None:
+    """`val` of a run without a validation file: the documents the trainer held out, so
+    their token count (EOS after each) equals the run's data report."""
+    from training.eval_requests import EvalContext, run_eval_data
+
+    report = json.loads(lora_workspace.run(LORA_RUN_ID).data_report.read_text())
+    text = run_eval_data(EvalContext(lora_workspace, [lora_workspace.root]), LORA_RUN_ID, "val")
+    assert text.holdout_fraction == 0.05
+    docs = ev.held_out_documents(ev.read_eval_documents(text.path), text.holdout_fraction)
+    assert len(docs) == report["validation"]["documents"]
+    tokens = sum(len(lora_model.tokenizer.encode(d)) + 1 for d in docs)
+    assert tokens == report["validation"]["tokens"]

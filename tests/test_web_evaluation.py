@@ -138,7 +138,7 @@ def test_stop_button_ends_the_generation(server: LiveServer) -> None:
 def test_perplexity_job_with_progress_is_stored_per_checkpoint(server: LiveServer) -> None:
     body = {
         "model": {"run_id": LORA_RUN_ID, "checkpoint": "step-00000005"},
-        "data": {"set": "general"},
+        "data": {"set": "val"},  # held out of the training corpus by the trainer
         "num_samples": 8,
         "batch_size": 2,
         "sequence_length": 64,
@@ -160,7 +160,7 @@ def test_perplexity_job_with_progress_is_stored_per_checkpoint(server: LiveServe
     table = server.get(f"/api/runs/{LORA_RUN_ID}/evaluations").json()
     row = next(r for r in table["rows"] if r["checkpoint"] == "step-00000005")
     stored = row["perplexity"][-1]
-    assert stored["data_label"] == "general" and stored["perplexity"] == pytest.approx(
+    assert stored["data_label"] == "val" and stored["perplexity"] == pytest.approx(
         end["perplexity"]
     )
     assert table["sets"] == ["val", "general"] and sum(r["best"] for r in table["rows"]) == 1

@@ -155,26 +155,34 @@ def generate_job(ctx: EvalContext, body: dict[str, Any]) -> dict[str, Any]:
 # -- perplexity -----------------------------------------------------------------------------
 
 
-def run_eval_data(ctx: EvalContext, run_id: str, name: str) -> Path:
-    """The text behind a run's named set: `val` (its validation data) or an extra eval set."""
+@dataclass(frozen=True)
+class EvalText:
+    """The text behind a run's named set: a corpus path and, for a validation split held
+    out of the training corpus, the fraction (the trainer's split picks the documents)."""
+
+    path: Path
+    holdout_fraction: float | None = None
+
+
+def run_eval_data(ctx: EvalContext, run_id: str, name: str) -> EvalText:
+    """`val` (the run's validation data, as the trainer chose it) or an extra eval set."""
     config = run_config(ctx.workspace.run(run_id))
     root = ctx.workspace.root
     if name == "val":
         if config.get("valid_data"):
-            return resolve_run_path(str(config["valid_data"]), root)
+            return EvalText(resolve_run_path(str(config["valid_data"]), root))
         data = resolve_run_path(str(config.get("data") or ""), root)
         if (data / "valid.jsonl").is_file():
-            return data
-        raise RequestError(
-            f"run {run_id} holds out a share of its corpus for validation (val_fraction) rather "
-            "than a separate file; evaluate its extra sets or give a text file",
-            "data",
-        )
+            return EvalText(data)
+        fraction = config.get("val_fraction", 0.05)
+        if not isinstance(fraction, (int, float)) or fraction <= 0:
+            raise RequestError(f"run {run_id} has no validation set (val_fraction 0)", "data")
+        return EvalText(data, float(fraction))
     sets = config.get("eval_sets") or {}
     if name not in sets:
         known = ", ".join(["val", *sorted(sets)])
         raise RequestError(f"run {run_id} has no eval set {name!r}; one of: {known}", "data")
-    return resolve_run_path(str(sets[name]), root)
+    return EvalText(resolve_run_path(str(sets[name]), root))
 
 
 def _check_text(path: Path) -> None:
@@ -197,14 +205,15 @@ def perplexity_job(ctx: EvalContext, body: dict[str, Any]) -> dict[str, Any]:
         run_id = body.get("run_id") or source.run_id
         if not run_id:
             raise RequestError("a run's set needs a run: pick a run's model or give a file", "data")
-        path = run_eval_data(ctx, str(run_id), str(data["set"]))
-        label = str(data["set"])
+        text = run_eval_data(ctx, str(run_id), str(data["set"]))
+        path, label = text.path, str(data["set"])
+        holdout = text.holdout_fraction
     else:
         try:
             path = confine(data["path"], ctx.roots, ctx.workspace.root, "data")
         except PathError as exc:
             raise RequestError(str(exc), "data") from exc
-        label = path.name
+        label, holdout = path.name, None
     _check_text(path)
     spec: dict[str, Any] = {
         "model": source.to_json(),
@@ -213,6 +222,8 @@ def perplexity_job(ctx: EvalContext, body: dict[str, Any]) -> dict[str, Any]:
         "num_samples": _integer(body, "num_samples", 256, -1, 1_000_000),
         "batch_size": _integer(body, "batch_size", 8, 1, 1024),
     }
+    if holdout is not None:
+        spec["holdout_fraction"] = holdout
     if body.get("sequence_length") not in (None, ""):
         spec["sequence_length"] = _integer(body, "sequence_length", 512, 2, 1_048_576)
     if spec["num_samples"] == 0:

@@ -61,6 +61,7 @@ from training.evaluation import (
     default_sequence_length,
     evaluate_perplexity,
     generate_tokens,
+    held_out_documents,
     load_source,
     pack_documents,
     read_eval_documents,
@@ -188,6 +189,9 @@ def run_perplexity(job: Job) -> dict[str, Any]:
         raise EvaluationError("num_samples must be -1 (all) or at least 1", "num_samples")
     job.progress("reading", f"reading {label}")
     documents = read_eval_documents(data)
+    holdout = job.get("holdout_fraction", float)
+    if holdout is not None:
+        documents = held_out_documents(documents, holdout)
     job.progress("loading", f"loading {source.label}")
     loaded = load_source(source)
     length = job.get("sequence_length", int) or default_sequence_length(loaded)

@@ -266,6 +266,20 @@ def read_eval_documents(data: str | Path, field: str = "data") -> list[str]:
     return docs
 
 
+def held_out_documents(documents: Sequence[str], fraction: float) -> list[str]:
+    """The documents the trainer held out for validation (training/data.py's split of the
+    same corpus, which does not depend on the run's seed)."""
+    from training.data import split_documents
+
+    if len(documents) < 2:
+        raise EvaluationError(
+            "this run's corpus is one document, whose validation part is a token range; "
+            "evaluate a separate text file instead",
+            "data",
+        )
+    return [documents[i] for i in split_documents(len(documents), fraction).tolist()]
+
+
 def pack_documents(
     tokenizer: Any,
     documents: Sequence[str],

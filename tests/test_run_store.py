@@ -144,7 +144,7 @@ def test_checkpoint_bundles_are_read_defensively(store):
         (folder / "weights.safetensors").write_bytes(b"0" * 100)
     (paths.checkpoints / "step-00000030").mkdir()  # half-written: no state.json
     (paths.checkpoints / ".tmp-step-00000040").mkdir()
-    (paths.checkpoints / "latest.json").write_text(json.dumps({"step": 20}))
+    (paths.checkpoints / "latest.json").write_text(json.dumps({"bundle": "step-00000020"}))
     bundles = list_checkpoint_bundles(paths)
     assert [b["step"] for b in bundles] == [10, 20]
     assert bundles[1]["latest"] and bundles[0]["size"] >= 100

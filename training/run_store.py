@@ -330,7 +330,6 @@ def exit_reason(code: int | None, signal_name: str | None, we_killed: bool) -> s
 
 # -- the data provider ------------------------------------------------------------------------
 
-CHECKPOINT_DIR_RE = re.compile(r"step-(\d+)")
 MAX_NAME_LENGTH = 200
 
 
@@ -487,53 +486,28 @@ def tail_lines(path: Path, lines: int, block: int = 64 * 1024) -> list[str]:
 
 
 def list_checkpoint_bundles(paths: RunPaths) -> list[dict[str, Any]]:
-    """Complete checkpoint bundles, oldest first: step, time, size, and state.json's
-    figures. Read defensively: a half-written or foreign folder is skipped, never fatal."""
-    latest_step = None
-    try:
-        latest = json.loads(paths.latest.read_text(encoding="utf-8"))
-        if isinstance(latest, dict):
-            latest_step = latest.get("step")
-            if latest_step is None and isinstance(latest.get("path"), str):
-                m = CHECKPOINT_DIR_RE.fullmatch(Path(latest["path"]).name)
-                latest_step = int(m.group(1)) if m else None
-    except (OSError, ValueError):
-        pass
-    bundles: list[dict[str, Any]] = []
-    try:
-        entries = sorted(os.scandir(paths.checkpoints), key=lambda e: e.name)
-    except FileNotFoundError:
-        return []
-    for entry in entries:
-        m = CHECKPOINT_DIR_RE.fullmatch(entry.name)
-        if not m or not entry.is_dir():
-            continue
-        folder = Path(entry.path)
+    """Complete checkpoint bundles, oldest first (training.checkpoints decides what is
+    complete): name, path (relative to the run folder), step, time, size, val_loss,
+    latest/is_latest, is_best. Safe while the trainer writes or prunes bundles."""
+    from training.checkpoints import list_checkpoints  # MLX-free at import
+
+    for _attempt in range(3):
         try:
-            state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # no state.json: not a complete bundle
-        if not isinstance(state, dict):
-            continue
-        size = 0
-        for f in folder.rglob("*"):
-            with contextlib.suppress(OSError):
-                if f.is_file():
-                    size += f.stat().st_size
-        step = state.get("step", int(m.group(1)))
-        bundles.append(
-            {
-                "name": entry.name,
-                "path": f"checkpoints/{entry.name}",
-                "step": step,
-                "time": state.get("time", _folder_time(folder)),
-                "size": size,
-                "val_loss": state.get("val_loss"),
-                "latest": step == latest_step,
-            }
-        )
-    return bundles
+            bundles = list_checkpoints(paths.root)
+            break
+        except OSError:
+            continue  # a bundle pruned while being listed: list again
+    else:
+        return []
+    return [
+        {**b, "path": f"checkpoints/{b['name']}", "latest": bool(b.get("is_latest"))}
+        for b in bundles
+    ]
 
 
 def has_checkpoint(paths: RunPaths) -> bool:
-    return paths.latest.is_file() or bool(list_checkpoint_bundles(paths))
+    """Whether a resume has something to start from: latest.json naming a complete bundle
+    (what the trainer's --resume requires)."""
+    from training.checkpoints import read_latest
+
+    return read_latest(paths.root) is not None

@@ -133,7 +133,13 @@ export function mountPlayground(root, { runId = null, checkpoint = null } = {}) 
       h("label", { class: "pg-model" }, h("span", { class: "pg-setting-label", text: "Compare with" }), compareSelect,
         h("span", { class: "field-error", dataset: { errorFor: "compare" } }))
     ),
-    h("div", {}, prompt, h("p", { class: "field-error", dataset: { errorFor: "prompt" } })),
+    h(
+      "label",
+      { class: "pg-model" },
+      h("span", { class: "pg-setting-label", text: "Prompt" }),
+      prompt,
+      h("span", { class: "field-error", dataset: { errorFor: "prompt" } })
+    ),
     h("div", { class: "pg-settings" }, SETTINGS.map(settingInput)),
     h("div", { class: "row" }, generate, stop, status)
   );

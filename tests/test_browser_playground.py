@@ -1,0 +1,112 @@
+"""The Playground and the run page's evaluation panel in a real browser, against the real
+console and real evaluation workers, on a LoRA run of the real trainer."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser import assert_no_js_errors, save_screenshot, signed_in
+from tests.eval_fixtures import LORA_RUN_ID, reference_generate
+from tests.live_server import LiveServer, live_server
+from training.model_source import resolve_source
+from training.run_store import Workspace
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server(
+    lora_workspace: Workspace, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    ws = tmp_path_factory.mktemp("browser-eval") / "ws"
+    shutil.copytree(lora_workspace.root, ws)
+    with live_server(ws, args=["--no-autodetect"]) as srv:
+        yield srv
+
+
+def _reference(server: LiveServer, checkpoint: str, prompt: str, max_tokens: int) -> str:
+    source = resolve_source(Workspace(server.workspace), LORA_RUN_ID, checkpoint)
+    adapter = str(source.adapter_path) if source.adapter_path else None
+    return reference_generate(str(source.model), adapter, prompt, max_tokens)
+
+
+def _open_playground(page: Page, server: LiveServer) -> Page:
+    signed_in(page, server)
+    page.goto(f"{server.base_url}playground?run_id={LORA_RUN_ID}&checkpoint=final")
+    expect(page.locator("#playground[data-ready='true']")).to_be_attached(timeout=20_000)
+    return page
+
+
+def _settings(page: Page, max_tokens: int, temp: float) -> None:
+    page.fill("input[name=max_tokens]", str(max_tokens))
+    page.fill("input[name=temp]", str(temp))
+
+
+def test_playground_streams_side_by_side_and_stops(page: Page, server: LiveServer) -> None:
+    _open_playground(page, server)
+    root = page.locator("#playground")
+    prompt = "def read(path):\n"
+    page.fill("textarea[name=prompt]", prompt)
+    _settings(page, 16, 0)
+    page.check("input[name=side_by_side]")
+    expect(page.locator("select[name=compare]")).to_have_value(f"run:{LORA_RUN_ID}:base")
+    page.click("button[name=generate]")
+    expect(root).to_have_attribute("data-done", "true", timeout=60_000)
+    lanes = page.locator(".pg-lane .pg-text")
+    assert lanes.nth(0).text_content() == _reference(server, "final", prompt, 16)
+    assert lanes.nth(1).text_content() == _reference(server, "base", prompt, 16)
+    expect(page.locator(".pg-lane[data-lane='1'] .pg-lane-label")).to_contain_text("base")
+    save_screenshot(page, "playground")
+
+    # Stop: a long sampled continuation ends when the button is pressed.
+    page.uncheck("input[name=side_by_side]")
+    _settings(page, 4096, 1.0)
+    page.click("button[name=generate]")
+    expect(lanes.nth(0)).not_to_be_empty(timeout=30_000)
+    page.click("button[name=stop]")
+    expect(root).to_have_attribute("data-done", "true", timeout=30_000)
+    expect(page.locator(".pg-lane[data-lane='0']")).to_have_attribute("data-finish", "stopped")
+    expect(page.locator("button[name=generate]")).to_be_enabled()
+    assert_no_js_errors(page)
+
+
+def test_bad_input_is_shown_next_to_the_field(page: Page, server: LiveServer) -> None:
+    _open_playground(page, server)
+    page.fill("textarea[name=prompt]", "")
+    page.click("button[name=generate]")
+    expect(page.locator("[data-error-for='prompt']")).to_contain_text("type a prompt")
+    # Over the context length: found by the worker, reported next to the prompt too.
+    page.fill("textarea[name=prompt]", "x " * 5000)
+    _settings(page, 4, 0)
+    page.click("button[name=generate]")
+    expect(page.locator("[data-error-for='prompt']")).to_contain_text(
+        "context length", timeout=30_000
+    )
+    expect(page.locator("button[name=generate]")).to_be_enabled()
+    assert_no_js_errors(page)
+
+
+def test_run_page_checkpoint_table_and_perplexity(page: Page, server: LiveServer) -> None:
+    signed_in(page, server)
+    page.goto(f"{server.base_url}runs/{LORA_RUN_ID}")
+    table = page.locator("#eval-table")
+    # The forgetting monitor's set is a named column next to the validation loss.
+    expect(table.locator("th", has_text="general loss")).to_be_visible(timeout=20_000)
+    expect(table.locator("tbody tr")).to_have_count(3)
+    expect(table.locator("tr[data-best='true'] .badge")).to_have_text("best")
+
+    row = table.locator("tr[data-checkpoint='step-00000010']")
+    row.get_by_role("button", name="Perplexity…").click()
+    dialog = page.locator("dialog")
+    dialog.locator("select[name=data_set]").select_option("general")
+    dialog.locator("input[name=num_samples]").fill("4")
+    dialog.locator("[data-confirm]").click()
+    expect(page.locator(".ev-job[data-state='done']")).to_contain_text("perplexity", timeout=60_000)
+    expect(row.locator("td").nth(4)).to_contain_text("general ", timeout=10_000)
+    page.locator("#evaluation").scroll_into_view_if_needed()
+    save_screenshot(page, "run-evaluation")
+    assert_no_js_errors(page)

@@ -143,7 +143,8 @@ def checkpoint_table(run: RunPaths) -> dict[str, Any]:
                 "latest": bundle["latest"],
                 "losses": losses,
                 "perplexity": perplexities.get(bundle["name"], []),
-                "best": False,
+                # The trainer's own judgement (training.checkpoints), kept by retention.
+                "best": bool(bundle.get("is_best")),
             }
         )
     if run.final.is_dir():
@@ -162,8 +163,9 @@ def checkpoint_table(run: RunPaths) -> dict[str, Any]:
         )
     sets = sorted({k for r in rows for k in r["losses"]} - {"val"})
     scored = [r for r in rows if "val" in r["losses"] and r["checkpoint"] != "final"]
-    if scored:
-        min(scored, key=lambda r: r["losses"]["val"])["best"] = True
+    if scored and not any(r["best"] for r in rows):
+        # Same rule as the trainer: lowest validation loss, the later step on a tie.
+        min(scored, key=lambda r: (r["losses"]["val"], -(r["step"] or 0)))["best"] = True
     return {"rows": rows, "sets": ["val", *sets], "evals": len(evals)}
 
 

@@ -139,6 +139,28 @@ def test_full_run_exports_its_model_folder(
         export_run(workspace, run.run_id, fmt="adapter")
     assert err.value.field == "format"
 
+    # A full run's checkpoint is an mlx-lm adapter folder holding the trained weights
+    # (fine_tune_type full, training/checkpoints.py): exported as a standalone model.
+    import mlx.core as mx
+
+    bundle = run.checkpoints / "step-00000002"
+    bundle.mkdir(parents=True)
+    weights = mx.load(str(tiny_assets["model"] / "model.safetensors"))
+    changed = {k: v * 0.5 if "layers.1." in k else v for k, v in weights.items()}
+    mx.save_safetensors(str(bundle / "adapters.safetensors"), changed)
+    (bundle / "adapter_config.json").write_text(
+        json.dumps({"fine_tune_type": "full", "num_layers": -1, "model": str(tiny_assets["model"])})
+    )
+    (bundle / "state.json").write_text(json.dumps({"step": 2}))
+    exported = export_run(workspace, run.run_id, 2)
+    assert not (exported.path / "adapter_config.json").exists()
+    model, tokenizer = load(str(exported.path))
+    reference, _ = load(str(tiny_assets["model"]), adapter_path=str(bundle))
+    diff = mx.abs(_logits(model, tokenizer, "x = 1") - _logits(reference, tokenizer, "x = 1"))
+    assert diff.max().item() < 1e-5
+    with pytest.raises(ExportError):
+        export_run(workspace, run.run_id, 2, fmt="adapter")  # weights, not LoRA adapters
+
 
 def test_cli(workspace: Workspace, tmp_path: Path) -> None:
     run_dir = workspace.run(LORA_RUN_ID).root

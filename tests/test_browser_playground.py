@@ -98,6 +98,11 @@ def test_run_page_checkpoint_table_and_perplexity(page: Page, server: LiveServer
     expect(table.locator("th", has_text="general loss")).to_be_visible(timeout=20_000)
     expect(table.locator("tbody tr")).to_have_count(3)
     expect(table.locator("tr[data-best='true'] .badge")).to_have_text("best")
+    # ...and a separate named `eval` series on the run's loss chart.
+    page.wait_for_function(
+        "() => window.cpt && window.cpt.run.evalSets.some((s) => s.endsWith('general'))",
+        timeout=20_000,
+    )
 
     row = table.locator("tr[data-checkpoint='step-00000010']")
     row.get_by_role("button", name="Perplexity…").click()

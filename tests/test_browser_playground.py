@@ -115,3 +115,18 @@ def test_run_page_checkpoint_table_and_perplexity(page: Page, server: LiveServer
     page.locator("#evaluation").scroll_into_view_if_needed()
     save_screenshot(page, "run-evaluation")
     assert_no_js_errors(page)
+
+
+def test_any_model_folder_through_the_folder_picker(page: Page, server: LiveServer) -> None:
+    _open_playground(page, server)
+    page.click("button[name=browse_model]")
+    dialog = page.locator("dialog")
+    dialog.get_by_role("button", name="models/").click()
+    dialog.get_by_role("button", name="scratch-tiny").click()
+    expect(page.locator("select[name=model]")).to_have_value("path:models/scratch-tiny")
+    page.fill("textarea[name=prompt]", "class ")
+    _settings(page, 6, 0)
+    page.click("button[name=generate]")
+    expect(page.locator("#playground")).to_have_attribute("data-done", "true", timeout=60_000)
+    expect(page.locator(".pg-lane[data-lane='0'] .pg-lane-label")).to_have_text("scratch-tiny")
+    assert_no_js_errors(page)

@@ -14,6 +14,7 @@
 import { api, reportError } from "./api.js";
 import { $, fmt, h, replace } from "./dom.js";
 import { getSocket } from "./live.js";
+import { pickPath } from "./picker.js";
 
 const SETTINGS = [
   { name: "max_tokens", label: "Max tokens", value: 100, min: 1, max: 4096, step: 1 },
@@ -115,6 +116,19 @@ export function mountPlayground(root, { runId = null, checkpoint = null } = {}) 
     placeholder: "Type the beginning of a text for the model to continue…",
     "aria-label": "Prompt",
   });
+  // Any model folder inside the console's browse roots, through the shared folder picker.
+  const browse = h("button", { class: "btn", type: "button", name: "browse_model", text: "Folder…" });
+  browse.addEventListener("click", async () => {
+    const path = await pickPath({ title: "Choose a model folder", kind: "model" });
+    if (!path) return;
+    for (const select of [modelSelect, compareSelect]) {
+      const value = refValue({ path });
+      if (![...select.options].some((o) => o.value === value)) {
+        select.appendChild(h("option", { value, text: path }));
+      }
+    }
+    modelSelect.value = refValue({ path });
+  });
   const generate = h("button", { class: "btn btn-primary", type: "submit", name: "generate", text: "Generate" });
   const stop = h("button", { class: "btn", type: "button", name: "stop", text: "Stop", disabled: true });
   const status = h("span", { class: "faint pg-status", role: "status" });
@@ -127,8 +141,13 @@ export function mountPlayground(root, { runId = null, checkpoint = null } = {}) 
     h(
       "div",
       { class: "pg-models" },
-      h("label", { class: "pg-model" }, h("span", { class: "pg-setting-label", text: "Model" }), modelSelect,
-        h("span", { class: "field-error", dataset: { errorFor: "model" } })),
+      h(
+        "label",
+        { class: "pg-model" },
+        h("span", { class: "pg-setting-label", text: "Model" }),
+        h("span", { class: "field-control-row" }, modelSelect, browse),
+        h("span", { class: "field-error", dataset: { errorFor: "model" } })
+      ),
       h("label", { class: "check pg-compare-toggle" }, compareToggle, h("span", { text: "Side by side" })),
       h("label", { class: "pg-model" }, h("span", { class: "pg-setting-label", text: "Compare with" }), compareSelect,
         h("span", { class: "field-error", dataset: { errorFor: "compare" } }))

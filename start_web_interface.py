@@ -430,4 +430,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Cleanup is done (console.json, lock, log line). Open WebSocket threads of clients
+    # that went quiet must not hold the process: Ctrl-C means stop now.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -26,7 +26,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,22 +132,24 @@ class LiveServer:
         return data.decode("utf-8", errors="replace")
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0) -> int | None:
-        """Signal the console and wait for it; SIGKILL if it does not exit in time."""
+        """Signal the console and wait for it; SIGKILL if it does not exit in time.
+        Clients are dropped after the server is gone (a polite client-side disconnect
+        waits seconds for the server's close)."""
+        code = None
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(sig)
+                try:
+                    self.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            code = self.process.returncode
+            self._log.close()
         for sio in self._sockets:
             with contextlib.suppress(Exception):
                 sio.disconnect()
         self._sockets.clear()
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        code = self.process.returncode
-        self._log.close()
         return code
 
     def kill(self) -> int | None:

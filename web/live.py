@@ -37,7 +37,7 @@ def _run_id(data: Any) -> str | None:
 
 
 @socketio.on("join_run")
-def on_join_run(data: Any) -> dict[str, Any]:
+def on_join_run(data: Any = None) -> dict[str, Any]:
     run_id = _run_id(data)
     if run_id is None:
         return {"ok": False, "error": "send {run_id, after_seq}", "field": "run_id"}
@@ -60,7 +60,7 @@ def on_join_run(data: Any) -> dict[str, Any]:
 
 
 @socketio.on("leave_run")
-def on_leave_run(data: Any) -> dict[str, Any]:
+def on_leave_run(data: Any = None) -> dict[str, Any]:
     run_id = _run_id(data)
     if run_id is None:
         return {"ok": False, "error": "send {run_id}", "field": "run_id"}

@@ -1,0 +1,129 @@
+"""Socket.IO against a live console: join/leave, bad payloads, reconnects with the last
+seq, run_status broadcasts, and a client that never reads stalling nobody."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import websocket
+
+from tests.console_helpers import fake_config, make_workspace, set_fake_mode
+from tests.helpers import wait_until
+from tests.live_server import LiveServer
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    workspace = make_workspace(tmp_path_factory.mktemp("live") / "ws")
+    with LiveServer(workspace, fake_trainer=True) as live:
+        yield live
+
+
+def start_run(server, **knobs):
+    set_fake_mode(server.workspace, **{"rate": 100, **knobs})
+    response = server.post("/api/runs", {"config": fake_config(iters=100_000)})
+    assert response.status_code == 201, response.text
+    return response.json()["run_id"]
+
+
+def line_count(path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def stop_run(server, run_id):
+    server.post(f"/api/runs/{run_id}/stop")
+    server.wait_for_state(run_id, "stopped")
+
+
+@pytest.mark.parametrize(
+    "payload,field",
+    [
+        (None, "run_id"),
+        ("x", "run_id"),
+        ({}, "run_id"),
+        ({"run_id": "../etc"}, "run_id"),
+        ({"run_id": "20990101-000000-ffffff"}, "run_id"),
+        ({"run_id": "20990101-000000-ffffff", "after_seq": -1}, "after_seq"),
+        ({"run_id": "20990101-000000-ffffff", "after_seq": "3"}, "after_seq"),
+    ],
+)
+def test_bad_join_payloads_get_clear_errors(server, payload, field):
+    sio = server.socket()
+    ack = sio.call("join_run", payload, timeout=10)
+    assert ack["ok"] is False and ack["field"] == field and ack["error"]
+    assert sio.call("leave_run", None, timeout=10)["ok"] is False
+
+
+def test_reconnect_with_the_last_seq_loses_and_repeats_nothing(server):
+    run_id = start_run(server)
+    try:
+        rows: list[dict] = []
+        first = server.socket()
+        first.on("run_metrics", lambda data: rows.extend(data["rows"]))
+        first.call("join_run", {"run_id": run_id, "after_seq": 0})
+        wait_until(lambda: len(rows) > 20)
+        first.disconnect()
+        last = rows[-1]["seq"]
+        metrics = server.workspace / "runs" / run_id / "metrics.jsonl"
+        wait_until(lambda: line_count(metrics) > last + 30, message="rows missed")
+        second = server.socket()
+        second.on("run_metrics", lambda data: rows.extend(data["rows"]))
+        ack = second.call("join_run", {"run_id": run_id, "after_seq": last})
+        assert ack["ok"] and ack["last_seq"] >= last + 30
+        wait_until(lambda: rows[-1]["seq"] > ack["last_seq"] + 10)
+        seqs = [r["seq"] for r in rows]
+        assert seqs == list(range(1, len(seqs) + 1))
+        # leave_run: no more rows for this client
+        second.call("leave_run", {"run_id": run_id})
+        count = len(rows)
+        wait_until(lambda: line_count(metrics) > seqs[-1] + 20)
+        assert len(rows) <= count + 1  # at most one batch already in flight
+    finally:
+        stop_run(server, run_id)
+
+
+def test_run_status_reaches_every_client(server):
+    statuses: list[tuple[str, str]] = []
+    watcher = server.socket()  # in no room: status changes are for every page
+    watcher.on("run_status", lambda data: statuses.append((data["run_id"], data["state"])))
+    run_id = start_run(server)
+    wait_until(lambda: (run_id, "running") in statuses)
+    stop_run(server, run_id)
+    wait_until(lambda: (run_id, "stopped") in statuses)
+
+
+def test_a_client_that_never_reads_stalls_nobody(server):
+    """A raw WebSocket joins a busy run and never reads a byte: the other client still
+    gets rows promptly and the trainer keeps its pace."""
+    run_id = start_run(server, rate=200)
+    stuck = websocket.create_connection(
+        f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket", timeout=10
+    )
+    try:
+        stuck.recv()  # engine.io open
+        stuck.send("40" + json.dumps({"token": server.token}))
+        stuck.recv()  # connected
+        stuck.send("42" + json.dumps(["join_run", {"run_id": run_id, "after_seq": 0}]))
+        rows: list[dict] = []
+        healthy = server.socket()
+        healthy.on("run_metrics", lambda data: rows.extend(data["rows"]))
+        healthy.call("join_run", {"run_id": run_id, "after_seq": 0})
+        metrics = server.workspace / "runs" / run_id / "metrics.jsonl"
+        target = line_count(metrics) + 400  # ~2 s of training at 200 steps/s
+        wait_until(
+            lambda: line_count(metrics) >= target,
+            timeout=30,
+            message="the trainer to keep going",
+        )
+        wait_until(
+            lambda: rows and rows[-1]["seq"] >= target - 5,
+            timeout=10,
+            message="the healthy client to keep up",
+        )
+    finally:
+        stuck.close()
+        stop_run(server, run_id)

@@ -48,6 +48,11 @@ def wait_js(page: Page, condition: str, timeout: float = 30_000) -> None:
     )
 
 
+def actions(page: Page):
+    """The run page's own action buttons (the page also holds the evaluation panel's)."""
+    return page.get_by_role("group", name="Run actions")
+
+
 def train_points(page: Page) -> int:
     return page.evaluate("window.cpt.run.train.n")
 
@@ -68,8 +73,15 @@ def file_train_steps(server: LiveServer, run_id: str) -> list[int]:
     return steps
 
 
-def create_run(server: LiveServer, name: str, start: bool = True, **config: object) -> str:
-    body = {"config": {**demo_config(server), **QUICK, **config}, "name": name, "start": start}
+def create_run(
+    server: LiveServer, name: str, start: bool = True, queue: bool = False, **config: object
+) -> str:
+    body = {
+        "config": {**demo_config(server), **QUICK, **config},
+        "name": name,
+        "start": start,
+        "queue": queue,
+    }
     response = server.post("/api/runs", body)
     assert response.status_code == 201, response.text
     return response.json()["run_id"]
@@ -108,6 +120,12 @@ def test_fill_the_form_start_and_watch_loss_grow(server: LiveServer, page: Page)
     page.evaluate("document.querySelectorAll('.toast').forEach((t) => t.remove())")
     page.evaluate("window.scrollTo(0, 0)")
     save_screenshot(page, "run-detail")
+    # The same page in the dark theme (Settings stores the choice in localStorage).
+    page.evaluate("localStorage.setItem('cpt.settings', JSON.stringify({theme: 'dark'}))")
+    page.reload()
+    expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+    wait_js(page, "window.cpt.run.train.n >= 40")
+    save_screenshot(page, "run-detail-dark")
     assert_no_js_errors(page)
 
 
@@ -169,12 +187,12 @@ def test_reload_mid_run_then_stop_and_resume(server: LiveServer, page: Page) -> 
     on_disk = file_train_steps(server, run_id)
     assert steps == on_disk[: len(steps)], "the chart has a gap the file does not"
 
-    page.get_by_role("button", name="Stop").click()
+    actions(page).get_by_role("button", name="Stop").click()
     expect(page.locator("#run-state")).to_have_text("stopped", timeout=60_000)
     expect(page.locator("#run-reason")).to_contain_text("Stopped")
     stopped_at = chart_steps(page)[-1]
 
-    page.get_by_role("button", name="Resume…").click()
+    actions(page).get_by_role("button", name="Resume…").click()
     dialog = page.get_by_role("dialog")
     expect(dialog).to_contain_text("from the checkpoint at step")
     expect(dialog).to_contain_text("same run folder")
@@ -189,8 +207,32 @@ def test_reload_mid_run_then_stop_and_resume(server: LiveServer, page: Page) -> 
     assert steps == sorted(set(steps)), "a resumed run must not repeat steps on the chart"
     assert steps == file_train_steps(server, run_id)[: len(steps)]
 
-    page.get_by_role("button", name="Stop").click()
+    actions(page).get_by_role("button", name="Stop").click()
     expect(page.locator("#run-state")).to_have_text("stopped", timeout=60_000)
+    assert_no_js_errors(page)
+
+
+def test_queue_reorder_remove_and_start(server: LiveServer, page: Page) -> None:
+    assert server.post("/api/queue/pause").status_code == 200
+    first = create_run(server, "queued first", start=False, queue=True, iters=10)
+    second = create_run(server, "queued second", start=False, queue=True, iters=10)
+    signed_in(page, server)
+    items = page.locator("#queue-list li")
+    expect(items).to_have_count(2)
+    expect(page.locator("#queue-state")).to_have_text("paused")
+
+    page.get_by_role("button", name="Move queued first down").click()
+    expect(items.first).to_have_attribute("data-run-id", second)
+    assert server.get("/api/queue").json()["queue"]["run_ids"] == [second, first]
+
+    page.get_by_role("button", name="Remove queued second from the queue").click()
+    expect(items).to_have_count(1)
+    assert server.run(second)["state"] == "created"
+
+    page.get_by_role("button", name="Start queue").click()
+    server.wait_for_state(first, "finished", timeout=90)
+    expect(page.locator(f'#runs-body tr[data-run-id="{first}"] .badge')).to_have_text("finished")
+    expect(page.locator("#queue-empty")).to_be_visible()
     assert_no_js_errors(page)
 
 
@@ -202,5 +244,5 @@ def test_runs_page_lists_every_run_with_its_link(server: LiveServer, page: Page)
         row = page.locator(f'#runs-body tr[data-run-id="{run["run_id"]}"]')
         expect(row.locator(f'a[href="/runs/{run["run_id"]}"]')).to_be_visible()
         expect(row.locator(".badge")).to_have_text(run["state"])
-    expect(page.locator('#runs-body tr[data-state="finished"] .progress')).to_be_visible()
+    expect(page.locator('#runs-body tr[data-state="finished"] .progress').first).to_be_visible()
     assert_no_js_errors(page)

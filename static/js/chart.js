@@ -221,16 +221,17 @@ export class RunData {
 
   ingest(rows) {
     let newSets = false;
-    const trains = [];
-    for (const row of rows) {
+    let from = 0; // start of the current run of consecutive train rows
+    for (let i = 0; i < rows.length; i++) {
+      const row = rows[i];
       if (typeof row.seq === "number" && row.seq > this.lastSeq) this.lastSeq = row.seq;
-      if (row.event === "train") trains.push(row);
-      else if (row.event === "eval") {
-        if (trains.length) this.ingestTrain(trains.splice(0));
-        newSets = this.ingestEval(row) || newSets;
-      }
+      if (row.event === "train") continue;
+      if (i > from) this.ingestTrain(rows, from, i);
+      from = i + 1;
+      // Train rows before an eval are in, so tokensAt() can place it on the token axis.
+      if (row.event === "eval") newSets = this.ingestEval(row) || newSets;
     }
-    if (trains.length) this.ingestTrain(trains);
+    if (rows.length > from) this.ingestTrain(rows, from, rows.length);
     for (const fn of this.listeners) fn({ newSets });
   }
 
@@ -249,12 +250,14 @@ export class RunData {
     for (const fn of this.listeners) fn({ newSets: false });
   }
 
-  ingestTrain(rows) {
+  /** Train rows rows[from..to) (all train events), appended column by column. */
+  ingestTrain(rows, from = 0, to = rows.length) {
     const t = this.train;
-    t.reserve(rows.length);
+    t.reserve(to - from);
     const [step, tokens, loss, smooth, lr, tps, mem, time] = TRAIN_KEYS.map((k) => t.col(k));
+    const w = this.smoothing;
     let n = t.n;
-    for (let r = 0; r < rows.length; r++) {
+    for (let r = from; r < to; r++) {
       const row = rows[r];
       const s = row.step;
       if (n && !(s > step[n - 1])) {
@@ -271,7 +274,12 @@ export class RunData {
       tps[n] = num(row.tokens_per_second);
       mem[n] = num(row.peak_memory);
       time[n] = num(row.time);
-      smooth[n] = this.nextEma(l);
+      if (l === l) {
+        // nextEma(), inlined: this loop runs once per history row.
+        this.ema = this.ema * w + (1 - w) * l;
+        this.emaCount += 1;
+        smooth[n] = w > 0 ? this.ema / (1 - w ** this.emaCount) : l;
+      } else smooth[n] = NaN;
       n++;
     }
     t.n = n;
@@ -344,7 +352,7 @@ export class RunData {
 }
 
 function num(x) {
-  return typeof x === "number" && Number.isFinite(x) ? x : NaN;
+  return typeof x === "number" ? x : NaN;
 }
 
 /** Extra held-out sets of an eval event: {name: loss}, from `val_<name>_loss` / `<name>_loss`

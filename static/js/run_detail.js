@@ -107,7 +107,8 @@ function renderRecord() {
   const box = $("#run-reason");
   const ended = ["stopped", "finished", "failed", "diverged", "interrupted"].includes(r.state);
   box.hidden = !reason || (!ended && r.state !== "queued");
-  box.className = `callout ${r.state === "failed" || r.state === "diverged" ? "callout-bad" : r.state === "interrupted" ? "callout-warn" : ""}`;
+  const tone = { failed: "callout-bad", diverged: "callout-bad", interrupted: "callout-warn", finished: "callout-ok" };
+  box.className = `callout ${tone[r.state] || ""}`;
   const exitBits = r.exit ? [r.exit.code != null ? `exit code ${r.exit.code}` : null, r.exit.signal].filter(Boolean).join(", ") : "";
   replace(box, h("div", null, h("strong", { text: `${cap(r.state)}: ` }), reason || "", exitBits ? h("span", { class: "muted", text: ` (${exitBits})` }) : null));
   renderProgress();

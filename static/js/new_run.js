@@ -87,12 +87,19 @@ function renderPresets() {
 }
 
 function presetLabel(p) {
-  const short = { demo: "Demo", "lora-local": "LoRA", "full-finetune": "Full fine-tune" };
+  const short = { demo: "Demo", lora: "LoRA", full: "Full fine-tune", mlx_lm_lora: "mlx-lm LoRA" };
   return short[p.name] || p.title || p.name;
 }
 
+// A preset says how to train; what to train (model and data) stays as picked when the
+// preset leaves it out.
+const KEEP = ["model", "data", "valid_data", "eval_sets"];
+
 function applyPreset(preset, announce) {
-  state.form.setValues(preset.config);
+  const current = state.form ? state.form.values() : {};
+  const config = { ...preset.config };
+  for (const key of KEEP) if (!(key in config) && key in current) config[key] = current[key];
+  state.form.setValues(config);
   for (const b of document.querySelectorAll("[data-preset]")) {
     b.setAttribute("aria-pressed", String(b.dataset.preset === preset.name));
   }

@@ -126,6 +126,12 @@ def test_fill_the_form_start_and_watch_loss_grow(server: LiveServer, page: Page)
     expect(page.locator("html")).to_have_attribute("data-theme", "dark")
     wait_js(page, "window.cpt.run.train.n >= 40")
     save_screenshot(page, "run-detail-dark")
+
+    # Clone & edit: the form again, with this run's settings.
+    actions(page).get_by_role("link", name="Clone & edit").click()
+    expect(page.locator('[name="name"]')).to_have_value("first light (copy)")
+    expect(page.locator('[name="iters"]')).to_have_value("80")
+    expect(page.locator('[name="max_seq_length"]')).to_have_value("64")
     assert_no_js_errors(page)
 
 
@@ -245,4 +251,35 @@ def test_runs_page_lists_every_run_with_its_link(server: LiveServer, page: Page)
         expect(row.locator(f'a[href="/runs/{run["run_id"]}"]')).to_be_visible()
         expect(row.locator(".badge")).to_have_text(run["state"])
     expect(page.locator('#runs-body tr[data-state="finished"] .progress').first).to_be_visible()
+    assert_no_js_errors(page)
+
+
+def test_compare_overlays_runs_and_diffs_their_configs(server: LiveServer, page: Page) -> None:
+    runs = {r["name"]: r["run_id"] for r in server.get("/api/runs").json()["runs"]}
+    a, b = runs["first light"], runs["long run"]
+    signed_in(page, server)
+    page.goto(server.base_url + f"compare?runs={a},{b}")
+    wait_js(page, "Number(document.querySelector('#chart-compare').dataset.points) > 10")
+    iters = page.locator('#diff-body tr[data-setting="iters"] td')
+    expect(iters).to_have_text(["iters", "80", "4000"])
+    expect(page.locator('#diff-body tr[data-setting="model"]')).to_have_count(0)  # the same
+    page.get_by_label("Only differences").uncheck()
+    expect(page.locator('#diff-body tr[data-setting="model"]')).to_have_count(1)
+    page.get_by_label("Metric").select_option("val_loss")
+    wait_js(page, "Number(document.querySelector('#chart-compare').dataset.points) > 0")
+    assert_no_js_errors(page)
+
+
+def test_settings_persist_across_reloads(server: LiveServer, page: Page) -> None:
+    signed_in(page, server)
+    page.goto(server.base_url + "settings")
+    page.locator("label", has_text="Dark").click()
+    expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+    page.get_by_label("Log scale").check()
+    page.reload()
+    expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+    expect(page.get_by_label("Log scale")).to_be_checked()
+    expect(page.locator('input[name="theme"][value="dark"]')).to_be_checked()
+    page.goto(server.base_url)
+    expect(page.locator("html")).to_have_attribute("data-theme", "dark")
     assert_no_js_errors(page)

@@ -168,7 +168,8 @@ function renderDiff() {
     const values = flat.map((f) => show(f[key]));
     const differs = new Set(values).size > 1;
     if (only && !differs) continue;
-    rows.push(h("tr", { class: differs ? "diff-changed" : "" }, h("td", { text: key }), values.map((v) => h("td", { text: v }))));
+    // Highlight only matters when identical rows are shown too.
+    rows.push(h("tr", { class: differs && !only ? "diff-changed" : "", dataset: { setting: key } }, h("td", { text: key }), values.map((v) => h("td", { text: v }))));
   }
   const names = ids.map((id) => (state.runs.find((r) => r.run_id === id) || {}).name || id);
   replace($("#diff-head"), h("tr", null, h("th", { scope: "col", text: "Setting" }), names.map((n, i) => {

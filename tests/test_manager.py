@@ -64,7 +64,7 @@ def test_start_runs_the_trainer_and_records_it(manager, workspace):
     expected, _ = build_config(fake_config(iters=30), check_paths=True, base_dir=workspace)
     assert paths.config.read_text() == expected.to_yaml()
     wait_state(manager, run_id, "finished")
-    record = manager.store.read_record(run_id)
+    record = wait_until(lambda: (r := manager.store.read_record(run_id)).exit and r)
     assert record.exit["code"] == 0 and "fake trainer" in "\n".join(
         record.exit["log_tail"] + [paths.stdout.read_text()]
     )

@@ -113,3 +113,15 @@ def test_crlf_lines(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_bytes(line(1).replace("\n", "\r\n").encode())
     assert [r["seq"] for r in EventTailer(path).poll()] == [1]
+
+
+def test_tail_events_reads_only_the_end(tmp_path):
+    from training.tailer import tail_events
+
+    path = tmp_path / "metrics.jsonl"
+    append(path, "".join(line(i) for i in range(1, 5001)))
+    append(path, line(5001)[:10])  # a half-written last line
+    rows = tail_events(path, max_bytes=1000)
+    assert rows and rows[-1]["seq"] == 5000 and len(rows) < 50
+    assert [r["seq"] for r in rows] == list(range(rows[0]["seq"], 5001))
+    assert tail_events(tmp_path / "missing") == []

@@ -43,6 +43,7 @@ from training.run_store import (
     is_valid_run_id,
     new_run_id,
 )
+from training.tailer import tail_events
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,8 @@ class TrainingManager:
             try:
                 paths = self.store.paths(run_id)
                 record = self.store.read_record(run_id)
-                detection = detect_run(record, paths, self._current_status(record))
+                # The file's tail holds any final status: no full index at start-up.
+                detection = detect_run(record, paths, self._tail_status(record, paths))
             except (RunNotFound, OSError) as exc:
                 log.info("run %s: skipped (%s)", run_id, exc)
                 continue
@@ -198,6 +200,14 @@ class TrainingManager:
         self._notify(run_id)
 
     # -- reading state --
+
+    def _tail_status(self, record: RunRecord, paths: RunPaths) -> dict[str, Any] | None:
+        statuses = [
+            r
+            for r in tail_events(paths.metrics)
+            if r.get("event") == "status" and int(r.get("seq", 0)) > record.start_seq
+        ]
+        return statuses[-1] if statuses else None
 
     def _current_status(self, record: RunRecord) -> dict[str, Any] | None:
         """The last status event of the current attempt (not of a run before a resume)."""

@@ -196,3 +196,27 @@ class EventTailer:
 
     def close(self) -> None:
         self.lines.close()
+
+
+def tail_events(path: str | Path, max_bytes: int = 256 * 1024) -> list[dict[str, Any]]:
+    """The decoded events in the last `max_bytes` of a JSONL file (a cut first line is
+    dropped): what start-up detection needs (the last status) without indexing a
+    million-row file."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(0, size - max_bytes)
+            f.seek(start)
+            data = f.read(size - start)
+    except FileNotFoundError:
+        return []
+    lines = data.split(b"\n")
+    if start > 0:
+        lines = lines[1:]  # may begin mid-line
+    rows = []
+    for raw in lines[:-1] if not data.endswith(b"\n") else lines:
+        if raw.strip():
+            row = decode_event(raw)
+            if row is not None:
+                rows.append(row)
+    return rows

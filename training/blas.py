@@ -8,6 +8,7 @@ the pid, which the console has recorded). MLX_CPT_OPENBLAS=0 turns this off.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -43,7 +44,26 @@ def preload_command(
     new_env = dict(env)
     new_env["LD_PRELOAD"] = f"{lib}:{current}" if current else lib
     new_env[_REEXEC_MARK] = "1"
+    local = local_ranks(env)
+    if local > 1 and "OPENBLAS_NUM_THREADS" not in env:
+        # Ranks sharing one machine would oversubscribe its cores (measured 4x slower).
+        new_env["OPENBLAS_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // local))
     return argv, new_env
+
+
+def local_ranks(env: dict[str, str]) -> int:
+    """How many ranks of an `mlx.launch --backend ring` job run on this machine (1 if none)."""
+    hostfile = env.get("MLX_HOSTFILE")
+    if not hostfile or "MLX_RANK" not in env:
+        return 1
+    try:
+        hosts = json.loads(Path(hostfile).read_text())
+    except (OSError, ValueError):
+        return 1
+    if not isinstance(hosts, list):
+        return 1
+    addresses = [str(h[0] if isinstance(h, list) and h else h) for h in hosts]
+    return max(1, sum(a.startswith(("127.", "localhost", "[::1]")) for a in addresses))
 
 
 def reexec_with_openblas() -> None:

@@ -141,7 +141,7 @@ def check_model(config: RunConfig, base_dir: Path) -> Any:
     model_cfg = read_model_config(config, base_dir)
     blocks = num_blocks(model_cfg) if model_cfg else None
     n = config.effective_num_layers
-    if blocks is not None and n > blocks:
+    if blocks is not None and config.num_layers is not None and n > blocks:
         raise BadInput(
             [
                 FieldError(

@@ -146,6 +146,7 @@ class HttpReporter:
         self.sent = 0
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=max_queue)
         self._closing = threading.Event()
+        self._deadline = float("inf")
         self._thread = threading.Thread(target=self._run, name="metrics-reporter", daemon=True)
         self._thread.start()
 
@@ -162,9 +163,10 @@ class HttpReporter:
                     pass
 
     def close(self, timeout: float = 5.0) -> None:
-        """Send what is queued, waiting at most `timeout` seconds."""
+        """Send what is queued, retrying for at most `timeout` seconds."""
+        self._deadline = time.monotonic() + timeout
         self._closing.set()
-        self._thread.join(timeout)
+        self._thread.join(timeout + 0.5)
 
     def _next_batch(self) -> list[dict[str, Any]]:
         try:
@@ -196,9 +198,13 @@ class HttpReporter:
                 self.dropped += len(pending)
                 pending = []
             else:
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    return  # shutting down and the console stays unreachable: give up
                 if self._closing.is_set():
-                    return  # shutting down with the console unreachable: give up
-                self._closing.wait(backoff)
+                    time.sleep(min(backoff, remaining))
+                else:
+                    self._closing.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
 
     def _post(self, events: list[dict[str, Any]]) -> str:

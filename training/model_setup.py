@@ -77,6 +77,17 @@ def num_blocks(model_config: dict[str, Any]) -> int | None:
     return num_blocks(text) if isinstance(text, dict) else None
 
 
+def layers_to_train(config: RunConfig, blocks: int) -> int:
+    """Blocks to train, counted from the last (-1: all). mlx-lm's LoRA default of 16 is
+    capped at the model's depth; an explicit num_layers over it is an error."""
+    n = config.effective_num_layers
+    if config.num_layers is None and n > blocks:
+        return -1
+    if n > blocks:
+        raise ValueError(f"num_layers {n} is more than the model's {blocks} blocks")
+    return n
+
+
 def prepare_trainable(model: nn.Module, config: RunConfig) -> None:
     """Freeze the base and unfreeze (full) or add adapters to (lora/dora) the chosen blocks.
 
@@ -87,9 +98,7 @@ def prepare_trainable(model: nn.Module, config: RunConfig) -> None:
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
     layers: list[nn.Module] = model.layers
-    n = config.effective_num_layers
-    if n > len(layers):
-        raise ValueError(f"num_layers {n} is more than the model's {len(layers)} blocks")
+    n = layers_to_train(config, len(layers))
     model.freeze()
     if config.fine_tune_type == "full":
         if n == -1 or n == len(layers):
@@ -106,11 +115,11 @@ def prepare_trainable(model: nn.Module, config: RunConfig) -> None:
         grad_checkpoint(layers[0])
 
 
-def adapter_config(config: RunConfig, base_model: str) -> dict[str, Any]:
+def adapter_config(config: RunConfig, base_model: str, blocks: int) -> dict[str, Any]:
     """adapter_config.json as mlx-lm's load_adapters reads it."""
     out: dict[str, Any] = {
         "fine_tune_type": config.fine_tune_type,
-        "num_layers": config.effective_num_layers,
+        "num_layers": layers_to_train(config, blocks),
         "model": base_model,
     }
     if config.fine_tune_type != "full":
@@ -136,7 +145,8 @@ def save_final(final_dir: Path, loaded: LoadedModel, config: RunConfig, base_mod
         save(tmp, loaded.path, loaded.model, loaded.tokenizer, dict(loaded.model_config),
              donate_model=False)  # fmt: skip
     else:
-        save_trainable(tmp, loaded.model, adapter_config(config, base_model))
+        blocks = len(loaded.model.layers)
+        save_trainable(tmp, loaded.model, adapter_config(config, base_model, blocks))
         (tmp / "README.md").write_text(
             f"# {config.fine_tune_type} adapters\n\nBase model: `{base_model}`\n\n"
             f"    mlx_lm.generate --model {base_model} --adapter-path {final_dir} "

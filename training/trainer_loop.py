@@ -233,10 +233,10 @@ def train(
     window_tokens = 0
     window_time = 0.0
     window_norm = 0.0
+    if world == 1 and callback.should_stop():  # asked to stop before the first step
+        return STOPPED
     next_batch = next(batches)
     for step in range(state.step + 1, args.total_steps + 1):
-        if callback.should_stop() and world == 1:
-            break
         tic = time.perf_counter()
         mx.random.seed(step_seed(args.seed, step))
         grad: Any = None

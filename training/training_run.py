@@ -207,7 +207,7 @@ def _train(
             sequences_per_epoch=len(data.train),
             total_steps=total_steps,
             fine_tune_type=config.fine_tune_type,
-            adapter_config=adapter_config(config, base_model),
+            adapter_config=adapter_config(config, base_model, len(model.layers)),
             keep_checkpoints=config.keep_checkpoints,
             keep_best=config.keep_best,
         ),

@@ -1,0 +1,307 @@
+"""The trainer's command line end to end: real subprocesses, real MLX on the CPU, the tiny
+scratch model. Bad input exits 2 and creates nothing; a run learns, reports, checkpoints
+and leaves a final/ that mlx-lm loads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.test_metrics_logger import _Collector
+from tests.trainer_helpers import events, run_trainer, snapshot, write_config
+from training.blas import find_openblas
+from training.checkpoints import list_checkpoints, read_latest
+from training.config import FIELDS, build_config, cli_values
+from training.continued_pretraining import build_parser, main
+from training.fields import FieldSpec
+from training.metrics_logger import EVENTS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- the parser the CLI builds agrees with the registry and with YAML ---------------------------
+
+
+def _sample(spec: FieldSpec) -> tuple[list[str], Any]:
+    """A valid value for a field as CLI words and as the YAML value."""
+    if spec.name == "eval_sets":
+        return [spec.flag, "general=g.txt"], {"general": "g.txt"}
+    if spec.name == "optimizer_config":
+        value = {"adamw": {"betas": [0.9, 0.95]}}
+        return [spec.flag, json.dumps(value)], value
+    if spec.type == "bool":
+        return [spec.flag if not spec.default else "--no-" + spec.flag[2:]], not spec.default
+    if spec.type in ("choice", "schedule"):
+        choice = spec.choices[-1]  # type: ignore[index]
+        return [spec.flag, str(choice)], choice
+    if spec.type == "int":
+        n = max(3, int(spec.minimum or 0) + 1)
+        return [spec.flag, str(n)], n
+    if spec.type == "float":
+        return [spec.flag, "0.25"], 0.25
+    if spec.type == "list":
+        return [spec.flag, "self_attn.q_proj,mlp.up_proj"], ["self_attn.q_proj", "mlp.up_proj"]
+    return [spec.flag, "some/path"], "some/path"
+
+
+def _nest(name: str, value: Any) -> dict[str, Any]:
+    head, _, tail = name.partition(".")
+    return {head: _nest(tail, value)} if tail else {name: value}
+
+
+@pytest.mark.parametrize("spec", FIELDS, ids=lambda s: s.name)
+def test_cli_flag_yaml_key_and_registry_agree(spec: FieldSpec) -> None:
+    parser = build_parser()
+    assert spec.help.strip()
+    words, yaml_value = _sample(spec)
+    base = {"model": "m", "data": "d"}
+    from_cli, _ = build_config(base, cli_values(parser.parse_args(words)))
+    from_yaml, _ = build_config(base, _nest(spec.name, yaml_value))
+    assert from_cli == from_yaml
+    assert from_cli.get(spec.name) == from_yaml.get(spec.name) is not None
+
+
+def test_parser_has_every_field_and_the_run_options() -> None:
+    actions = {a.dest: a for a in build_parser()._actions}
+    assert {f.name for f in FIELDS} <= set(actions)
+    for option in ("config", "run_dir", "resume", "report_url"):
+        assert actions[option].help
+
+
+def test_example_configs_are_valid(tiny_assets: dict[str, Path]) -> None:
+    examples = sorted((ROOT / "examples").glob("*.yaml"))
+    assert {p.name for p in examples} >= {"mlx_lm_lora.yaml", "lora.yaml", "full.yaml"}
+    for path in examples:
+        raw = yaml.safe_load(path.read_text())
+        build_config(raw)  # every key known or an ignored mlx-lm key
+
+
+# -- bad input: exit 2, a message naming the field, nothing created -----------------------------
+
+
+def _bad_case(name: str, ws: Path, assets: dict[str, Path]) -> tuple[list[str], str]:
+    """argv (after -c config.yaml) and a fragment the error must contain."""
+    corpus = ws / "corpus"
+    corpus.mkdir(exist_ok=True)
+    if name == "missing corpus":
+        return ["--data", "nope.txt"], "data"
+    if name == "empty corpus":
+        (corpus / "empty.txt").write_text("  \n")
+        return ["--data", "corpus/empty.txt"], "empty"
+    if name == "binary corpus":
+        (corpus / "bin.txt").write_bytes(b"\x00\x01\x02binary")
+        return ["--data", "corpus/bin.txt"], "binary"
+    if name == "non-UTF-8 corpus":
+        (corpus / "latin.txt").write_bytes("café".encode("latin-1"))
+        return ["--data", "corpus/latin.txt"], "UTF-8"
+    if name == "unknown model":
+        return ["--model", "models/nope"], "model"
+    if name == "negative learning rate":
+        return ["--learning-rate", "-1"], "learning_rate"
+    if name == "sequence over the model's limit":
+        return ["--max-seq-length", "100000"], "max_seq_length"
+    if name == "batch 0":
+        return ["--batch-size", "0"], "batch_size"
+    if name == "too many layers":
+        return ["--num-layers", "9"], "num_layers"
+    if name == "empty eval set":
+        (corpus / "empty.txt").write_text("")
+        return ["--eval-set", "general=corpus/empty.txt"], "eval_sets"
+    if name == "unknown YAML key":
+        bad = ws / "bad.yaml"
+        raw = yaml.safe_load((ws / "config.yaml").read_text())
+        bad.write_text(yaml.safe_dump({**raw, "learning_rat": 0.1}))
+        return ["-c", str(bad)], "learning_rat"
+    if name == "folder that is not ours":
+        stranger = ws / "photos"
+        stranger.mkdir()
+        (stranger / "cat.jpg").write_bytes(b"\xff\xd8")
+        return ["--run-dir", str(stranger)], "not a run folder"
+    if name == "resume without checkpoint":
+        return ["--run-dir", str(ws / "runs" / "none"), "--resume"], "config.yaml"
+    raise AssertionError(name)
+
+
+BAD_CASES = [
+    "missing corpus",
+    "empty corpus",
+    "binary corpus",
+    "non-UTF-8 corpus",
+    "unknown model",
+    "negative learning rate",
+    "sequence over the model's limit",
+    "batch 0",
+    "too many layers",
+    "empty eval set",
+    "unknown YAML key",
+    "folder that is not ours",
+    "resume without checkpoint",
+]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_exits_2_and_creates_nothing(
+    case: str,
+    tiny_assets: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    write_config(ws / "config.yaml", tiny_assets, iters=2)
+    args, fragment = _bad_case(case, ws, tiny_assets)
+    monkeypatch.chdir(ws)
+    monkeypatch.setenv("MLX_CPT_HOME", str(ws))
+    before = snapshot(ws)
+    assert main(["-c", str(ws / "config.yaml"), *args]) == 2
+    err = capsys.readouterr().err
+    assert "nothing was created" in err and fragment in err
+    assert snapshot(ws) == before
+
+
+@pytest.mark.slow
+def test_bad_input_from_a_real_process(tiny_assets: dict[str, Path], tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    config = write_config(ws / "config.yaml", tiny_assets, iters=2)
+    before = snapshot(ws)
+    proc = run_trainer(ws, "-c", config, "--learning-rate", "-0.5")
+    assert proc.returncode == 2, proc.stderr
+    assert "learning_rate: must be greater than 0" in proc.stderr
+    proc = run_trainer(ws, "-c", config, "--optimizer", "lion")  # argparse's own exit 2
+    assert proc.returncode == 2 and "--optimizer" in proc.stderr
+    assert snapshot(ws) == before
+
+
+# -- a real run ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_run_learns_reports_checkpoints_and_final_generates(
+    tiny_assets: dict[str, Path], tmp_path: Path
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    config = write_config(
+        ws / "config.yaml",
+        tiny_assets,
+        iters=30,
+        steps_per_report=5,
+        steps_per_eval=15,
+        save_every=10,
+        keep_checkpoints=2,
+        eval_sets={"general": str(tiny_assets["general"])},
+    )
+    server = _Collector()
+    try:
+        proc = run_trainer(
+            ws, "-c", config, "--report-url", server.url, MLX_CPT_TOKEN="tok-from-env"
+        )
+    finally:
+        server.close()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [run_dir] = (ws / "runs").iterdir()  # no --run-dir: a new run in the workspace
+    rows = events(run_dir)
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+    assert all(
+        {"v", "seq", "event", "time", "step"} <= set(r) and r["event"] in EVENTS for r in rows
+    )
+
+    start = rows[0]
+    assert start["event"] == "run_start" and start["total_steps"] == 30
+    assert start["resumed_from"] is None and start["eval_sets"] == ["general"]
+    assert {"documents", "tokens", "sequences", "tokens_per_step", "steps_per_epoch"} <= set(
+        start["data"]
+    )
+    assert start["data"]["trained_share"] >= 0.98
+    assert set(start["versions"]) >= {"mlx", "mlx_lm", "python", "os", "chip", "blas"}
+    assert ("OpenBLAS" in start["versions"]["blas"]) == bool(find_openblas())
+    assert json.loads((run_dir / "data_report.json").read_text()) == start["data"]
+
+    train = [r for r in rows if r["event"] == "train"]
+    assert [r["step"] for r in train] == [5, 10, 15, 20, 25, 30]
+    assert train[-1]["train_loss"] < train[0]["train_loss"] - 0.2
+    assert train[-1]["trained_tokens"] == 30 * 2 * 64
+    for key in ("learning_rate", "tokens_per_second", "iterations_per_second", "peak_memory"):
+        assert isinstance(train[-1][key], float)
+    evals = [r for r in rows if r["event"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 15, 30]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+    assert all("val_general_loss" in r and "val_general_ppl" in r for r in evals)
+    assert [r["step"] for r in rows if r["event"] == "checkpoint"] == [10, 20, 30]
+    assert rows[-1]["event"] == "status" and rows[-1]["state"] == "finished"
+
+    # Retention kept 2, latest is the last; every bundle is an mlx-lm adapter folder.
+    assert [b["step"] for b in list_checkpoints(run_dir)] == [20, 30]
+    assert read_latest(run_dir)["step"] == 30  # type: ignore[index]
+    config_yaml = build_config(yaml.safe_load((run_dir / "config.yaml").read_text()))[0]
+    assert config_yaml == build_config(yaml.safe_load(config.read_text()))[0]
+
+    # The HTTP reporter POSTed the same events with the token from the environment.
+    assert server.events() == rows
+    assert {h["Authorization"] for h in server.headers} == {"Bearer tok-from-env"}
+
+    # final/ is a model folder mlx_lm loads and generates with.
+    from mlx_lm import load, stream_generate
+
+    model, tokenizer = load(str(run_dir / "final"))
+    pieces = list(stream_generate(model, tokenizer, "def ", max_tokens=8))
+    assert len(pieces) == 8 and pieces[-1].generation_tokens == 8
+
+
+@pytest.mark.slow
+def test_mlx_lm_lora_yaml_runs_and_final_is_an_adapter(
+    tiny_assets: dict[str, Path], tmp_path: Path
+) -> None:
+    ws = tmp_path / "ws"
+    data = ws / "data"  # mlx-lm's layout: train.jsonl / valid.jsonl with `text`
+    data.mkdir(parents=True)
+    lines = Path(tiny_assets["corpus"]).read_text().splitlines()
+    (data / "train.jsonl").write_text("\n".join(lines[:-2]) + "\n")
+    (data / "valid.jsonl").write_text("\n".join(lines[-2:]) + "\n")
+    raw = yaml.safe_load((ROOT / "examples" / "mlx_lm_lora.yaml").read_text())
+    raw.update(
+        model=str(tiny_assets["model"]), data="data", iters=6, max_seq_length=64, num_layers=2
+    )
+    raw.update(batch_size=2, steps_per_report=2, steps_per_eval=6, val_batches=2, save_every=3)
+    (ws / "mlx_lm.yaml").write_text(yaml.safe_dump(raw))
+    proc = run_trainer(ws, "-c", "mlx_lm.yaml", "--run-dir", "runs/lora")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_dir = ws / "runs" / "lora"
+    assert "ignoring mlx-lm setting 'adapter_path'" in proc.stdout
+    assert any(r["kind"] == "config" for r in events(run_dir, "warning"))
+    assert events(run_dir, "run_start")[0]["data"]["validation"]["source"] == "valid.jsonl"
+    final = run_dir / "final"
+    assert {p.name for p in final.iterdir()} >= {"adapters.safetensors", "adapter_config.json"}
+
+    from mlx_lm import load, stream_generate
+
+    model, tokenizer = load(str(tiny_assets["model"]), adapter_path=str(final))
+    assert len(list(stream_generate(model, tokenizer, "import ", max_tokens=4))) == 4
+
+
+@pytest.mark.slow
+def test_console_prepared_folder_is_started_and_a_second_start_refused(
+    tiny_assets: dict[str, Path], tmp_path: Path
+) -> None:
+    ws = tmp_path / "ws"
+    run_dir = ws / "runs" / "prepared"
+    run_dir.mkdir(parents=True)
+    config = write_config(run_dir / "config.yaml", tiny_assets, iters=2)
+    (run_dir / "run.json").write_text('{"name": "by the console"}')
+    proc = run_trainer(ws, "-c", config, "--run-dir", run_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads((run_dir / "run.json").read_text()) == {"name": "by the console"}
+    before = snapshot(run_dir)
+    again = run_trainer(ws, "-c", config, "--run-dir", run_dir)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    other = shutil.copy(config, ws / "other.yaml")
+    differ = run_trainer(ws, "-c", other, "--run-dir", run_dir, "--resume", "--seed", "7")
+    assert differ.returncode == 2 and "seed" in differ.stderr
+    assert snapshot(run_dir) == before

@@ -1,0 +1,83 @@
+"""The trainer under `mlx.launch -n 2 --backend ring` on this machine: data sharded by
+rank, gradients averaged, one writer. Both ranks train on halves of the same global batch,
+so the losses match a single-process run."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.trainer_helpers import events, run_trainer, train_losses, trainer_env, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def _free_ports(n: int) -> int:
+    """A base port with n free ports after it (the ring listens on base .. base+n-1)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n >= 65535:
+            continue
+        try:
+            for port in range(base, base + n):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise AssertionError("no free ports")
+
+
+def test_two_ranks_under_mlx_launch_match_one_process(
+    tiny_assets: dict[str, Path], tmp_path: Path
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    config = write_config(ws / "config.yaml", tiny_assets, iters=6, steps_per_eval=6)
+    launcher = Path(sys.executable).with_name("mlx.launch")
+    proc = subprocess.run(
+        [
+            str(launcher),
+            "-n",
+            "2",
+            "--backend",
+            "ring",
+            "--starting-port",
+            str(_free_ports(2)),
+            "--",
+            sys.executable,
+            "-m",
+            "training.continued_pretraining",
+            "-c",
+            str(config),
+            "--run-dir",
+            str(ws / "runs" / "ring"),
+        ],  # fmt: skip
+        cwd=ws,
+        env=trainer_env(ws),
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ring = ws / "runs" / "ring"
+    rows = events(ring)
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))  # one writer
+    assert len(events(ring, "run_start")) == 1 and rows[0]["world_size"] == 2
+    assert rows[-1]["state"] == "finished" and (ring / "final" / "config.json").is_file()
+
+    single = run_trainer(ws, "-c", config, "--run-dir", ws / "runs" / "single")
+    assert single.returncode == 0, single.stdout + single.stderr
+    a, b = train_losses(ring), train_losses(ws / "runs" / "single")
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for step in a:  # mean of two half-batch means == the batch mean, up to float rounding
+        assert a[step] == pytest.approx(b[step], rel=1e-4), step
+    tokens = [events(run, "train")[-1]["trained_tokens"] for run in (ring, ws / "runs" / "single")]
+    assert tokens[0] == tokens[1] == 6 * 2 * 64

@@ -49,29 +49,51 @@ def worker_env() -> dict[str, str]:
     return plan[1] if plan else dict(os.environ)
 
 
-def reference_generate(model: str, adapter: str | None, prompt: str, max_tokens: int) -> str:
-    """mlx_lm.generate (greedy) in a fresh process with the workers' environment: on a tiny
-    random model the logits are nearly tied, so the BLAS must match for an exact text."""
-    code = (
-        "import json, sys\n"
-        "from mlx_lm import generate, load\n"
-        "from mlx_lm.sample_utils import make_sampler\n"
-        "a = json.loads(sys.argv[1])\n"
-        "m, t = load(a['model'], adapter_path=a['adapter'])\n"
-        "greedy = make_sampler(0.0)\n"
-        "text = generate(m, t, a['prompt'], max_tokens=a['max_tokens'], sampler=greedy)\n"
-        "sys.stdout.write(json.dumps(text))\n"
-    )
-    args = {"model": model, "adapter": adapter, "prompt": prompt, "max_tokens": max_tokens}
-    done = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(args)],
-        env=worker_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return json.loads(done.stdout)
+# One prompt for the generation-equality tests, so one reference process serves them all.
+PROMPT = "def read(path):\n"
+MAX_TOKENS = 16
+_references: dict[tuple[str, int], dict[str, str]] = {}
+
+
+def reference_texts(
+    ws: Workspace, prompt: str = PROMPT, max_tokens: int = MAX_TOKENS
+) -> dict[str, str]:
+    """mlx_lm.generate (greedy) of the LoRA run's base and final models, computed in a fresh
+    process with the workers' environment: on a tiny random model the logits are nearly
+    tied, so the BLAS must match for an exact text. Every workspace in the tests is a copy
+    of the session's one run, so the texts are cached by prompt."""
+    key = (prompt, max_tokens)
+    if key not in _references:
+        from training.model_source import resolve_source
+
+        models = {}
+        for checkpoint in ("base", "final"):
+            source = resolve_source(ws, LORA_RUN_ID, checkpoint)
+            adapter = str(source.adapter_path) if source.adapter_path else None
+            models[checkpoint] = [str(source.model), adapter]
+        code = (
+            "import json, sys\n"
+            "from mlx_lm import generate, load\n"
+            "from mlx_lm.sample_utils import make_sampler\n"
+            "a = json.loads(sys.argv[1])\n"
+            "out = {}\n"
+            "for name, (model, adapter) in a['models'].items():\n"
+            "    m, t = load(model, adapter_path=adapter)\n"
+            "    greedy = make_sampler(0.0)\n"
+            "    out[name] = generate(m, t, a['prompt'], max_tokens=a['n'], sampler=greedy)\n"
+            "sys.stdout.write(json.dumps(out))\n"
+        )
+        args = {"models": models, "prompt": prompt, "n": max_tokens}
+        done = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(args)],
+            env=worker_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        _references[key] = json.loads(done.stdout)
+    return _references[key]
 
 
 @pytest.fixture(scope="session")

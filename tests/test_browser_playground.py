@@ -10,9 +10,8 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser import assert_no_js_errors, save_screenshot, signed_in
-from tests.eval_fixtures import LORA_RUN_ID, reference_generate
+from tests.eval_fixtures import LORA_RUN_ID, MAX_TOKENS, PROMPT, reference_texts
 from tests.live_server import LiveServer, live_server
-from training.model_source import resolve_source
 from training.run_store import Workspace
 
 pytestmark = pytest.mark.browser
@@ -26,12 +25,6 @@ def server(
     shutil.copytree(lora_workspace.root, ws)
     with live_server(ws, args=["--no-autodetect"]) as srv:
         yield srv
-
-
-def _reference(server: LiveServer, checkpoint: str, prompt: str, max_tokens: int) -> str:
-    source = resolve_source(Workspace(server.workspace), LORA_RUN_ID, checkpoint)
-    adapter = str(source.adapter_path) if source.adapter_path else None
-    return reference_generate(str(source.model), adapter, prompt, max_tokens)
 
 
 def _open_playground(page: Page, server: LiveServer) -> Page:
@@ -49,16 +42,16 @@ def _settings(page: Page, max_tokens: int, temp: float) -> None:
 def test_playground_streams_side_by_side_and_stops(page: Page, server: LiveServer) -> None:
     _open_playground(page, server)
     root = page.locator("#playground")
-    prompt = "def read(path):\n"
-    page.fill("textarea[name=prompt]", prompt)
-    _settings(page, 16, 0)
+    page.fill("textarea[name=prompt]", PROMPT)
+    _settings(page, MAX_TOKENS, 0)
     page.check("input[name=side_by_side]")
     expect(page.locator("select[name=compare]")).to_have_value(f"run:{LORA_RUN_ID}:base")
     page.click("button[name=generate]")
     expect(root).to_have_attribute("data-done", "true", timeout=60_000)
     lanes = page.locator(".pg-lane .pg-text")
-    assert lanes.nth(0).text_content() == _reference(server, "final", prompt, 16)
-    assert lanes.nth(1).text_content() == _reference(server, "base", prompt, 16)
+    expected = reference_texts(Workspace(server.workspace))
+    assert lanes.nth(0).text_content() == expected["final"]
+    assert lanes.nth(1).text_content() == expected["base"]
     expect(page.locator(".pg-lane[data-lane='1'] .pg-lane-label")).to_contain_text("base")
     save_screenshot(page, "playground")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.eval_fixtures import LORA_RUN_ID, reference_generate
+from tests.eval_fixtures import LORA_RUN_ID, MAX_TOKENS, PROMPT, reference_texts
 from tests.helpers import wait_until
 from tests.live_server import LiveServer, live_server
 from training.run_store import Workspace
@@ -86,32 +86,23 @@ def _generate(server: LiveServer, body: dict[str, Any]) -> tuple[Events, str, di
     return events, ack["job_id"], {"name": name, **end}
 
 
-def _reference(server: LiveServer, ref: dict[str, str], prompt: str, max_tokens: int) -> str:
-    from training.model_source import resolve_source
-
-    source = resolve_source(Workspace(server.workspace), ref["run_id"], ref["checkpoint"])
-    adapter = str(source.adapter_path) if source.adapter_path else None
-    return reference_generate(str(source.model), adapter, prompt, max_tokens)
-
-
 def test_streamed_tokens_equal_mlx_lm_generate(server: LiveServer) -> None:
-    prompt = "def load(path):\n    "
-    body = {"model": FINAL, "prompt": prompt, "max_tokens": 24, "temp": 0, "seed": 5}
+    body = {"model": FINAL, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temp": 0, "seed": 5}
     events, job_id, end = _generate(server, body)
     assert end["name"] == "eval_result", end
     tokens = [d for n, d in events.of(job_id) if n == "eval_token"]
     assert len(tokens) > 1  # streamed piece by piece, not in one message
     assert [d["seq"] for d in tokens] == sorted(d["seq"] for d in tokens)
-    assert "".join(d["text"] for d in tokens) == _reference(server, FINAL, prompt, 24)
+    expected = reference_texts(Workspace(server.workspace))["final"]
+    assert "".join(d["text"] for d in tokens) == expected
 
 
 def test_side_by_side_base_and_final_with_the_same_seed(server: LiveServer) -> None:
-    prompt = "import "
     body = {
         "model": BASE,
         "compare": FINAL,
-        "prompt": prompt,
-        "max_tokens": 12,
+        "prompt": PROMPT,
+        "max_tokens": MAX_TOKENS,
         "temp": 0,
         "seed": 11,
     }
@@ -119,8 +110,8 @@ def test_side_by_side_base_and_final_with_the_same_seed(server: LiveServer) -> N
     assert end["name"] == "eval_result", end
     lanes = {d["lane"]: d for n, d in events.of(job_id) if n == "eval_lane_end"}
     assert set(lanes) == {0, 1} and end["seed"] == 11
-    assert lanes[0]["text"] == _reference(server, BASE, prompt, 12)
-    assert lanes[1]["text"] == _reference(server, FINAL, prompt, 12)
+    expected = reference_texts(Workspace(server.workspace))
+    assert lanes[0]["text"] == expected["base"] and lanes[1]["text"] == expected["final"]
 
 
 def test_stop_button_ends_the_generation(server: LiveServer) -> None:

@@ -29,6 +29,7 @@ from training.blas import preload_command
 ROOT = Path(__file__).resolve().parent.parent
 # Late joiners (a page reload) get the job's events again; a generation is a few thousand.
 MAX_KEPT_EVENTS = 5000
+MAX_KEPT_JOBS = 50
 STOP_GRACE_SECONDS = 5.0
 FINAL_EVENTS = ("result", "error")
 
@@ -128,6 +129,7 @@ class EvalJobs:
             )
             job = EvalJob(job_id, kind, spec, process)
             self._jobs[job_id] = job
+            self._forget_old_jobs()
         assert process.stdin is not None
         try:
             process.stdin.write((json.dumps(spec) + "\n").encode())
@@ -137,6 +139,12 @@ class EvalJobs:
         threading.Thread(target=self._read_stderr, args=(job,), daemon=True).start()
         threading.Thread(target=self._read_events, args=(job,), daemon=True).start()
         return job
+
+    def _forget_old_jobs(self) -> None:
+        """Keep the newest finished jobs only: each holds up to MAX_KEPT_EVENTS events."""
+        done = [j for j in self._jobs.values() if j.finished.is_set()]
+        for job in sorted(done, key=lambda j: j.started)[: max(0, len(done) - MAX_KEPT_JOBS)]:
+            del self._jobs[job.job_id]
 
     def get(self, job_id: str) -> EvalJob | None:
         with self._lock:

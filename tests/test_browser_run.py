@@ -113,6 +113,7 @@ def test_fill_the_form_start_and_watch_loss_grow(server: LiveServer, page: Page)
     seen = train_points(page)
     wait_js(page, f"window.cpt.run.train.n > {seen}", timeout=60_000)
     expect(page.locator("#run-state")).to_have_text("finished", timeout=90_000)
+    expect(page.locator(".toast", has_text="Run finished")).to_be_visible()
     wait_js(page, "window.cpt.run.train.n >= 40")  # 80 steps, one point per 2
     expect(page.locator("#ckpt-body")).to_contain_text("80")  # the final checkpoint
     assert int(page.locator("#chart-loss").get_attribute("data-points")) >= 40
@@ -157,6 +158,42 @@ def test_validation_errors_appear_next_to_the_field(server: LiveServer, page: Pa
     # Fixing a field clears its message.
     page.fill('[name="learning_rate"]', "0.001")
     expect(lr.locator(".field-error")).to_be_hidden()
+    assert_no_js_errors(page)
+
+
+def test_form_rules_pickers_yaml_and_command_line(
+    server: LiveServer, page: Page, tmp_path: Path
+) -> None:
+    signed_in(page, server)
+    page.goto(server.base_url + "runs/new")
+    expect(page.locator('[name="model"]')).to_have_value("models/scratch-tiny")
+    # depends_on: LoRA settings only for lora/dora.
+    rank = page.locator('[data-field="lora_parameters.rank"]')
+    expect(rank).to_be_hidden()
+    page.select_option('[name="fine_tune_type"]', "lora")
+    expect(rank).to_be_visible()
+    page.select_option('[name="fine_tune_type"]', "full")
+    expect(rank).to_be_hidden()
+
+    # The model picker lists the workspace and picks a model folder.
+    page.fill('[name="model"]', "")
+    page.get_by_role("button", name="Browse for model").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_role("button", name="models/").click()
+    dialog.get_by_role("button", name="scratch-tiny").click()
+    expect(page.locator('[name="model"]')).to_have_value("models/scratch-tiny")
+
+    # Load YAML (mlx-lm keys), then the command line shows what differs from defaults.
+    config = tmp_path / "mine.yaml"
+    config.write_text("learning_rate: 2e-4\niters: 123\ngrad_checkpoint: true\n")
+    page.locator("#yaml-file").set_input_files(str(config))
+    expect(page.locator('[name="iters"]')).to_have_value("123")
+    expect(page.locator('[name="learning_rate"]')).to_have_value("0.0002")
+    page.get_by_role("tab", name="Command line").click()
+    cli = page.locator("#config-cli")
+    expect(cli).to_contain_text("python -m training.continued_pretraining")
+    expect(cli).to_contain_text("--iters 123")
+    expect(cli).to_contain_text("--grad-checkpoint")
     assert_no_js_errors(page)
 
 

@@ -29,6 +29,7 @@ const state = {
   cli: "",
   fields: [],
   fieldNames: new Set(),
+  throughput: new Map(), // model -> median tokens/s of its earlier runs
   seq: 0,
 };
 
@@ -52,6 +53,7 @@ async function main() {
   wireConfigPanel();
   wireLaunch();
   state.lr = new LrPlot($("#lr-chart"));
+  loadThroughput();
 
   const clone = params.get("clone");
   const presetId = params.get("preset");
@@ -91,15 +93,19 @@ function presetLabel(p) {
   return short[p.name] || p.title || p.name;
 }
 
-// A preset says how to train; what to train (model and data) stays as picked when the
-// preset leaves it out.
+// A preset or a YAML file says how to train; what to train (model and data) stays as
+// picked when it leaves that out.
 const KEEP = ["model", "data", "valid_data", "eval_sets"];
 
-function applyPreset(preset, announce) {
-  const current = state.form ? state.form.values() : {};
-  const config = { ...preset.config };
+function fillForm(source) {
+  const current = state.form.values();
+  const config = { ...source };
   for (const key of KEEP) if (!(key in config) && key in current) config[key] = current[key];
   state.form.setValues(config);
+}
+
+function applyPreset(preset, announce) {
+  fillForm(preset.config);
   for (const b of document.querySelectorAll("[data-preset]")) {
     b.setAttribute("aria-pressed", String(b.dataset.preset === preset.name));
   }
@@ -122,7 +128,7 @@ async function loadYamlFile(file) {
   const text = await file.text();
   try {
     const res = await api.post(EP.parseYaml, { yaml: text });
-    state.form.setValues(res.config || {});
+    fillForm(res.config || {});
     for (const w of res.warnings || []) toast(w, { kind: "warning", title: "YAML" });
     toast(`${file.name} loaded.`, { kind: "success" });
     refresh();
@@ -245,10 +251,28 @@ function updatePlan() {
   if (state.lr) $("#lr-summary").textContent = p.steps ? state.lr.update(p.cfg, p.steps) : "";
 }
 
+/** Time at the throughput earlier runs of the same model reached (a rough guide: batch
+ * size and sequence length change it); none before a first run. */
 function estimate(p) {
-  const tps = state.report && state.report.tokens_per_second;
+  const tps = state.throughput.get(state.form.values().model);
   if (!p.tokens || !tps) return "after the first steps";
-  return `≈ ${fmt.duration(p.tokens / tps)}`;
+  return `≈ ${fmt.duration(p.tokens / tps)} at ${fmt.compact(tps)} tok/s (earlier runs)`;
+}
+
+async function loadThroughput() {
+  try {
+    const { runs } = await api.get(EP.runs);
+    const byModel = new Map();
+    for (const r of runs) {
+      if (r.model && typeof r.tokens_per_second === "number" && r.tokens_per_second > 0) {
+        byModel.set(r.model, [...(byModel.get(r.model) || []), r.tokens_per_second]);
+      }
+    }
+    for (const [model, xs] of byModel) state.throughput.set(model, xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]);
+    updatePlan();
+  } catch {
+    // Only the estimate is missing.
+  }
 }
 
 function numericValues(values) {

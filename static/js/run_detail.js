@@ -100,6 +100,7 @@ function renderRecord() {
   const b = $("#run-state");
   b.dataset.state = r.state;
   b.textContent = r.state;
+  $("#act-start").hidden = r.state !== "created";
   $("#act-stop").hidden = !["starting", "running"].includes(r.state);
   $("#act-resume").hidden = !canResume(r);
   $("#act-delete").disabled = isActive(r.state);
@@ -260,6 +261,17 @@ function wireActions() {
     $("#act-stop").disabled = true;
     if (await stopRun(page.record)) await refreshRecord();
     $("#act-stop").disabled = false;
+  });
+  $("#act-start").addEventListener("click", async () => {
+    $("#act-start").disabled = true;
+    try {
+      await api.post(runUrl(runId, "/start"), {});
+      await refreshRecord();
+      loadLog();
+    } catch (err) {
+      reportError(err, "Cannot start");
+    }
+    $("#act-start").disabled = false;
   });
   $("#act-resume").addEventListener("click", async () => {
     if (await resumeRun(page.record)) await refreshRecord();

@@ -60,15 +60,8 @@ def _index_fields(raw: bytes) -> _Fields | None:
         return None
 
 
-def _number(value: object) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if value is None:
-        return float("nan")
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return float("nan")
+def _number(value: int | float | None) -> float:
+    return float("nan") if value is None else float(value)
 
 
 class RunMetrics:
@@ -108,33 +101,56 @@ class RunMetrics:
                 added += self._index_block(start, block)
 
     def _index_block(self, start: int, block: bytes) -> int:
+        lines = block.split(b"\n")[:-1]
+        decode = _fields_decoder.decode
+        parsed: list[_Fields | None] = []
+        for line in lines:
+            try:
+                parsed.append(decode(line))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                parsed.append(_index_fields(line) if line.strip() else None)
         last_seq = self._seqs[-1] if self._seqs else 0
-        added = 0
+        offsets: list[int] = []
+        lengths: list[int] = []
+        seqs: list[int] = []
+        codes: list[int] = []
+        steps: list[float] = []
+        values: list[float] = []
+        times: list[float] = []
+        nan = float("nan")
         pos = start
-        for line in block.split(b"\n")[:-1]:
+        for line, row in zip(lines, parsed, strict=True):
             offset, length = pos, len(line)
             pos += length + 1
-            if not line.strip():
+            if row is None:
+                if line.strip():
+                    self.malformed += 1
                 continue
-            row = _index_fields(line)
-            if row is None or not isinstance(row.seq, int) or isinstance(row.seq, bool):
+            seq = row.seq
+            if type(seq) is not int:
                 self.malformed += 1
                 continue
-            if row.seq <= last_seq:
+            if seq <= last_seq:
                 continue  # already indexed: a replayed line
-            last_seq = row.seq
+            last_seq = seq
             code = EVENT_CODES.get(row.event, 0)
-            key = ENVELOPE_KEYS.get(code)
-            self._offsets.append(offset)
-            self._lengths.append(length)
-            self._seqs.append(row.seq)
-            self._codes.append(code)
-            self._steps.append(_number(row.step))
-            self._values.append(_number(getattr(row, key)) if key else float("nan"))
-            self._times.append(_number(row.time))
-            self._last[code] = len(self._seqs) - 1
-            added += 1
-        return added
+            value = row.train_loss if code == 1 else row.val_loss if code == 2 else None
+            offsets.append(offset)
+            lengths.append(length)
+            seqs.append(seq)
+            codes.append(code)
+            steps.append(_number(row.step))
+            values.append(nan if value is None else value)
+            times.append(nan if row.time is None else row.time)
+            self._last[code] = len(self._seqs) + len(seqs) - 1
+        self._offsets.extend(offsets)
+        self._lengths.extend(lengths)
+        self._seqs.extend(seqs)
+        self._codes.extend(codes)
+        self._steps.extend(steps)
+        self._values.extend(values)
+        self._times.extend(times)
+        return len(seqs)
 
     def _read_rows(self, indices: np.ndarray) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []

@@ -222,6 +222,14 @@ class RedactTokens(logging.Filter):
         return True
 
 
+class QuietClosedWebSockets(logging.Filter):
+    """After a WebSocket closes, Werkzeug may read the client's close frame as an HTTP
+    request and log "Bad request syntax": noise, not an error of ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Bad request syntax" not in record.getMessage()
+
+
 def setup_logging(level: str, token: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -230,7 +238,9 @@ def setup_logging(level: str, token: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Werkzeug logs every request line (with its query string): keep it to warnings.
-    logging.getLogger("werkzeug").setLevel(logging.WARNING if level != "debug" else logging.DEBUG)
+    werkzeug = logging.getLogger("werkzeug")
+    werkzeug.setLevel(logging.WARNING if level != "debug" else logging.DEBUG)
+    werkzeug.addFilter(QuietClosedWebSockets())
     for noisy in ("engineio", "socketio", "engineio.server", "socketio.server"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

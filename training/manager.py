@@ -154,7 +154,9 @@ class TrainingManager:
                 continue
             log_detection(detection)
             if detection.decision == "adopt" and detection.process is not None:
-                self._adopt(run_id, detection.process)
+                # No notification: nobody listens yet, and describing the run would index
+                # its whole metrics file before the console even listens.
+                self._adopt(run_id, detection.process, notify=False)
             found.append(detection)
         return found
 
@@ -190,14 +192,15 @@ class TrainingManager:
             self._adopt(run_id, verdict.process)
             return True
 
-    def _adopt(self, run_id: str, proc: psutil.Process) -> None:
+    def _adopt(self, run_id: str, proc: psutil.Process, notify: bool = True) -> None:
         active = _Active(run_id, proc.pid, adopted=proc)
         with self._lock:
             self._active[run_id] = active
         threading.Thread(
             target=self._watch_adopted, args=(active,), name=f"adopted-{run_id}", daemon=True
         ).start()
-        self._notify(run_id)
+        if notify:
+            self._notify(run_id)
 
     # -- reading state --
 

@@ -112,3 +112,52 @@ def test_start_stream_crash_adopt_stop_resume(tiny_assets, tmp_path):
                     proc.kill()
             except psutil.Error:
                 continue
+
+
+def test_a_remote_trainer_reports_over_http(tiny_assets, tmp_path):
+    """`--report-url` from a trainer with its own run folder (another machine, say): its
+    events land in the console's run of that id and read like a local run's."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.live_server import ROOT
+
+    run_id = "20260303-000000-remote"
+    config = {**real_config(tiny_assets), "iters": 4}
+    config_path = tmp_path / "remote.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    with LiveServer(tmp_path / "console-ws") as server:
+        env = {**os.environ, "MLX_CPT_TOKEN": server.token, "PYTHONPATH": str(ROOT)}
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "training.continued_pretraining",
+                "-c",
+                str(config_path),
+                "--run-dir",
+                str(tmp_path / "elsewhere" / "runs" / run_id),
+                "--report-url",
+                f"{server.base_url}api/callbacks/{run_id}",
+            ],
+            cwd=tmp_path,
+            env=env,
+            check=True,
+            timeout=600,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        local = (tmp_path / "elsewhere" / "runs" / run_id / "metrics.jsonl").read_text()
+        expected = [json.loads(line)["seq"] for line in local.splitlines() if line.strip()]
+        wait_until(
+            lambda: server.run(run_id)["last_seq"] == expected[-1],
+            timeout=60,
+            message="the reporter to deliver every event",
+        )
+        run = server.run(run_id)
+        assert run["remote"] and run["state"] == "finished" and run["step"] == 4
+        rows = server.get(f"/api/runs/{run_id}/metrics").json()["rows"]
+        assert [r["seq"] for r in rows] == expected

@@ -12,8 +12,16 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.test_metrics_logger import _Collector
-from tests.trainer_helpers import events, run_trainer, snapshot, write_config
+from tests.helpers import wait_until
+from tests.trainer_helpers import (
+    EventCollector,
+    events,
+    last_step_seen,
+    run_trainer,
+    snapshot,
+    start_trainer,
+    write_config,
+)
 from training.blas import find_openblas
 from training.checkpoints import list_checkpoints, read_latest
 from training.config import FIELDS, build_config, cli_values
@@ -198,7 +206,7 @@ def test_run_learns_reports_checkpoints_and_final_generates(
         keep_checkpoints=2,
         eval_sets={"general": str(tiny_assets["general"])},
     )
-    server = _Collector()
+    server = EventCollector()
     try:
         proc = run_trainer(
             ws, "-c", config, "--report-url", server.url, MLX_CPT_TOKEN="tok-from-env"
@@ -305,3 +313,25 @@ def test_console_prepared_folder_is_started_and_a_second_start_refused(
     differ = run_trainer(ws, "-c", other, "--run-dir", run_dir, "--resume", "--seed", "7")
     assert differ.returncode == 2 and "seed" in differ.stderr
     assert snapshot(run_dir) == before
+
+
+@pytest.mark.slow
+def test_an_error_mid_run_is_status_failed_and_exit_1(
+    tiny_assets: dict[str, Path], tmp_path: Path
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    config = write_config(ws / "config.yaml", tiny_assets, iters=100_000, save_every=200)
+    run_dir = ws / "runs" / "broken"
+    proc = start_trainer(ws, "-c", config, "--run-dir", run_dir, log=ws / "broken.log")
+    try:
+        wait_until(lambda: last_step_seen(run_dir) >= 1 or proc.poll() is not None, timeout=240)
+        (run_dir / "checkpoints").write_text("a file where the checkpoints folder goes")
+        assert proc.wait(timeout=240) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    status = events(run_dir)[-1]
+    assert status["event"] == "status" and status["state"] == "failed"
+    assert "checkpoints" in status["message"]
+    assert "Traceback" in (ws / "broken.log").read_text()

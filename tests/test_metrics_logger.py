@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import ROOT
 from tests.helpers import wait_until
+from tests.trainer_helpers import EventCollector
 from training.metrics_logger import (
     EVENTS,
     TOKEN_ENV,
@@ -84,51 +82,11 @@ def test_console_modules_do_not_import_mlx() -> None:
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False).returncode == 0
 
 
-class _Collector:
-    """A loopback HTTP server that records POSTed bodies; answers 503 `fail_first` times."""
-
-    def __init__(self, fail_first: int = 0) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        self.fail_first = fail_first
-        collector = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if collector.fail_first > 0:
-                    collector.fail_first -= 1
-                    self.send_response(503)
-                    self.end_headers()
-                    return
-                collector.bodies.append(json.loads(body))
-                collector.headers.append(dict(self.headers))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(b'{"ok": true}')
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/api/callbacks/run-1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def events(self) -> list[dict[str, Any]]:
-        return [e for body in self.bodies for e in body["events"]]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_reporter_posts_the_same_events_batched_with_the_token_from_env(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(TOKEN_ENV, "s3cret")
-    server = _Collector(fail_first=2)  # retried with backoff until the console answers
+    server = EventCollector(fail_first=2)  # retried with backoff until the console answers
     try:
         reporter = HttpReporter(server.url)
         with TrainingMetricsLogger(tmp_path / "m.jsonl", reporter=reporter) as log:

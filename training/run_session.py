@@ -19,6 +19,8 @@ from training.metrics_logger import CHECKPOINT, EVAL, STOPPING, TRAIN, TrainingM
 from training.progress import Progress
 from training.trainer_loop import LoopState, scalar
 
+MEMORY_WARN_PERCENT = 95.0
+
 
 class StopFlag:
     """SIGTERM and SIGINT ask for a graceful stop: the flag is read between steps, so a
@@ -80,19 +82,20 @@ class TrainingSession:
         self.writer = writer
         self._stopping_sent = False
         self._started = time.time()
+        self._step = progress.start_step
+        self._memory_warned = False
 
     # -- the loop's callback --
 
     def should_stop(self) -> bool:
         if self.stop.requested and not self._stopping_sent:
             self._stopping_sent = True
-            self.logger.status(
-                self.progress.start_step, STOPPING, f"{self.stop.signal_name or 'stop'} received"
-            )
+            self.logger.status(self._step, STOPPING, f"{self.stop.signal_name or 'stop'} received")
             self.progress.line("stop requested: finishing the step and saving a checkpoint")
         return self.stop.requested
 
     def on_step(self, state: LoopState, step_seconds: float) -> None:
+        self._step = state.step
         self.progress.step(state.step, state.trained_tokens)
 
     def on_train_loss_report(self, info: dict[str, Any]) -> None:
@@ -100,6 +103,24 @@ class TrainingSession:
         eta = self.progress.eta_seconds(step)
         event = self.logger.emit(TRAIN, step, **info, eta_seconds=eta)
         self.progress.train(event, eta)
+        self._check_memory(step)
+
+    def _check_memory(self, step: int) -> None:
+        """One warning when the machine runs out of memory (swapping ruins throughput)."""
+        import psutil
+
+        used = psutil.virtual_memory().percent
+        if used >= MEMORY_WARN_PERCENT and not self._memory_warned:
+            self._memory_warned = True
+            self.on_warning(
+                step,
+                "memory",
+                f"system memory is {used:.0f}% used; lower batch_size or max_seq_length, "
+                "or turn on grad_checkpoint",
+                percent=used,
+            )
+        elif used < MEMORY_WARN_PERCENT - 5:
+            self._memory_warned = False
 
     def on_val_loss_report(self, info: dict[str, Any]) -> None:
         step = int(info.pop("iteration"))

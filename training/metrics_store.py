@@ -8,16 +8,16 @@ history request is a numpy selection plus a few thousand small reads.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from array import array
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import numpy as np
 
-from training.downsample import minmax_indices, stride_indices
 from training.tailer import JsonlTailer, decode_event
 
 EVENT_CODES: dict[str, int] = {
@@ -152,7 +152,7 @@ class RunMetrics:
         self._times.extend(times)
         return len(seqs)
 
-    def _read_rows(self, indices: np.ndarray) -> list[dict[str, Any]]:
+    def _read_rows(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         offsets, lengths = self._offsets, self._lengths
         if len(indices) and indices[-1] - indices[0] + 1 == len(indices):
@@ -196,29 +196,35 @@ class RunMetrics:
             i = self._last.get(EVENT_CODES.get(event, -1))
             if i is None:
                 return None
-            rows = self._read_rows(np.array([i]))
+            rows = self._read_rows([i])
             return rows[0] if rows else None
 
     def rows_after(self, after_seq: int, limit: int | None = None) -> list[dict[str, Any]]:
         """Rows with seq > after_seq, oldest first, at most `limit`."""
         with self._lock:
-            seqs = np.frombuffer(self._seqs, dtype=np.int64) if self._seqs else np.empty(0)
-            first = int(np.searchsorted(seqs, after_seq, side="right"))
-            last = len(seqs) if limit is None else min(len(seqs), first + limit)
+            # seqs strictly increase (replays are dropped when indexed): binary search.
+            first = bisect.bisect_right(self._seqs, after_seq)
+            count = len(self._seqs)
+            last = count if limit is None else min(count, first + limit)
             if first >= last:
                 return []
-            return self._read_rows(np.arange(first, last))
+            return self._read_rows(range(first, last))
 
     def downsampled(self, max_points: int) -> list[dict[str, Any]]:
         """At most max_points rows per event kind, oldest first: train and eval rows by
         the min/max envelope of their loss, other kinds evenly spaced."""
+        # numpy only here: importing it costs the console's start-up ~0.15 s.
+        import numpy as np
+
+        from training.downsample import minmax_indices, stride_indices
+
         with self._lock:
             n = len(self._seqs)
             if n == 0:
                 return []
             codes = np.frombuffer(self._codes, dtype=np.int8)
             values = np.frombuffer(self._values, dtype=np.float64)
-            picks: list[np.ndarray] = []
+            picks: list[Any] = []
             for code in np.unique(codes):
                 members = np.flatnonzero(codes == code)
                 if int(code) in ENVELOPE_KEYS:
@@ -226,7 +232,7 @@ class RunMetrics:
                 else:
                     chosen = stride_indices(len(members), max_points)
                 picks.append(members[chosen])
-            return self._read_rows(np.unique(np.concatenate(picks)))
+            return self._read_rows(np.unique(np.concatenate(picks)).tolist())
 
     def close(self) -> None:
         with self._lock:

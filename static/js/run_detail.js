@@ -11,7 +11,7 @@ import { summary, canResume, isActive, resumeRun, stopRun, deleteRun } from "./r
 
 const runId = document.body.dataset.runId;
 const run = new RunData({ smoothing: settings.get("smoothing") });
-const page = { record: null, charts: {}, follower: null, info: {}, logTimer: 0, checkpoints: [] };
+const page = { record: null, charts: {}, follower: null, info: {}, logTimer: 0 };
 // For tests and the curious: window.cpt.run holds the chart columns.
 window.cpt = { run, page };
 
@@ -84,7 +84,8 @@ async function refreshRecord() {
   try {
     page.record = (await api.get(runUrl(runId))).run;
     renderRecord();
-    if (!isActive(page.record.state)) loadLog();
+    // Ended: read the log's last lines once more. Running again (a resume): follow it.
+    if (!isActive(page.record.state) || !page.logTimer) loadLog();
   } catch (err) {
     if (err.status !== 0) reportError(err, "Cannot refresh the run");
   }
@@ -285,6 +286,7 @@ function wireActions() {
 
 async function loadLog() {
   clearTimeout(page.logTimer);
+  page.logTimer = 0;
   try {
     const res = await api.get(runUrl(runId, `/logs?tail=${settings.get("logLines")}`));
     const lines = Array.isArray(res.lines) ? res.lines : String(res.text ?? res.log ?? "").split("\n");

@@ -102,16 +102,27 @@ def main() -> None:
             "val_batches": 1,
             "save_every": 10_000,
         }
-        bare_tps, console_tps = [], []
+        bare_tps: list[float] = []
+        console_tps: list[float] = []
+        cpu: list[float] = []
         for i in range(args.rounds):
-            bare_tps.append(bare(ws, config, f"bare-{i}"))
-            console_tps.append(console(ws, config, args.clients))
+            # Alternate which goes first: load that drifts within a round cancels out.
+            order = ("bare", "console") if i % 2 == 0 else ("console", "bare")
+            for kind in order:
+                if kind == "bare":
+                    bare_tps.append(bare(ws, config, f"bare-{i}"))
+                else:
+                    console_tps.append(console(ws, config, args.clients, cpu))
             print(
                 f"round {i + 1}: bare {bare_tps[-1]:,.0f} tok/s, "
-                f"console+{args.clients} clients {console_tps[-1]:,.0f} tok/s",
+                f"console+{args.clients} clients {console_tps[-1]:,.0f} tok/s, "
+                f"ratio {console_tps[-1] / bare_tps[-1]:.2f}",
                 flush=True,
             )
     b, c = statistics.median(bare_tps), statistics.median(console_tps)
+    print(
+        f"console process CPU while a run trained: median {statistics.median(cpu):.1f}% of one core"
+    )
     print(
         f"bare CLI: median {b:,.0f} tokens/s; through the console with {args.clients} "
         f"clients: {c:,.0f} tokens/s"

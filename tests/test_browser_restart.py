@@ -1,6 +1,7 @@
-"""A console that dies mid-run, in a real browser: the open page says it is offline, the
-restarted console shows the run as interrupted, and no trainer starts until the person
-confirms Resume (the rule the old design broke)."""
+"""A console that dies mid-run, in a real browser: the open page says it is offline and
+catches up when the console is back; a run whose trainer died too is shown as
+interrupted, and no trainer starts until the person confirms Resume (the rule the old
+design broke). The first test leaves a stopped run behind for the README screenshot."""
 
 from __future__ import annotations
 
@@ -28,6 +29,70 @@ def trainers_of(run_dir: Path) -> list[psutil.Process]:
         if "continued_pretraining" in cmdline and str(run_dir) in cmdline:
             found.append(proc)
     return found
+
+
+def train_steps_on_disk(run_dir: Path) -> list[int]:
+    steps: list[int] = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row.get("event") == "train":
+            steps = [s for s in steps if s < row["step"]] + [row["step"]]
+    return steps
+
+
+def test_run_page_catches_up_after_the_console_comes_back(
+    console_workspace: Path, page: Page
+) -> None:
+    """The trainer outlives its console; the open run page resumes from its last seq: the
+    rows written while the console was away arrive once, none missing, none repeated."""
+    server = LiveServer(console_workspace)
+    server.start()
+    try:
+        presets = server.get("/api/presets").json()["presets"]
+        config = next(p["config"] for p in presets if p["name"] == "demo")
+        config.update(
+            iters=4000,
+            max_seq_length=64,
+            batch_size=2,
+            steps_per_report=2,
+            save_every=1000,
+            steps_per_eval=1000,
+        )
+        response = server.post("/api/runs", {"config": config, "name": "outlives its console"})
+        assert response.status_code == 201, response.text
+        run_id = response.json()["run_id"]
+        run_dir = console_workspace / "runs" / run_id
+
+        signed_in(page, server)
+        page.goto(server.base_url + f"runs/{run_id}")
+        page.wait_for_function("() => window.cpt && window.cpt.run.train.n >= 3", timeout=90_000)
+
+        server.kill()  # the console only: the trainer runs in its own session
+        expect(page.locator("#offline-banner")).to_be_visible(timeout=15_000)
+        on_disk = len(train_steps_on_disk(run_dir))
+        wait_until(
+            lambda: len(train_steps_on_disk(run_dir)) > on_disk + 3,
+            60,
+            message="the trainer to keep writing while the console is away",
+        )
+
+        server.restart()
+        expect(page.locator("#offline-banner")).to_be_hidden(timeout=30_000)
+        target = len(train_steps_on_disk(run_dir))
+        page.wait_for_function(f"() => window.cpt.run.train.n >= {target}", timeout=60_000)
+        steps = page.evaluate(
+            "Array.from(window.cpt.run.train.col('step').subarray(0, window.cpt.run.train.n))"
+        )
+        assert steps == sorted(set(steps)), "a point arrived twice"
+        assert steps == train_steps_on_disk(run_dir)[: len(steps)], "a point went missing"
+
+        assert server.post(f"/api/runs/{run_id}/stop").status_code == 202
+        server.wait_for_state(run_id, "stopped", timeout=60)
+        assert_no_js_errors(page)
+    finally:
+        for proc in trainers_of(console_workspace / "runs"):
+            proc.kill()
+        server.stop()
 
 
 def test_killed_console_shows_interrupted_run_and_resumes_only_on_confirm(
@@ -93,70 +158,6 @@ def test_killed_console_shows_interrupted_run_and_resumes_only_on_confirm(
         wait_until(lambda: trainers_of(run_dir), 30, message="the resumed trainer")
         expect(row.locator(".badge")).to_have_text("running", timeout=60_000)
         expect(card).to_be_hidden()
-
-        assert server.post(f"/api/runs/{run_id}/stop").status_code == 202
-        server.wait_for_state(run_id, "stopped", timeout=60)
-        assert_no_js_errors(page)
-    finally:
-        for proc in trainers_of(console_workspace / "runs"):
-            proc.kill()
-        server.stop()
-
-
-def train_steps_on_disk(run_dir: Path) -> list[int]:
-    steps: list[int] = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if row.get("event") == "train":
-            steps = [s for s in steps if s < row["step"]] + [row["step"]]
-    return steps
-
-
-def test_run_page_catches_up_after_the_console_comes_back(
-    console_workspace: Path, page: Page
-) -> None:
-    """The trainer outlives its console; the open run page resumes from its last seq: the
-    rows written while the console was away arrive once, none missing, none repeated."""
-    server = LiveServer(console_workspace)
-    server.start()
-    try:
-        presets = server.get("/api/presets").json()["presets"]
-        config = next(p["config"] for p in presets if p["name"] == "demo")
-        config.update(
-            iters=4000,
-            max_seq_length=64,
-            batch_size=2,
-            steps_per_report=2,
-            save_every=1000,
-            steps_per_eval=1000,
-        )
-        response = server.post("/api/runs", {"config": config, "name": "outlives its console"})
-        assert response.status_code == 201, response.text
-        run_id = response.json()["run_id"]
-        run_dir = console_workspace / "runs" / run_id
-
-        signed_in(page, server)
-        page.goto(server.base_url + f"runs/{run_id}")
-        page.wait_for_function("() => window.cpt && window.cpt.run.train.n >= 3", timeout=90_000)
-
-        server.kill()  # the console only: the trainer runs in its own session
-        expect(page.locator("#offline-banner")).to_be_visible(timeout=15_000)
-        on_disk = len(train_steps_on_disk(run_dir))
-        wait_until(
-            lambda: len(train_steps_on_disk(run_dir)) > on_disk + 3,
-            60,
-            message="the trainer to keep writing while the console is away",
-        )
-
-        server.restart()
-        expect(page.locator("#offline-banner")).to_be_hidden(timeout=30_000)
-        target = len(train_steps_on_disk(run_dir))
-        page.wait_for_function(f"() => window.cpt.run.train.n >= {target}", timeout=60_000)
-        steps = page.evaluate(
-            "Array.from(window.cpt.run.train.col('step').subarray(0, window.cpt.run.train.n))"
-        )
-        assert steps == sorted(set(steps)), "a point arrived twice"
-        assert steps == train_steps_on_disk(run_dir)[: len(steps)], "a point went missing"
 
         assert server.post(f"/api/runs/{run_id}/stop").status_code == 202
         server.wait_for_state(run_id, "stopped", timeout=60)

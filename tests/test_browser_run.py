@@ -109,9 +109,9 @@ def test_fill_the_form_start_and_watch_loss_grow(server: LiveServer, page: Page)
     page.get_by_role("button", name="Start now").click()
     page.wait_for_url(re.compile(r"/runs/[0-9]{8}-"))
     expect(page.locator("#run-name")).to_have_text("first light")
+    # Points appear while it trains and grow to one per report (growth over a long run,
+    # whatever the machine's speed, is checked in test_reload_mid_run_then_stop_and_resume).
     wait_js(page, "window.cpt.run.train.n >= 2", timeout=90_000)
-    seen = train_points(page)
-    wait_js(page, f"window.cpt.run.train.n > {seen}", timeout=60_000)
     expect(page.locator("#run-state")).to_have_text("finished", timeout=90_000)
     expect(page.locator(".toast", has_text="Run finished")).to_be_visible()
     wait_js(page, "window.cpt.run.train.n >= 40")  # 80 steps, one point per 2
@@ -220,6 +220,8 @@ def test_reload_mid_run_then_stop_and_resume(server: LiveServer, page: Page) -> 
     signed_in(page, server)
     page.goto(server.base_url + f"runs/{run_id}")
     wait_js(page, "window.cpt.run.train.n >= 3", timeout=90_000)
+    seen = train_points(page)
+    wait_js(page, f"window.cpt.run.train.n > {seen}", timeout=60_000)  # live points grow
     before = train_points(page)
 
     # Reload mid-run: history, then live rows after the last seq, with no gap or repeat.

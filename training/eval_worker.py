@@ -326,4 +326,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from training.blas import reexec_with_openblas
+
+    reexec_with_openblas()  # before MLX loads: the CPU wheel's own BLAS is far slower
     sys.exit(main())

@@ -446,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     # Local folders only: never let a typo turn into a Hugging Face download.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Documents longer than the context are packed, not fed whole: transformers' warning
+    # about "sequence length is longer than the maximum" does not apply.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         if args.command == "generate":
             _run_generate(args)
@@ -459,4 +462,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from training.blas import reexec_with_openblas
+
+    reexec_with_openblas()  # before MLX loads: the CPU wheel's own BLAS is far slower
     sys.exit(main())

@@ -443,6 +443,9 @@ async function launch(startNow) {
       state.form.focusFirstError();
       if (unplaced.length) reportError(new Error(unplaced.map((e) => e.message).join(" ")), "Cannot start");
       else toast("Fix the highlighted settings, then start again.", { kind: "error", title: "Cannot start" });
+    } else if (err.status === 409 && startNow) {
+      // Another run is training: offer the queue rather than a dead end.
+      toast(err.message, { kind: "warning", title: "Cannot start now", timeout: 12000, action: { label: "Add to queue", onClick: () => launch(false) } });
     } else reportError(err, "Cannot start the run");
   }
 }

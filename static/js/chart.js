@@ -559,7 +559,7 @@ export class MetricChart {
         { ...axisStyle, size: 56, values: (u, ticks) => ticks.map((v) => yFmt(v)) },
       ],
       series: [
-        { label: this.x === "tokens" ? "tokens" : "step", value: (u, v) => (v == null ? "–" : compactTick(v)) },
+        { label: this.x === "tokens" ? "tokens" : "step", value: (u, v, si, idx) => fmtX(idx == null ? latest(u, 0) : v) },
         ...this.series.map((s) => ({
           label: s.label,
           stroke: s.color,
@@ -568,7 +568,8 @@ export class MetricChart {
           alpha: s.alpha ?? 1,
           spanGaps: true,
           points: { show: s.points ?? false, size: 5, fill: s.color },
-          value: (u, v) => yFmt(v),
+          // Off the plot, the legend shows the latest values rather than dashes.
+          value: (u, v, si, idx) => yFmt(idx == null ? latest(u, si) : v),
         })),
       ],
       hooks: {
@@ -629,6 +630,14 @@ function mergeX(parts) {
   }
   return X;
 }
+
+function latest(u, sidx) {
+  const d = u.data[sidx] || [];
+  for (let i = d.length - 1; i >= 0; i--) if (d[i] != null) return d[i];
+  return null;
+}
+
+const fmtX = (v) => (v == null ? "–" : compactTick(v));
 
 function compactTick(v) {
   if (v == null) return "";

@@ -412,7 +412,16 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     print(f"MLX CPT console: {url}", flush=True)
-    log.info("listening on %s (workspace %s, %s mode)", base_url, workspace.root, args.async_mode)
+    import psutil
+
+    started_in = time.time() - psutil.Process().create_time()
+    log.info(
+        "listening on %s (workspace %s, %s mode, started in %.2f s)",
+        base_url,
+        workspace.root,
+        args.async_mode,
+        started_in,
+    )
     redirect = None if args.no_browser else open_browser(url)
 
     signal.signal(signal.SIGTERM, _raise_interrupt)

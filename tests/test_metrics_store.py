@@ -111,3 +111,26 @@ def test_cache_is_bounded(tmp_path):
         assert cache.get(tmp_path / f"{name}.jsonl").count == 1
     assert len(cache._runs) == 2
     cache.close()
+
+
+def test_fast_and_careful_paths_agree(tmp_path):
+    """Clean blocks take the comprehension path, blocks with replays or bad lines the
+    line-by-line one; offsets and last rows must come out the same either way."""
+    clean, messy = tmp_path / "clean.jsonl", tmp_path / "messy.jsonl"
+    rows = [
+        train(i, loss=i / 7)
+        if i % 5
+        else {"seq": i, "event": "eval", "val_loss": 1.0 * i, "note": "x" * i}
+        for i in range(1, 300)
+    ]
+    write(clean, rows)
+    write(messy, rows[:100] + [rows[50]] + rows[100:])  # a replay forces the careful path
+    with messy.open("a") as f:
+        f.write("not json\n")
+    a, b = RunMetrics(clean), RunMetrics(messy)
+    a.refresh()
+    b.refresh()
+    assert a.count == b.count == 299 and b.malformed == 1
+    assert a.rows_after(0) == b.rows_after(0) == rows
+    assert a.last("eval") == b.last("eval") == rows[294]
+    assert a.last("train") == rows[-1]

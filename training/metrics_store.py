@@ -13,6 +13,7 @@ import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,48 @@ class RunMetrics:
 
     def _index_block(self, start: int, block: bytes) -> int:
         lines = block.split(b"\n")[:-1]
+        decode = _fields_decoder.decode
+        try:
+            # The common case, in comprehensions: every line valid, seq increasing.
+            rows = [decode(line) for line in lines]
+            if self._append_clean(start, lines, rows):
+                return len(rows)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass
+        return self._index_lines(start, lines)
+
+    def _append_clean(self, start: int, lines: list[bytes], rows: list[_Fields]) -> bool:
+        """Append a block whose rows all have increasing int seqs; False (nothing done)
+        when it has replays or odd rows, which the careful path then handles."""
+        seqs = [r.seq for r in rows]
+        last_seq = self._seqs[-1] if self._seqs else 0
+        if not seqs or not all(type(s) is int for s in seqs):
+            return not seqs
+        ordered = all(a < b for a, b in zip(seqs, seqs[1:], strict=False))  # type: ignore[operator]
+        if seqs[0] <= last_seq or not ordered:  # type: ignore[operator]
+            return False
+        lengths = [len(line) for line in lines]
+        offsets = list(accumulate([start] + [n + 1 for n in lengths[:-1]]))
+        codes = [EVENT_CODES.get(r.event, 0) for r in rows]
+        nan = float("nan")
+        values = [
+            (r.train_loss if c == 1 else r.val_loss if c == 2 else None)
+            for r, c in zip(rows, codes, strict=True)
+        ]
+        base = len(self._seqs)
+        self._offsets.extend(offsets)
+        self._lengths.extend(lengths)
+        self._seqs.extend(seqs)  # type: ignore[arg-type]
+        self._codes.extend(codes)
+        self._steps.extend([nan if r.step is None else float(r.step) for r in rows])
+        self._values.extend([nan if v is None else v for v in values])
+        self._times.extend([nan if r.time is None else r.time for r in rows])
+        for i, code in enumerate(codes):
+            self._last[code] = base + i  # the last wins
+        return True
+
+    def _index_lines(self, start: int, lines: list[bytes]) -> int:
+        """Line by line: malformed lines counted, replayed seqs skipped."""
         decode = _fields_decoder.decode
         parsed: list[_Fields | None] = []
         for line in lines:

@@ -17,6 +17,7 @@ from typing import Any
 
 from training.browse import PathError, confine, display_path
 from training.corpus import CorpusError, find_corpus
+from training.evaluation import MAX_TEMPERATURE
 from training.export import FORMATS, ExportError, check_destination, default_destination
 from training.model_source import (
     ModelSource,
@@ -145,7 +146,7 @@ def generate_job(ctx: EvalContext, body: dict[str, Any]) -> dict[str, Any]:
         "prompt": prompt,
         "models": [m.to_json() for m in models],
         "max_tokens": _integer(body, "max_tokens", 100, 1, MAX_GENERATION_TOKENS),
-        "temp": _number(body, "temp", 0.0, 0.0, 5.0),
+        "temp": _number(body, "temp", 0.0, 0.0, MAX_TEMPERATURE),
         "top_p": _number(body, "top_p", 1.0, 0.01, 1.0),
         "seed": _integer(body, "seed", 0, 0, 2**31 - 1),
         "run_id": models[0].run_id,

@@ -2,8 +2,9 @@
 
 Generation is mlx-lm's `stream_generate` with `make_sampler`; perplexity is the
 computation of `mlx_lm.perplexity` (`load_data` packing + `eval_ppl` loss), made
-steppable so a job can report progress and stop. The console never imports this
-module (it imports MLX); the evaluation worker and the command line do.
+steppable so a job can report progress and stop. MLX is imported inside the functions
+only: the console may import this module's names without loading MLX, and the work
+itself runs in the evaluation worker (training/eval_worker.py) or the command line.
 
     python -m training.evaluation generate --model DIR [--adapter-path DIR] --prompt TEXT
         [--max-tokens N] [--temp T] [--top-p P] [--seed S]
@@ -34,6 +35,9 @@ DEFAULT_BATCH_SIZE = 8
 DEFAULT_DATA_SEED = 123
 # config.json keys that name a model's context length, most common first.
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx")
+
+# Past this, sampling is noise; the console's form and API use the same bound.
+MAX_TEMPERATURE = 5.0
 
 Progress = Callable[[int, int], None]
 ShouldStop = Callable[[], bool]
@@ -111,37 +115,8 @@ def load_model(model: str | Path, adapter_path: str | Path | None = None) -> Loa
 
 
 def load_source(source: ModelSource) -> LoadedModel:
-    """Load a resolved model choice: base folder, adapters, and a full run's checkpoint weights."""
-    loaded = load_model(source.model, source.adapter_path)
-    if source.weights is not None:
-        overlay_weights(loaded, source.weights)
-    return loaded
-
-
-def overlay_weights(loaded: LoadedModel, weights_file: Path) -> None:
-    """Put a checkpoint's trained weights over the base model, refusing any tensor that does
-    not match a parameter by name and shape (a checkpoint of another model)."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-
-    try:
-        weights: Any = mx.load(str(weights_file))
-    except Exception as exc:  # noqa: BLE001 - unreadable file, any reason
-        raise EvaluationError(f"could not read {weights_file}: {exc}", "checkpoint") from exc
-    params = dict(tree_flatten(loaded.model.parameters()))
-    wrong = [
-        name
-        for name, value in weights.items()
-        if name not in params or params[name].shape != value.shape
-    ]
-    if wrong:
-        raise EvaluationError(
-            f"{weights_file} does not fit the base model ({len(wrong)} tensors differ, e.g. "
-            f"{wrong[0]}); was it trained from another model?",
-            "checkpoint",
-        )
-    loaded.model.load_weights(list(weights.items()), strict=False)
-    mx.eval(loaded.model.parameters())
+    """Load a resolved model choice: the base folder, with its adapters when it has some."""
+    return load_model(source.model, source.adapter_path)
 
 
 # -- generation -----------------------------------------------------------------------------
@@ -157,8 +132,10 @@ class GenerationSettings:
     def check(self) -> None:
         if not 1 <= self.max_tokens <= 100_000:
             raise EvaluationError("max_tokens must be between 1 and 100000", "max_tokens")
-        if not (math.isfinite(self.temp) and 0.0 <= self.temp <= 10.0):
-            raise EvaluationError("temp must be between 0 (greedy) and 10", "temp")
+        if not (math.isfinite(self.temp) and 0.0 <= self.temp <= MAX_TEMPERATURE):
+            raise EvaluationError(
+                f"temp must be between 0 (greedy) and {MAX_TEMPERATURE:g}", "temp"
+            )
         if not (math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
             raise EvaluationError("top_p must be greater than 0 and at most 1", "top_p")
         if self.seed < 0:

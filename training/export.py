@@ -79,7 +79,7 @@ def check_destination(
             f"{workspace.exports_dir} or a folder of your own",
             "dest",
         )
-    for folder in (source.model, source.adapter_path, source.weights):
+    for folder in (source.model, source.adapter_path):
         if folder is None:
             continue
         folder = folder.resolve()
@@ -121,7 +121,7 @@ def export_source(
         if fmt == "adapter":
             progress("copying the adapter")
             _copy_adapter(source, staging)
-        elif source.adapter_path is None and source.weights is None:
+        elif source.adapter_path is None:
             progress("copying the model folder")
             _copy_model_folder(source.model, staging)
         else:

@@ -3,8 +3,9 @@
 Pure path logic, no MLX: the console lists the choices with it (model pickers), the
 evaluation worker and the exporter resolve a choice into folders to load. A run's
 `config.yaml` names its base model; its checkpoints and `final/` hold either a complete
-model folder, LoRA/DoRA adapters (mlx-lm's adapter folder), or bare weights that go
-over the base model.
+model folder (a full run's final/) or an mlx-lm adapter folder over the base model:
+LoRA/DoRA adapters, or for a full run's checkpoints the trained weights themselves
+(training/checkpoints.py writes every bundle that way).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ CHECKPOINT_RE = re.compile(r"step-(\d+)")
 # The names a person or the API may use besides a checkpoint folder name.
 BASE, FINAL, LATEST = "base", "final", "latest"
 ADAPTER_FILES = ("adapter_config.json", "adapters.safetensors")
-WEIGHT_GLOBS = ("model*.safetensors", "weights*.safetensors")
+WEIGHT_GLOB = "model*.safetensors"
 
 
 class SourceError(ValueError):
@@ -39,7 +40,6 @@ class ModelSource:
 
     model: Path  # config.json + tokenizer + base weights
     adapter_path: Path | None = None  # applied with mlx_lm.load(adapter_path=...)
-    weights: Path | None = None  # a full run's checkpoint weights, loaded over `model`
     label: str = ""
     run_id: str | None = None
     checkpoint: str | None = None  # base, final or step-XXXXXXXX; None for a plain folder
@@ -67,7 +67,6 @@ class ModelSource:
         return {
             "model": str(self.model),
             "adapter_path": str(self.adapter_path) if self.adapter_path else None,
-            "weights": str(self.weights) if self.weights else None,
             "label": self.label,
             "run_id": self.run_id,
             "checkpoint": self.checkpoint,
@@ -87,7 +86,6 @@ class ModelSource:
         return cls(
             model=model,
             adapter_path=path("adapter_path"),
-            weights=path("weights"),
             label=str(data.get("label") or model.name),
             run_id=data.get("run_id"),
             checkpoint=data.get("checkpoint"),
@@ -174,15 +172,7 @@ def latest_checkpoint(run: RunPaths) -> str | None:
 
 
 def _has_weights(folder: Path) -> bool:
-    return any(any(folder.glob(g)) for g in WEIGHT_GLOBS)
-
-
-def _weights_file(folder: Path) -> Path | None:
-    for pattern in WEIGHT_GLOBS:
-        found = sorted(folder.glob(pattern))
-        if len(found) == 1:
-            return found[0]
-    return None
+    return any(folder.glob(WEIGHT_GLOB))
 
 
 def bundle_source(
@@ -200,9 +190,6 @@ def bundle_source(
         return ModelSource(model=base, adapter_path=folder, **common)
     if (folder / "config.json").is_file() and _has_weights(folder):
         return ModelSource(model=folder, **common)
-    weights = _weights_file(folder)
-    if weights is not None:
-        return ModelSource(model=base, weights=weights, **common)
     raise SourceError(f"{folder} holds no model weights or adapters", "checkpoint")
 
 

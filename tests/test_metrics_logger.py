@@ -104,7 +104,8 @@ def test_reporter_never_blocks_and_drops_oldest_when_the_console_is_gone() -> No
     reporter = HttpReporter("http://127.0.0.1:9/api/callbacks/x", token="t", max_queue=10)
     for i in range(1000):  # put never waits: a full queue loses its oldest event
         reporter.put({"seq": i})
-    assert reporter.dropped >= 989
+    # At most a queue's worth waits and one batch (drawn from the queue) is in flight.
+    assert reporter.dropped >= 1000 - 2 * 10
     reporter.close(timeout=2)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,12 @@ from training.data import DataError, DataInputs, scan_inputs
 from training.run_folder import RunFolder, RunFolderError, choose_run_folder, workspace_for
 from training.run_store import RunPaths, Workspace
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
+EXIT_BAD_INPUT = 2  # the others (0 ok, 1 failed, 3 diverged) come from training_run.run
 
 
 class BadInput(Exception):
+    """Problems found before anything was created, each naming its setting."""
+
     def __init__(self, errors: list[FieldError]) -> None:
         self.errors = errors
         super().__init__("\n".join(str(e) for e in errors))
@@ -78,15 +80,10 @@ class Plan:
     base_dir: Path
     report_url: str | None
     rewrite_config: bool = False
-    loaded: Any = None
-    group: Any = None
+    loaded: Any = None  # model_setup.LoadedModel
+    group: Any = None  # mx.distributed.Group
     rank: int = 0
     world: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _field_for_folder_error(exc: RunFolderError) -> FieldError:
-    return FieldError("run_dir", str(exc))
 
 
 def check_config(args: argparse.Namespace, base_dir: Path) -> tuple[RunConfig, list[str]]:
@@ -142,15 +139,8 @@ def check_model(config: RunConfig, base_dir: Path) -> Any:
     blocks = num_blocks(model_cfg) if model_cfg else None
     n = config.effective_num_layers
     if blocks is not None and config.num_layers is not None and n > blocks:
-        raise BadInput(
-            [
-                FieldError(
-                    "num_layers",
-                    f"{n} is more than the model's {blocks} blocks; use "
-                    f"at most {blocks}, or -1 for all",
-                )
-            ]  # fmt: skip
-        )
+        message = f"{n} is more than the model's {blocks} blocks; use at most {blocks}, or -1"
+        raise BadInput([FieldError("num_layers", message)])
     try:
         return load_base(config, base_dir)
     except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
@@ -167,7 +157,7 @@ def preflight(args: argparse.Namespace, rank: int) -> Plan:
     try:
         folder, rewrite = check_folder(args, config, workspace, rank)
     except RunFolderError as exc:
-        raise BadInput([_field_for_folder_error(exc)]) from None
+        raise BadInput([FieldError("run_dir", str(exc))]) from None
     except ConfigError as exc:  # an unreadable config.yaml in the run folder
         raise BadInput(exc.errors) from None
     try:
@@ -177,8 +167,9 @@ def preflight(args: argparse.Namespace, rank: int) -> Plan:
     if args.report_url and not args.report_url.startswith(("http://", "https://")):
         raise BadInput([FieldError("report_url", "must be an http:// or https:// URL")])
     loaded = check_model(config, base_dir)
-    return Plan(config, warnings, folder, workspace, inputs, base_dir, args.report_url, rewrite,
-                loaded)  # fmt: skip
+    return Plan(
+        config, warnings, folder, workspace, inputs, base_dir, args.report_url, rewrite, loaded
+    )
 
 
 def print_errors(errors: list[FieldError]) -> None:

@@ -325,9 +325,7 @@ def build_run_data(
         "world_size": world,
         "validation": {
             "source": valid_source if val is not None else "none",
-            "documents": (valid.documents if valid is not None else len(held_out))
-            if val is not None
-            else 0,
+            "documents": 0 if val is None else valid.documents if valid else len(held_out),
             "tokens": len(val.stream) if val is not None else 0,
             "sequences": len(val) if val is not None else 0,
             "batches": val_batches,

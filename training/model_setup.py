@@ -142,8 +142,8 @@ def save_final(final_dir: Path, loaded: LoadedModel, config: RunConfig, base_mod
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     if config.fine_tune_type == "full":
-        save(tmp, loaded.path, loaded.model, loaded.tokenizer, dict(loaded.model_config),
-             donate_model=False)  # fmt: skip
+        config_json = dict(loaded.model_config)
+        save(tmp, loaded.path, loaded.model, loaded.tokenizer, config_json, donate_model=False)
     else:
         blocks = len(loaded.model.layers)
         save_trainable(tmp, loaded.model, adapter_config(config, base_model, blocks))

@@ -207,7 +207,10 @@ def train(
         model.eval()
         info: dict[str, Any] = {"iteration": step}
         for name, set_batches in eval_sets.items():
-            result = evaluate(eval_fn, set_batches, group, callback.should_stop)
+            # Workers must run the same collectives: only a lone process stops mid-eval.
+            result = evaluate(
+                eval_fn, set_batches, group, callback.should_stop if world == 1 else None
+            )
             if result is None:
                 model.train()
                 return False
@@ -228,11 +231,7 @@ def train(
     if args.eval_at_start and state.step == 0 and not run_eval(0):
         return STOPPED
 
-    window_loss = 0.0
-    window_steps = 0
-    window_tokens = 0
-    window_time = 0.0
-    window_norm = 0.0
+    window = _Window()
     if world == 1 and callback.should_stop():  # asked to stop before the first step
         return STOPPED
     next_batch = next(batches)
@@ -267,31 +266,14 @@ def train(
             return DIVERGED
         state.step = step
         state.trained_tokens += step_targets
-        window_loss += mean_loss
-        window_steps += 1
-        window_tokens += step_targets
-        window_time += elapsed
-        window_norm += scalar(norm)
+        window.add(mean_loss, step_targets, elapsed, scalar(norm))
         callback.on_step(state, elapsed)
 
         last = step == args.total_steps
         if step % args.steps_per_report == 0 or last or stop_now:
-            train_loss = window_loss / window_steps
-            _spike_check(state, train_loss, args.loss_spike_factor, step, callback)
-            callback.on_train_loss_report(
-                {
-                    "iteration": step,
-                    "train_loss": train_loss,
-                    "learning_rate": scalar(optimizer.learning_rate),
-                    "iterations_per_second": window_steps / window_time,
-                    "tokens_per_second": window_tokens / window_time,
-                    "trained_tokens": state.trained_tokens,
-                    "peak_memory": mx.get_peak_memory() / 1e9,
-                    "grad_norm": window_norm / window_steps,
-                }
-            )
-            window_loss = window_time = window_norm = 0.0
-            window_steps = window_tokens = 0
+            _spike_check(state, window.loss, args.loss_spike_factor, step, callback)
+            callback.on_train_loss_report(window.report(step, state, optimizer))
+            window = _Window()
         if stop_now:
             break
         if (step % args.steps_per_eval == 0 or last) and not run_eval(step):
@@ -303,6 +285,41 @@ def train(
     if state.step and state.last_saved_step != state.step:
         callback.save_checkpoint(state, "stop")
     return STOPPED
+
+
+@dataclass
+class _Window:
+    """Steps since the last train report."""
+
+    loss_sum: float = 0.0
+    steps: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    norm_sum: float = 0.0
+
+    def add(self, loss: float, tokens: int, seconds: float, norm: float) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+        self.tokens += tokens
+        self.seconds += seconds
+        self.norm_sum += norm
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.steps
+
+    def report(self, step: int, state: LoopState, optimizer: Optimizer) -> dict[str, Any]:
+        """mlx-lm's callback keys (`iteration` becomes the event's `step`)."""
+        return {
+            "iteration": step,
+            "train_loss": self.loss,
+            "learning_rate": scalar(optimizer.learning_rate),
+            "iterations_per_second": self.steps / self.seconds,
+            "tokens_per_second": self.tokens / self.seconds,
+            "trained_tokens": state.trained_tokens,
+            "peak_memory": mx.get_peak_memory() / 1e9,
+            "grad_norm": self.norm_sum / self.steps,
+        }
 
 
 def _spike_check(

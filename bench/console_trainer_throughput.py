@@ -61,17 +61,20 @@ def bare(ws: Path, config: dict, name: str) -> float:
 
 def console(ws: Path, config: dict, clients: int, cpu: list[float]) -> float:
     with LiveServer(ws) as server:
+        # The pages are open before the run starts, as in the console.
+        received = [0] * clients
+        sockets = []
+        for i in range(clients):
+            sio = server.socket()
+            sio.on("run_metrics", lambda d, i=i: received.__setitem__(i, received[i] + 1))
+            sockets.append(sio)
         proc = psutil.Process(server.process.pid)
         proc.cpu_percent(None)
         run_id = server.post("/api/runs", {"config": config}).json()["run_id"]
-        received = [0] * clients
-        for i in range(clients):
-            sio = server.socket()
-            sio.on(
-                "run_metrics", lambda d, i=i: received.__setitem__(i, received[i] + len(d["rows"]))
-            )
+        for sio in sockets:
             sio.call("join_run", {"run_id": run_id, "after_seq": 0})
-        server.wait_for_state(run_id, "finished", "failed", timeout=1200)
+        # Poll gently: a status request 20 times a second would cost the trainer CPU here.
+        server.wait_for_state(run_id, "finished", "failed", timeout=1200, interval=2.0)
         cpu.append(proc.cpu_percent(None))  # the console's own CPU while the run trained
         wait_until(lambda: min(received, default=1) > 0)
         assert server.run(run_id)["state"] == "finished", server.run(run_id)["reason"]
@@ -80,8 +83,8 @@ def console(ws: Path, config: dict, clients: int, cpu: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--iters", type=int, default=150)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--size", default="tiny", choices=("tiny", "small"))
     args = parser.parse_args()

@@ -204,10 +204,13 @@ class LiveServer:
         assert response.status_code == 200, response.text
         return response.json()["run"]
 
-    def wait_for_state(self, run_id: str, *states: str, timeout: float = 60.0) -> dict[str, Any]:
+    def wait_for_state(
+        self, run_id: str, *states: str, timeout: float = 60.0, interval: float = 0.05
+    ) -> dict[str, Any]:
         return wait_until(
             lambda: (run := self.run(run_id))["state"] in states and run,
             timeout,
+            interval,
             message=f"run {run_id} to reach {states}",
         )
 

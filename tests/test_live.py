@@ -127,3 +127,23 @@ def test_a_client_that_never_reads_stalls_nobody(server):
     finally:
         stuck.close()
         stop_run(server, run_id)
+
+
+def test_concurrent_identical_starts_over_http(server):
+    """Two tabs press Start at once: exactly one trainer, the other request gets 409."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    set_fake_mode(server.workspace, rate=100)
+    before = set(r["run_id"] for r in server.get("/api/runs").json()["runs"])
+    body = {"config": fake_config(iters=100_000, seed=7)}
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda _: server.post("/api/runs", body), range(4)))
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [201, 409, 409, 409], [r.text for r in responses]
+    created = set(r["run_id"] for r in server.get("/api/runs").json()["runs"]) - before
+    run_id = next(r.json()["run_id"] for r in responses if r.status_code == 201)
+    assert created == {run_id}
+    assert all(
+        r.json()["error"] and r.json()["field"] is None for r in responses if r.status_code == 409
+    )
+    stop_run(server, run_id)

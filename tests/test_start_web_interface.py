@@ -11,7 +11,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -225,7 +224,13 @@ def test_start_up_changes_nothing_in_any_run(workspace, autodetect):
                 assert "adopted" not in output
                 assert server.run(runs["live"])["adopted"]  # opened: now followed
                 assert f"run {runs['live']}: adopted" in server.output()
-            time.sleep(0.3)  # a pump cycle: nothing it does may write either
+            # Every read path a page uses, the live stream included, writes nothing either.
+            sio = server.socket()
+            for run_id in listed:
+                assert sio.call("join_run", {"run_id": run_id, "after_seq": 0})["ok"]
+                for suffix in ("", "/metrics?max_points=100", "/logs", "/checkpoints"):
+                    assert server.get(f"/api/runs/{run_id}{suffix}").status_code == 200
+            assert server.get("/api/runs/summary").status_code == 200
         assert snapshot(workspace, RUNTIME_FILES) == before
     finally:
         kill_pid(runs["pid"])

@@ -176,7 +176,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=int, help="default: at the start and the end")
-    parser.add_argument("--val-batches", type=int, default=4)
+    parser.add_argument("--val-batches", type=int, default=1)
     parser.add_argument("--corpus-mb", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each, alternating")
     parser.add_argument("--workdir", help="keep assets and runs here (default: a temp folder)")

@@ -313,6 +313,13 @@ def test_console_prepared_folder_is_started_and_a_second_start_refused(
     differ = run_trainer(ws, "-c", other, "--run-dir", run_dir, "--resume", "--seed", "7")
     assert differ.returncode == 2 and "seed" in differ.stderr
     assert snapshot(run_dir) == before
+    # config.yaml edited by hand after the checkpoint: the bundle's config hash says so.
+    edited = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**edited, "seed": 9}))
+    before = snapshot(run_dir)
+    tampered = run_trainer(ws, "-c", config, "--run-dir", run_dir, "--resume")
+    assert tampered.returncode == 2 and "another config" in tampered.stderr
+    assert snapshot(run_dir) == before
 
 
 @pytest.mark.slow

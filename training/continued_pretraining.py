@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.checkpoints import latest_bundle, read_state
 from training.config import (
     FIELDS,
     ConfigError,
@@ -128,6 +129,14 @@ def check_folder(
                 for name in differ
             ]
         )
+    bundle = latest_bundle(folder.root)
+    written_with = read_state(bundle).get("config_hash") if bundle else None
+    if written_with != config.config_hash():
+        message = (
+            f"{bundle} was written with another config (hash {written_with}, now "
+            f"{config.config_hash()}); restore the run's config.yaml"
+        )
+        raise BadInput([FieldError("config", message)])
     return folder, saved != config
 
 
@@ -147,12 +156,16 @@ def check_model(config: RunConfig, base_dir: Path) -> Any:
         raise BadInput([FieldError("model", f"cannot load {config.model}: {exc}")]) from None
 
 
-def preflight(args: argparse.Namespace, rank: int) -> Plan:
+def preflight(args: argparse.Namespace, rank: int = 0, world: int = 1) -> Plan:
+    """Every check, in order of cost; BadInput before anything is created."""
     base_dir = Path.cwd()
     try:
         config, warnings = check_config(args, base_dir)
     except ConfigError as exc:
         raise BadInput(exc.errors) from None
+    if config.batch_size % world:
+        message = f"{config.batch_size} is not divisible by the {world} workers; change either"
+        raise BadInput([FieldError("batch_size", message)])
     workspace = workspace_for(args.run_dir)
     try:
         folder, rewrite = check_folder(args, config, workspace, rank)
@@ -187,9 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     rank, world = group.rank(), group.size()
     error: BadInput | None = None
     try:
-        plan = preflight(args, rank)
+        plan = preflight(args, rank, world)
     except BadInput as exc:
         error = exc
+    except KeyboardInterrupt:
+        print("interrupted before the run started; nothing was created", file=sys.stderr)
+        return 0
     if world > 1:  # every worker exits 2 if any found bad input, or the others would hang
         failed = mx.distributed.all_sum(mx.array(1 if error else 0), stream=mx.cpu).item()
         if failed and error is None:
@@ -199,10 +215,6 @@ def main(argv: list[str] | None = None) -> int:
             print_errors(error.errors)
         return EXIT_BAD_INPUT
     plan.group, plan.rank, plan.world = group, rank, world
-    if plan.config.batch_size % world:
-        if rank == 0:
-            print_errors([FieldError("batch_size", f"must be divisible by {world} workers")])
-        return EXIT_BAD_INPUT
     from training.training_run import run
 
     return run(plan)

@@ -111,20 +111,20 @@ def run(plan: Plan) -> int:
     reporter = HttpReporter(plan.report_url) if plan.report_url and writer else None
     logger = TrainingMetricsLogger(paths.metrics, reporter=reporter, enabled=writer)
     progress = Progress(total_steps=0, enabled=writer)
-    step = 0
+    state = LoopState()  # filled by _train; a failure reports the step it reached
     try:
         if writer:
             progress.line(f"run folder: {paths.root}  (BLAS: {blas_in_use()})")
         for message in plan.warnings:
             logger.warning(0, "config", message)
             progress.line(f"warning: {message}")
-        outcome, step = _train(plan, logger, progress, stop)
+        outcome = _train(plan, logger, progress, stop, state)
     except InterruptedError:  # a stop request while tokenizing
-        logger.status(step, STOPPED, "stopped before training started")
+        logger.status(state.step, STOPPED, "stopped before training started")
         return EXIT_OK
     except Exception as exc:
         traceback.print_exc()
-        logger.status(step, FAILED, f"{type(exc).__name__}: {exc}")
+        logger.status(state.step, FAILED, f"{type(exc).__name__}: {exc}")
         return EXIT_FAILED
     finally:
         progress.close()
@@ -133,8 +133,12 @@ def run(plan: Plan) -> int:
 
 
 def _train(
-    plan: Plan, logger: TrainingMetricsLogger, progress: Progress, stop: StopFlag
-) -> tuple[str, int]:
+    plan: Plan,
+    logger: TrainingMetricsLogger,
+    progress: Progress,
+    stop: StopFlag,
+    state: LoopState,
+) -> str:
     config, loaded, paths = plan.config, plan.loaded, plan.folder.paths
     cache_dir = plan.workspace.token_cache_dir
     tok_fp = tokenizer_fingerprint(loaded.tokenizer, loaded.path)
@@ -164,10 +168,9 @@ def _train(
     prepare_trainable(model, config)
     optimizer = build_optimizer(config, total_steps)
     optimizer.init(model.trainable_parameters())
-    state = LoopState()
     resumed_from = None
     if plan.folder.mode == "resume":
-        state, resumed_from = _restore(paths.root, model, optimizer, config)
+        resumed_from = _restore(paths.root, model, optimizer, state)
     trainable, total = parameter_counts(model)
 
     progress.total_steps, progress.start_step = total_steps, state.step
@@ -268,29 +271,23 @@ def _train(
             DIVERGED,
             "loss is not finite; last good checkpoint: " + (latest["bundle"] if latest else "none"),
         )
-    return outcome, state.step
+    return outcome
 
 
-def _restore(run_dir: Path, model: Any, optimizer: Any, config: Any) -> tuple[LoopState, int]:
+def _restore(run_dir: Path, model: Any, optimizer: Any, state: LoopState) -> int:
+    """Weights, optimizer state and loop position from the latest bundle (preflight checked
+    that it exists and matches the config); returns its step."""
     bundle = checkpoints.latest_bundle(run_dir)
     if bundle is None:
-        raise RuntimeError(f"{run_dir} has no complete checkpoint")
+        raise RuntimeError(f"{run_dir} lost its latest checkpoint")
     saved = checkpoints.read_state(bundle)
-    if saved.get("config_hash") != config.config_hash():
-        raise RuntimeError(
-            f"{bundle.name} was written with another config (hash {saved.get('config_hash')}, "
-            f"now {config.config_hash()}); restore the run's config.yaml"
-        )
     checkpoints.load_trainable(bundle, model)
     checkpoints.load_optimizer(bundle, optimizer)
     mx.eval(model.parameters(), optimizer.state)
-    state = LoopState(
-        step=int(saved["step"]),
-        cursor=int(saved["data"]["cursor"]),
-        trained_tokens=int(saved["trained_tokens"]),
-        val_loss=saved.get("val_loss"),
-        best_val_loss=saved.get("best_val_loss"),
-        best_step=saved.get("best_step"),
-        last_saved_step=int(saved["step"]),
-    )
-    return state, state.step
+    state.step = state.last_saved_step = int(saved["step"])
+    state.cursor = int(saved["data"]["cursor"])
+    state.trained_tokens = int(saved["trained_tokens"])
+    state.val_loss = saved.get("val_loss")
+    state.best_val_loss = saved.get("best_val_loss")
+    state.best_step = saved.get("best_step")
+    return state.step

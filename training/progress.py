@@ -68,16 +68,29 @@ class Progress:
             self.stream.write(self._status)
         self.stream.flush()
 
-    def step(self, step: int, trained_tokens: int) -> None:
+    def step(
+        self,
+        step: int,
+        trained_tokens: int,
+        loss: float | None = None,
+        tokens_per_second: float | None = None,
+    ) -> None:
         if not (self.enabled and self.tty):
             return
+        if loss is not None:  # smoothed: one step's numbers jump around
+            self.last_loss = loss if self.last_loss is None else 0.9 * self.last_loss + 0.1 * loss
+        if tokens_per_second:
+            rate = self.tokens_per_second
+            self.tokens_per_second = (
+                tokens_per_second if not rate else 0.9 * rate + 0.1 * tokens_per_second
+            )
         now = time.perf_counter()
         if now - self._last_draw < 0.1 and step != self.total_steps:
             return
         self._last_draw = now
-        loss = f"{self.last_loss:.4f}" if self.last_loss is not None else "-"
+        shown = f"{self.last_loss:.4f}" if self.last_loss is not None else "-"
         self._status = (
-            f"step {step}/{self.total_steps} | {human(trained_tokens)} tok | loss {loss} | "
+            f"step {step}/{self.total_steps} | {human(trained_tokens)} tok | loss {shown} | "
             f"{human(self.tokens_per_second)} tok/s | ETA {duration(self.eta_seconds(step))}"
         )
         self.stream.write("\r\x1b[2K" + self._status)

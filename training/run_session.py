@@ -84,6 +84,7 @@ class TrainingSession:
         self._started = time.time()
         self._step = progress.start_step
         self._memory_warned = False
+        self._last_tokens: int | None = None
 
     # -- the loop's callback --
 
@@ -95,8 +96,12 @@ class TrainingSession:
         return self.stop.requested
 
     def on_step(self, state: LoopState, step_seconds: float) -> None:
+        rate = None
+        if self._last_tokens is not None:  # (a resume starts counting at its checkpoint)
+            rate = (state.trained_tokens - self._last_tokens) / max(step_seconds, 1e-9)
+        self._last_tokens = state.trained_tokens
+        self.progress.step(state.step, state.trained_tokens, state.last_loss, rate)
         self._step = state.step
-        self.progress.step(state.step, state.trained_tokens)
 
     def on_train_loss_report(self, info: dict[str, Any]) -> None:
         step = int(info.pop("iteration"))

@@ -63,6 +63,7 @@ class LoopState:
     best_val_loss: float | None = None
     best_step: int | None = None
     last_saved_step: int | None = None
+    last_loss: float | None = None  # the latest step's (for a live status line)
     recent_losses: list[float] = field(default_factory=list)
 
 
@@ -264,7 +265,7 @@ def train(
                 step, "nan", f"loss is {mean_loss} at step {step}; stopping (diverged)"
             )
             return DIVERGED
-        state.step = step
+        state.step, state.last_loss = step, mean_loss
         state.trained_tokens += step_targets
         window.add(mean_loss, step_targets, elapsed, scalar(norm))
         callback.on_step(state, elapsed)

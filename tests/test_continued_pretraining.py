@@ -342,3 +342,28 @@ def test_an_error_mid_run_is_status_failed_and_exit_1(
     assert status["event"] == "status" and status["state"] == "failed"
     assert "checkpoints" in status["message"]
     assert "Traceback" in (ws / "broken.log").read_text()
+
+
+@pytest.mark.slow
+def test_options_budget_in_tokens_accumulation_checkpointing_bf16_adafactor(
+    tiny_assets: dict[str, Path], tmp_path: Path
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    config = write_config(ws / "config.yaml", tiny_assets, iters=50)
+    proc = run_trainer(
+        ws, "-c", config, "--run-dir", "runs/opts",
+        "--train-tokens", "1024",  # replaces the file's `iters`: 1024 / (2 x 2 x 64) = 4 steps
+        "--grad-accumulation-steps", "2", "--grad-checkpoint", "--dtype", "bfloat16",
+        "--optimizer", "adafactor", "--lr-schedule", "linear", "--warmup-steps", "1",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_dir = ws / "runs" / "opts"
+    start = events(run_dir, "run_start")[0]
+    assert start["total_steps"] == 4 and start["total_tokens"] == 1024
+    train = events(run_dir, "train")
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert train[-1]["trained_tokens"] == 1024
+    assert all(isinstance(r["train_loss"], float) for r in train)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["train_tokens"] == 1024 and saved["iters"] is None

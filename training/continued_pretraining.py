@@ -19,6 +19,7 @@ from typing import Any
 
 from training.checkpoints import latest_bundle, read_state
 from training.config import (
+    BUDGET_FIELDS,
     FIELDS,
     ConfigError,
     FieldError,
@@ -89,7 +90,11 @@ class Plan:
 
 def check_config(args: argparse.Namespace, base_dir: Path) -> tuple[RunConfig, list[str]]:
     raw = read_yaml(args.config) if args.config else {}
-    return build_config(raw, cli_values(args), check_paths=True, base_dir=base_dir)
+    cli = cli_values(args)
+    if any(name in cli for name in BUDGET_FIELDS):
+        # A budget on the command line replaces the file's (--epochs 2 over `iters: 1000`).
+        raw = {k: v for k, v in raw.items() if k not in BUDGET_FIELDS}
+    return build_config(raw, cli, check_paths=True, base_dir=base_dir)
 
 
 def check_folder(

@@ -140,8 +140,12 @@ def signed_in(page: Page, server) -> Page:
 
 
 def save_screenshot(page: Page, name: str) -> Path:
-    """A README screenshot (docs/screenshots/<name>.png), from the running tests."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
+    """A README screenshot from the running tests: into test-artifacts/screenshots/, and into
+    docs/screenshots/ when UPDATE_SCREENSHOTS=1 (so a test run leaves the tree clean)."""
+    folder = (
+        SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else ARTIFACTS / "screenshots"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
     page.screenshot(path=str(path), full_page=False)
     return path

@@ -71,7 +71,8 @@ def _write_jsonl(path: Path, docs: list[str]) -> None:
 
 
 def demo_config(size: str) -> dict[str, Any]:
-    """The demo preset: a short full fine-tune that shows loss falling within minutes."""
+    """The demo preset: a full fine-tune that shows loss falling within a minute and ends in
+    about ten on a 2-core CPU (small model, 300 steps of 8 x 256 tokens; seconds on Metal)."""
     tiny = size == "tiny"
     return {
         "model": model_dir(size),
@@ -80,13 +81,14 @@ def demo_config(size: str) -> dict[str, Any]:
         "eval_sets": {"general": GENERAL_SET},
         "max_seq_length": 128 if tiny else 256,
         "batch_size": 4 if tiny else 8,
-        "iters": 200 if tiny else 600,
+        "iters": 200 if tiny else 300,
         "learning_rate": 3e-3 if tiny else 1e-3,
         "lr_schedule": "cosine",
-        "warmup_steps": 10 if tiny else 30,
-        "steps_per_report": 5 if tiny else 10,
+        "warmup_steps": 10 if tiny else 20,
+        "steps_per_report": 5,
         "steps_per_eval": 50,
-        "val_batches": 8,
+        # A fixed, small validation set keeps evaluation under 10% of wall time.
+        "val_batches": 4 if not tiny else 8,
         "save_every": 100,
     }
 

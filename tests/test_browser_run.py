@@ -115,7 +115,7 @@ def test_fill_the_form_start_and_watch_loss_grow(server: LiveServer, page: Page)
     expect(page.locator("#run-state")).to_have_text("finished", timeout=90_000)
     expect(page.locator(".toast", has_text="Run finished")).to_be_visible()
     wait_js(page, "window.cpt.run.train.n >= 40")  # 80 steps, one point per 2
-    expect(page.locator("#ckpt-body")).to_contain_text("80")  # the final checkpoint
+    expect(page.locator("#eval-table")).to_contain_text("step-00000080")  # the last checkpoint
     assert int(page.locator("#chart-loss").get_attribute("data-points")) >= 40
     expect(page.locator("#log")).to_contain_text("final model")
     page.evaluate("document.querySelectorAll('.toast').forEach((t) => t.remove())")

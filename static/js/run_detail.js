@@ -1,6 +1,6 @@
 // One run's page: live charts (history from /metrics?max_points=, then socket rows after the
 // last seq), progress and ETA, the reason it ended, stdout tail, checkpoints, and actions.
-import { h, $, replace, fmt, toEpoch } from "./dom.js";
+import { h, $, replace, fmt } from "./dom.js";
 import { api, reportError, runUrl } from "./api.js";
 import { followRun, onConnection } from "./live.js";
 import { RunData, MetricChart, seriesColor } from "./chart.js";
@@ -40,7 +40,6 @@ async function main() {
     if (online) refreshRecord();
   });
   loadLog();
-  loadCheckpoints();
   loadConfig();
   setInterval(tick, 1000);
 }
@@ -61,7 +60,8 @@ async function loadHistory() {
   renderLive();
 }
 
-/** Keep what the page shows besides the charts: plan, status, warnings, checkpoints. */
+/** Keep what the page shows besides the charts: plan, status, warnings. (Checkpoints are
+ * the evaluation panel's: static/js/evaluation.js.) */
 function noteRows(rows, live) {
   for (const row of rows) {
     if (row.event === "run_start") {
@@ -70,8 +70,6 @@ function noteRows(rows, live) {
     } else if (row.event === "status") {
       page.info.status = row;
       if (live) refreshRecord();
-    } else if (row.event === "checkpoint") {
-      if (live) loadCheckpoints();
     } else if (row.event === "warning" && live) {
       toast(row.message || row.kind, { kind: "warning", title: `Warning: ${row.kind || "training"}` });
     } else if (row.event === "train") {
@@ -282,7 +280,7 @@ function wireActions() {
   });
 }
 
-// -- log, checkpoints, config ----------------------------------------------------------------
+// -- log, config ----------------------------------------------------------------------------
 
 async function loadLog() {
   clearTimeout(page.logTimer);
@@ -301,32 +299,6 @@ async function loadLog() {
   }
   if (page.record && (isActive(page.record.state) || page.record.state === "queued")) {
     page.logTimer = setTimeout(loadLog, 1500);
-  }
-}
-
-async function loadCheckpoints() {
-  try {
-    const res = await api.get(runUrl(runId, "/checkpoints"));
-    const list = res.checkpoints || [];
-    $("#ckpt-count").textContent = list.length ? `${list.length} kept` : "";
-    replace(
-      $("#ckpt-body"),
-      list.length
-        ? list.map((c) =>
-            h(
-              "tr",
-              null,
-              h("td", { class: "num", text: fmt.int(c.step) }),
-              h("td", { text: fmt.dateTime(toEpoch(c.time ?? c.created ?? c.mtime)) }),
-              h("td", { class: "right num", text: fmt.bytes(c.size) }),
-              h("td", { class: "right num", text: fmt.loss(c.val_loss ?? (c.losses || {}).val) }),
-              h("td", null, [c.latest ? h("span", { class: "badge", dataset: { state: "queued" }, text: "latest" }) : null, c.best ? h("span", { class: "badge", dataset: { state: "finished" }, text: "best" }) : null])
-            )
-          )
-        : h("tr", null, h("td", { colspan: 5, class: "faint", text: "None yet" }))
-    );
-  } catch (err) {
-    if (err.status !== 404) reportError(err, "Cannot list the checkpoints");
   }
 }
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from training.corpus import CorpusError, find_corpus, read_documents
+from training.errors import InputError
 from training.run_store import Workspace
 
 MAX_ENTRIES = 2000
@@ -22,12 +23,10 @@ REPORT_BYTES = 64 * 1024 * 1024
 BYTES_PER_TOKEN = 4.0
 
 
-class PathError(ValueError):
+class PathError(InputError):
     """A path outside the allowed roots, or not a path at all (HTTP 400)."""
 
-    def __init__(self, message: str, field: str = "path"):
-        super().__init__(message)
-        self.field = field
+    default_field = "path"
 
 
 def confine(path: Any, roots: Sequence[Path], base: Path, field: str = "path") -> Path:

@@ -14,13 +14,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.errors import InputError
+
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text")
 JSONL_SUFFIXES = (".jsonl",)
 # A file with a NUL byte in its first block is binary, not text.
 _SNIFF_BYTES = 8192
 
 
-class CorpusError(ValueError):
+class CorpusError(InputError):
     """A corpus that cannot be used; the message names the file and the fix."""
 
 

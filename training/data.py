@@ -20,6 +20,7 @@ import numpy as np
 
 from training.config import RunConfig, resolve_path
 from training.corpus import CorpusError, CorpusFiles, find_corpus
+from training.errors import InputError
 from training.token_cache import CorpusScan, TokenizedCorpus, scan_corpus
 
 # The validation split does not depend on the run's seed, so runs on one corpus are
@@ -207,26 +208,22 @@ class DataInputs:
     eval_sets: dict[str, CorpusScan] = field(default_factory=dict)
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad data input, naming the config field it came from."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        self.field = field_name
-        super().__init__(message)
 
 
 def _find(value: str, base_dir: Path, field_name: str) -> CorpusFiles:
     try:
         return find_corpus(resolve_path(value, base_dir))
     except CorpusError as exc:
-        raise DataError(field_name, str(exc)) from None
+        raise DataError(str(exc), field_name) from None
 
 
 def _scan(files: tuple[Path, ...], field_name: str, label: str) -> CorpusScan:
     try:
         return scan_corpus(files, label)
     except CorpusError as exc:
-        raise DataError(field_name, str(exc)) from None
+        raise DataError(str(exc), field_name) from None
 
 
 def scan_inputs(config: RunConfig, base_dir: Path) -> DataInputs:
@@ -302,7 +299,7 @@ def build_run_data(
         train_stream = TokenStream.from_ranges(train.tokens, [(0, train.n_tokens)])
     packed = PackedSequences(train_stream, seq_len)
     if len(packed) == 0:
-        raise DataError("data", "the training corpus has fewer than 2 tokens; add more text")
+        raise DataError("the training corpus has fewer than 2 tokens; add more text", "data")
     val = PackedSequences(val_stream, seq_len) if val_stream is not None else None
     if val is not None and len(val) == 0:
         val = None

@@ -17,6 +17,7 @@ from typing import Any
 
 from training.browse import PathError, confine, display_path
 from training.corpus import CorpusError, find_corpus
+from training.errors import InputError
 from training.evaluation import MAX_TEMPERATURE
 from training.export import FORMATS, ExportError, check_destination, default_destination
 from training.model_source import (
@@ -34,12 +35,11 @@ MAX_PROMPT_CHARS = 100_000
 MAX_GENERATION_TOKENS = 4096
 
 
-class RequestError(ValueError):
+class RequestError(InputError):
     """A request that cannot run: `field` is the input to fix, `status` the HTTP status."""
 
     def __init__(self, message: str, field: str | None = None, status: int = 400):
-        super().__init__(message)
-        self.field = field
+        super().__init__(message, field)
         self.status = status
 
 

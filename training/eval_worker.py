@@ -50,7 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from training.corpus import CorpusError
+from training.errors import InputError
 from training.evaluation import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DATA_SEED,
@@ -66,13 +66,13 @@ from training.evaluation import (
     pack_documents,
     read_eval_documents,
 )
-from training.export import ExportError, export_source
-from training.model_source import ModelSource, SourceError
+from training.export import export_source
+from training.model_source import ModelSource
 from training.run_store import RunPaths, Workspace
 from training.run_summary import append_evaluation
 
 PROTOCOL_VERSION = 1
-BAD_INPUT = (EvaluationError, SourceError, ExportError, CorpusError)
+BAD_INPUT = (InputError,)
 
 
 class Events:

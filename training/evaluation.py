@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from training.corpus import CorpusError, find_corpus, read_documents
+from training.errors import InputError
 from training.model_source import ModelSource
 
 # mlx_lm.perplexity's defaults, so numbers are comparable with its command line.
@@ -43,12 +44,8 @@ Progress = Callable[[int, int], None]
 ShouldStop = Callable[[], bool]
 
 
-class EvaluationError(ValueError):
+class EvaluationError(InputError):
     """Bad input for an evaluation; `field` names the input to fix (API: {"error", "field"})."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass

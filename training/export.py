@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.errors import InputError
 from training.evaluation import EvaluationError, load_source
 from training.model_card import render_model_card
 from training.model_source import ModelSource, SourceError, resolve_source
@@ -33,12 +34,8 @@ FORMATS = ("model", "adapter")
 Progress = Callable[[str], None]
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """Bad export request; `field` names the input to fix."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config import ConfigError, read_yaml
+from training.errors import InputError
 from training.run_store import RunPaths, Workspace, is_valid_run_id
 
 CHECKPOINT_RE = re.compile(r"step-(\d+)")
@@ -26,12 +27,8 @@ ADAPTER_FILES = ("adapter_config.json", "adapters.safetensors")
 WEIGHT_GLOB = "model*.safetensors"
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """A model choice that cannot be used; `field` names the input to fix."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)

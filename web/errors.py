@@ -11,8 +11,8 @@ from typing import Any
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from training.browse import PathError
 from training.config import ConfigError
+from training.errors import InputError
 from training.manager import ConfirmRequired, RunConflict
 from training.run_queue import QueueError
 from training.run_store import RunNotFound
@@ -52,7 +52,9 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(RunNotFound, _run_not_found)
     app.register_error_handler(RunConflict, lambda e: error_response(409, str(e)))
     app.register_error_handler(ConfirmRequired, lambda e: error_response(400, str(e), e.field))
-    app.register_error_handler(PathError, lambda e: error_response(400, str(e), e.field))
+    app.register_error_handler(
+        InputError, lambda e: error_response(getattr(e, "status", 400), str(e), e.field)
+    )
     app.register_error_handler(QueueError, lambda e: error_response(400, str(e), "run_ids"))
 
     @app.errorhandler(HTTPException)

@@ -44,7 +44,7 @@ from training.eval_requests import (
 )
 from training.run_summary import checkpoint_table
 from web.console import console
-from web.errors import ApiError, error_response
+from web.errors import ApiError
 from web.extensions import socketio
 from web.security import json_body
 
@@ -93,11 +93,6 @@ def _start(kind: str, body: dict[str, Any]) -> EvalJob:
         return eval_jobs().start(kind, spec)
     except JobLimitError as exc:
         raise ApiError(409, str(exc), None) from exc
-
-
-@bp.errorhandler(RequestError)
-def _request_error(exc: RequestError):
-    return error_response(exc.status, str(exc), exc.field)
 
 
 # -- HTTP -----------------------------------------------------------------------------------

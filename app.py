@@ -42,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONCURRENT_RUNS": 1,
     "KEEP_AWAKE": True,
     "POLL_INTERVAL": 0.05,
-    "MIN_EMIT_INTERVAL": 0.25,
+    "MIN_EMIT_INTERVAL": 0.1,
     "DEMO": False,
     "VERSION": VERSION,
 }

@@ -186,7 +186,7 @@ def main() -> None:
     print(f"rows delivered: console {len(console)}/{expected}, bare {len(bare)}/{expected}")
     print(
         f"ratio console/bare: p50 {c50 / b50:.1f}x, p99 {c99 / b99:.1f}x "
-        "(the console coalesces to at most 4 emits/s per run by design)"
+        "(the console coalesces to at most 10 emits/s per run by design)"
     )
     # A training run reports about once a second: then no row waits for coalescing.
     slow = console_run(min(args.seconds, 5.0), args.clients, 2.0)

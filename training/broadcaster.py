@@ -56,7 +56,7 @@ class Broadcaster:
         *,
         active_runs: Callable[[], list[str]] = list,
         poll_interval: float = 0.05,
-        min_emit_interval: float = 0.25,
+        min_emit_interval: float = 0.1,
         chunk_rows: int = 5000,
         start_task: Callable[[Callable[[], None]], Any] = _start_thread,
         sleep: Callable[[float], Any] = time.sleep,

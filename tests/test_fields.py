@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from training.config import RunConfig, _check_bounds, _coerce
+from training.config import RunConfig
+from training.field_values import check_bounds, coerce
 from training.fields import (
     FIELDS,
     FIELDS_BY_NAME,
@@ -30,8 +31,8 @@ def test_field_is_documented_and_consistent(spec):
         assert spec.choices and spec.default in spec.choices
     if spec.default is not None:
         # The default passes the field's own coercion and bounds.
-        assert _coerce(spec, spec.default) == spec.default
-        assert _check_bounds(spec, spec.default) is None
+        assert coerce(spec, spec.default) == spec.default
+        assert check_bounds(spec, spec.default) is None
     if spec.depends_on:
         other = FIELDS_BY_NAME[spec.depends_on.field]
         assert other.choices and set(spec.depends_on.values) <= set(other.choices)

@@ -1,24 +1,21 @@
-"""TrainingManager: the only owner of trainer processes.
+"""TrainingManager: the only owner of trainer processes, and the console's one facade
+for acting on runs.
 
-It validates and creates runs, spawns the trainer (argv list, own session, output to
-stdout.log), stops it (SIGTERM, then SIGKILL after a grace period, only ever to a
-verified pid), reaps it, records why it ended, resumes on explicit request and runs the
-queue. States are derived when read (run_store.derive_state); nothing here writes a
-run's state at console start-up.
+It validates and creates runs, starts, stops and resumes their trainers (the processes
+themselves: trainer_process.py), records why each ended, and runs the queue. States are
+derived when read (run_description.py); nothing here writes a run's state at console
+start-up. Remote trainers report through remote_runs.py.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +23,17 @@ import psutil
 
 from training.config import ConfigError, FieldError, build_config
 from training.detection import Detection, detect_run, log_detection, verify_process
+from training.errors import ConfirmRequired, RunConflict
+from training.remote_runs import append_remote_events, check_events
+from training.run_description import (
+    current_status,
+    describe_run,
+    recorded_trainer_alive,
+    tail_status,
+)
 from training.run_queue import QueueError, RunQueue
 from training.run_store import (
     ACTIVE_STATES,
-    FINAL_STATES,
     MAX_NAME_LENGTH,
     RESUMABLE_STATES,
     RunNotFound,
@@ -38,29 +42,22 @@ from training.run_store import (
     RunStore,
     Workspace,
     derive_state,
-    exit_reason,
     has_checkpoint,
-    is_valid_run_id,
     new_run_id,
 )
-from training.tailer import tail_events
+from training.trainer_process import (
+    TrainerExit,
+    TrainerProcess,
+    adopt_trainer,
+    create_time,
+    keep_awake,
+    spawn_trainer,
+    trainer_argv,
+)
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TRAINER_MODULE = "training.continued_pretraining"
-# Environment the trainer must not inherit: the console's token stays in the console.
-PRIVATE_ENV = ("MLX_CPT_TOKEN",)
-
-
-class RunConflict(RuntimeError):
-    """The request does not fit the run's state (HTTP 409)."""
-
-
-class ConfirmRequired(ValueError):
-    """A destructive or expensive action without {"confirm": true} (HTTP 400)."""
-
-    field = "confirm"
 
 
 @dataclass
@@ -78,38 +75,6 @@ class ManagerSettings:
     log_tail_lines: int = 20
 
 
-@dataclass
-class _Active:
-    """A trainer this console follows: its child (Popen) or an adopted process."""
-
-    run_id: str
-    pid: int
-    popen: subprocess.Popen[bytes] | None = None
-    adopted: psutil.Process | None = None
-    from_queue: bool = False
-    signals_sent: set[str] = field(default_factory=set)
-    kill_timer: threading.Timer | None = None
-
-    def running(self) -> bool:
-        if self.popen is not None:
-            return self.popen.poll() is None
-        return self.adopted is not None and _psutil_running(self.adopted)
-
-
-def _psutil_running(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def keep_awake_argv(pid: int, platform: str) -> list[str] | None:
-    """The command that keeps the machine awake while `pid` lives, on this platform."""
-    if platform == "darwin" and shutil.which("caffeinate"):
-        return ["caffeinate", "-i", "-w", str(pid)]
-    return None
-
-
 class TrainingManager:
     def __init__(self, settings: ManagerSettings, store: RunStore | None = None):
         self.settings = settings
@@ -117,7 +82,7 @@ class TrainingManager:
         self.store = store or RunStore(self.workspace)
         self.queue = RunQueue(self.workspace.queue_json)
         self._lock = threading.RLock()
-        self._active: dict[str, _Active] = {}
+        self._active: dict[str, TrainerProcess] = {}
         self._listeners: list[Callable[[str], None]] = []
         self._queued_orphans_checked = False
 
@@ -148,7 +113,7 @@ class TrainingManager:
                 paths = self.store.paths(run_id)
                 record = self.store.read_record(run_id)
                 # The file's tail holds any final status: no full index at start-up.
-                detection = detect_run(record, paths, self._tail_status(record, paths))
+                detection = detect_run(record, paths, tail_status(record, paths))
             except (RunNotFound, OSError) as exc:
                 log.info("run %s: skipped (%s)", run_id, exc)
                 continue
@@ -193,46 +158,25 @@ class TrainingManager:
             return True
 
     def _adopt(self, run_id: str, proc: psutil.Process, notify: bool = True) -> None:
-        active = _Active(run_id, proc.pid, adopted=proc)
+        active = adopt_trainer(run_id, proc)
         with self._lock:
             self._active[run_id] = active
-        threading.Thread(
-            target=self._watch_adopted, args=(active,), name=f"adopted-{run_id}", daemon=True
-        ).start()
+        active.watch(self._trainer_ended)
         if notify:
             self._notify(run_id)
 
     # -- reading state --
 
-    def _tail_status(self, record: RunRecord, paths: RunPaths) -> dict[str, Any] | None:
-        statuses = [
-            r
-            for r in tail_events(paths.metrics)
-            if r.get("event") == "status" and int(r.get("seq", 0)) > record.start_seq
-        ]
-        return statuses[-1] if statuses else None
-
-    def _current_status(self, record: RunRecord) -> dict[str, Any] | None:
-        """The last status event of the current attempt (not of a run before a resume)."""
-        status = self.store.metrics(record.run_id).last("status")
-        if status is None or int(status.get("seq", 0)) <= record.start_seq:
-            return None
-        return status
-
     def _alive(self, record: RunRecord, paths: RunPaths, last_status: Any) -> bool:
         active = self._active.get(record.run_id)
         if active is not None:
             return active.running()
-        if record.pid is None or record.exit is not None:
-            return False
-        if last_status and last_status.get("state") in FINAL_STATES:
-            return False
-        return verify_process(record, paths).alive
+        return recorded_trainer_alive(record, paths, last_status)
 
     def state(self, run_id: str) -> tuple[str, str]:
         record = self.store.read_record(run_id)
         paths = self.store.paths(run_id)
-        status = self._current_status(record)
+        status = current_status(self.store, record)
         metrics = self.store.metrics(run_id)
         return derive_state(
             record, status, self._alive(record, paths, status), last_event_time=metrics.last_time
@@ -243,61 +187,21 @@ class TrainingManager:
         record = self.store.read_record(run_id)
         paths = self.store.paths(run_id)
         metrics = self.store.metrics(run_id)
-        status = self._current_status(record)
+        status = current_status(self.store, record)
         alive = self._alive(record, paths, status)
-        state, reason = derive_state(record, status, alive, last_event_time=metrics.last_time)
-        train, evaluation = metrics.last("train"), metrics.last("eval")
-        run_start = metrics.last("run_start")
-        config = self.store.config_values(run_id)
-        total_steps = (run_start or {}).get("total_steps") or config.get("iters")
-        step = (train or {}).get("step") or 0
-        ips = (train or {}).get("iterations_per_second")
-        eta = None
-        if state == "running" and total_steps and ips:
-            eta = max(0.0, (float(total_steps) - float(step)) / float(ips))
         with self._lock:
             position = self.queue.order.index(run_id) if run_id in self.queue else None
-        out: dict[str, Any] = {
-            "run_id": run_id,
-            "name": record.name,
-            "state": state,
-            "reason": reason,
-            "created": record.created,
-            "started": record.started,
-            "ended": (record.exit or {}).get("time"),
-            "step": step,
-            "total_steps": total_steps,
-            "trained_tokens": (train or {}).get("trained_tokens"),
-            "total_tokens": (run_start or {}).get("total_tokens"),
-            "train_loss": (train or {}).get("train_loss"),
-            "val_loss": (evaluation or {}).get("val_loss"),
-            "tokens_per_second": (train or {}).get("tokens_per_second"),
-            "peak_memory": (train or {}).get("peak_memory"),
-            "eta_seconds": eta,
-            "last_seq": metrics.last_seq,
-            "model": config.get("model"),
-            "data": config.get("data"),
-            "fine_tune_type": config.get("fine_tune_type"),
-            "queue_position": position,
-            "remote": record.remote,
-            "cloned_from": record.cloned_from,
-        }
-        if detail:
-            checkpoints = self.store.checkpoints(run_id)
-            out.update(
-                pid=record.pid if alive else None,
-                alive=alive,
-                adopted=bool(self._active.get(run_id) and self._active[run_id].adopted),
-                exit=record.exit,
-                resumes=record.resumes,
-                stop_requested=record.stop_requested,
-                last={"train": train, "eval": evaluation, "status": status, "run_start": run_start},
-                checkpoints=len(checkpoints),
-                latest_checkpoint_step=checkpoints[-1]["step"] if checkpoints else None,
-                resumable=state in RESUMABLE_STATES and bool(checkpoints),
-                malformed_lines=metrics.malformed,
-            )
-        return out
+        active = self._active.get(run_id)
+        return describe_run(
+            self.store,
+            record,
+            metrics,
+            status,
+            alive=alive,
+            adopted=bool(active and active.adopted),
+            queue_position=position,
+            detail=detail,
+        )
 
     def list_runs(self, *, detail: bool = False) -> list[dict[str, Any]]:
         """Every run folder, newest first, with its derived state."""
@@ -404,23 +308,7 @@ class TrainingManager:
             )
 
     def trainer_argv(self, paths: RunPaths, resume: bool) -> list[str]:
-        argv = [
-            self.settings.python,
-            "-m",
-            self.settings.trainer_module,
-            "-c",
-            str(paths.config),
-            "--run-dir",
-            str(paths.root),
-        ]
-        return argv + ["--resume"] if resume else argv
-
-    def _trainer_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
-        root = str(PROJECT_ROOT)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
+        return trainer_argv(self.settings.python, self.settings.trainer_module, paths, resume)
 
     def _spawn(
         self, run_id: str, *, resume: bool, from_queue: bool = False, from_state: str = ""
@@ -449,17 +337,9 @@ class TrainingManager:
         self.store.write_record(record)
         argv = self.trainer_argv(paths, resume)
         try:
-            with paths.stdout.open("ab") as out:
-                popen = subprocess.Popen(
-                    argv,
-                    cwd=self.workspace.root,
-                    env=self._trainer_env(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # survives the console; Ctrl-C is not its signal
-                    close_fds=True,
-                )
+            active = spawn_trainer(
+                run_id, argv, cwd=self.workspace.root, stdout=paths.stdout, from_queue=from_queue
+            )
         except OSError as exc:
             record.exit = {
                 "code": None,
@@ -471,94 +351,45 @@ class TrainingManager:
             self.store.write_record(record)
             log.error("run %s: could not start the trainer: %s", run_id, exc)
             raise RunConflict(f"could not start the trainer: {exc}") from exc
-        try:
-            create_time = psutil.Process(popen.pid).create_time()
-        except psutil.Error:
-            create_time = None
-        record.pid, record.pid_create_time, record.cmdline = popen.pid, create_time, argv
+        record.pid, record.cmdline = active.pid, argv
+        record.pid_create_time = create_time(active.pid)
         self.store.write_record(record)
-        active = _Active(run_id, popen.pid, popen=popen, from_queue=from_queue)
         self._active[run_id] = active
         log.info(
-            "run %s: trainer started, pid %d%s", run_id, popen.pid, " (resume)" if resume else ""
+            "run %s: trainer started, pid %d%s", run_id, active.pid, " (resume)" if resume else ""
         )
-        threading.Thread(
-            target=self._wait_child, args=(active,), name=f"trainer-{run_id}", daemon=True
-        ).start()
-        self._keep_awake(run_id, popen.pid)
-
-    def _keep_awake(self, run_id: str, pid: int) -> None:
-        argv = keep_awake_argv(pid, self.settings.platform) if self.settings.keep_awake else None
-        if not argv:
-            return
-        try:
-            helper = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                close_fds=True,
-            )
-        except OSError as exc:
-            log.warning("run %s: could not keep the machine awake: %s", run_id, exc)
-            return
-        # Reaped by its own thread: caffeinate exits by itself when the trainer does.
-        threading.Thread(target=helper.wait, name=f"keep-awake-{run_id}", daemon=True).start()
+        active.watch(self._trainer_ended)
+        if self.settings.keep_awake:
+            keep_awake(run_id, active.pid, self.settings.platform)
 
     # -- exits --
 
-    def _wait_child(self, active: _Active) -> None:
-        assert active.popen is not None
-        code = active.popen.wait()  # reaps: no zombies
-        signal_name = None
-        if code < 0:
-            try:
-                signal_name = signal.Signals(-code).name
-            except ValueError:
-                signal_name = f"signal {-code}"
-        # A signal we sent (SIGTERM before the trainer's handler was installed, or
-        # SIGKILL after the grace period) ended it, rather than the OOM killer or a crash.
-        we_killed = signal_name in active.signals_sent
-        reason = exit_reason(None if code < 0 else code, signal_name, we_killed)
+    def _trainer_ended(self, active: TrainerProcess, ended: TrainerExit | None) -> None:
+        """Forget the trainer and, for our own child, record how it ended in run.json."""
         with self._lock:
-            if active.kill_timer is not None:
-                active.kill_timer.cancel()
+            active.cancel_kill()
             if self._active.get(active.run_id) is active:
                 del self._active[active.run_id]
-            try:
-                record = self.store.read_record(active.run_id)
-                if record.pid == active.pid:
-                    record.exit = {
-                        "code": None if code < 0 else code,
-                        "signal": signal_name,
-                        "killed_by_console": we_killed,
-                        "reason": reason,
-                        "time": time.time(),
-                        "log_tail": self.store.log_tail(
-                            active.run_id, self.settings.log_tail_lines
-                        ),
-                    }
-                    self.store.write_record(record)
-            except RunNotFound:
-                pass
-        log.info("run %s: trainer ended: %s", active.run_id, reason)
+            if ended is not None:
+                try:
+                    record = self.store.read_record(active.run_id)
+                    if record.pid == active.pid:
+                        record.exit = ended.to_record(
+                            time.time(),
+                            self.store.log_tail(active.run_id, self.settings.log_tail_lines),
+                        )
+                        self.store.write_record(record)
+                except RunNotFound:
+                    pass
+        if ended is None:
+            log.info(
+                "run %s: adopted trainer ended (its exit code is not ours to see)", active.run_id
+            )
+        else:
+            log.info("run %s: trainer ended: %s", active.run_id, ended.reason)
         self._after_exit(active)
 
-    def _watch_adopted(self, active: _Active) -> None:
-        assert active.adopted is not None
-        try:
-            active.adopted.wait()
-        except psutil.Error:
-            pass
-        with self._lock:
-            if active.kill_timer is not None:
-                active.kill_timer.cancel()
-            if self._active.get(active.run_id) is active:
-                del self._active[active.run_id]
-        log.info("run %s: adopted trainer ended (its exit code is not ours to see)", active.run_id)
-        self._after_exit(active)
-
-    def _after_exit(self, active: _Active) -> None:
+    def _after_exit(self, active: TrainerProcess) -> None:
         self._notify(active.run_id)
         try:
             state, _ = self.state(active.run_id)
@@ -584,36 +415,20 @@ class TrainingManager:
             record = self.store.read_record(run_id)
             if record.stop_requested:
                 return "stopping"
-            if not self._verified(active, record):
+            if not active.verified(record, self.store.paths):
                 raise RunConflict(
                     f"run {run_id}: pid {active.pid} failed verification; not signalled"
                 )
             record.stop_requested = True
             record.state = "stopping"
             self.store.write_record(record)
-            self._signal(active, signal.SIGTERM)
-            timer = threading.Timer(self.settings.stop_grace_seconds, self._kill, args=(active,))
-            timer.daemon = True
-            active.kill_timer = timer
-            timer.start()
+            active.send_signal(signal.SIGTERM)
+            active.kill_after(self.settings.stop_grace_seconds, self._kill)
             log.info("run %s: stop requested (SIGTERM to pid %d)", run_id, active.pid)
         self._notify(run_id)
         return "stopping"
 
-    def _verified(self, active: _Active, record: RunRecord) -> bool:
-        if active.popen is not None:
-            # Our own unreaped child: its pid cannot have been reused.
-            return active.popen.poll() is None
-        return verify_process(record, self.store.paths(active.run_id)).alive
-
-    def _signal(self, active: _Active, sig: signal.Signals) -> None:
-        if active.popen is not None:
-            active.popen.send_signal(sig)  # a no-op once reaped: never a reused pid
-        elif active.adopted is not None:
-            active.adopted.send_signal(sig)  # psutil re-checks the start time first
-        active.signals_sent.add(sig.name)
-
-    def _kill(self, active: _Active) -> None:
+    def _kill(self, active: TrainerProcess) -> None:
         with self._lock:
             if self._active.get(active.run_id) is not active or not active.running():
                 return
@@ -621,7 +436,7 @@ class TrainingManager:
                 record = self.store.read_record(active.run_id)
             except RunNotFound:
                 return
-            if not self._verified(active, record):
+            if not active.verified(record, self.store.paths):
                 return
             log.warning(
                 "run %s: did not stop within %.0f s; sending SIGKILL",
@@ -629,7 +444,7 @@ class TrainingManager:
                 self.settings.stop_grace_seconds,
             )
             try:
-                self._signal(active, signal.SIGKILL)
+                active.send_signal(signal.SIGKILL)
             except (psutil.Error, ProcessLookupError):
                 pass
 
@@ -688,30 +503,9 @@ class TrainingManager:
         """Append a remote trainer's events to its run's metrics.jsonl (creating a remote
         run folder on first contact). Events at or below the last seq are retries and are
         dropped. Returns (accepted, duplicates, last_seq)."""
-        if not is_valid_run_id(run_id):
-            raise RunNotFound(run_id)
-        errors = [
-            FieldError("events", f"event {i}: {problem}")
-            for i, event in enumerate(events)
-            if (problem := event_problem(event))
-        ]
-        if errors:
-            raise ConfigError(errors)
+        check_events(run_id, events)
         with self._lock:
-            paths = self.workspace.run(run_id)
-            if paths.root.is_dir():
-                record = self.store.read_record(run_id)
-                if not record.remote:
-                    raise RunConflict(
-                        f"run {run_id} belongs to a trainer of this console; a remote trainer "
-                        "must report to its own run_id"
-                    )
-            else:
-                record = RunRecord(run_id, run_id, time.time(), state="running", remote=True)
-                self.store.create_run(record, None)
-                log.info("run %s: created for a remote trainer", run_id)
-            accepted, duplicates = self.store.append_events(run_id, events)
-            last_seq = self.store.metrics(run_id).last_seq
+            accepted, duplicates, last_seq = append_remote_events(self.store, run_id, events)
         if accepted:
             self._notify(run_id)
         return accepted, duplicates, last_seq
@@ -791,22 +585,9 @@ class TrainingManager:
         with self._lock:
             running = self.active_run_ids()
             for active in self._active.values():
-                if active.kill_timer is not None:
-                    active.kill_timer.cancel()
+                active.cancel_kill()
         self.store.close()
         return running
-
-
-def event_problem(event: Any) -> str | None:
-    """What is wrong with one metrics event from a remote trainer, if anything."""
-    if not isinstance(event, dict):
-        return "must be a JSON object"
-    seq = event.get("seq")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
-        return "needs `seq`, a whole number >= 1"
-    if not isinstance(event.get("event"), str) or not event["event"]:
-        return "needs `event`, the event kind (train, eval, status, ...)"
-    return None
 
 
 def clean_name(name: Any) -> str:

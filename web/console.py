@@ -14,8 +14,9 @@ from flask import current_app
 
 from training.broadcaster import Broadcaster
 from training.browse import load_presets
-from training.manager import PROJECT_ROOT, TrainingManager
+from training.manager import TrainingManager
 from training.run_store import RunStore, Workspace
+from training.trainer_process import PROJECT_ROOT
 
 
 @dataclass

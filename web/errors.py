@@ -12,8 +12,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from training.config import ConfigError
-from training.errors import InputError
-from training.manager import ConfirmRequired, RunConflict
+from training.errors import ConfirmRequired, InputError, RunConflict
 from training.run_queue import QueueError
 from training.run_store import RunNotFound
 

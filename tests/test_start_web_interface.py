@@ -285,17 +285,6 @@ def test_port_in_use_and_fallback(monkeypatch):
     assert cli.DEFAULT_PORT != 5000
 
 
-def test_the_browser_gets_a_redirect_file_not_the_token(monkeypatch):
-    opened = []
-    monkeypatch.setattr(cli.webbrowser, "open", lambda url: opened.append(url))
-    path = cli.open_browser("http://127.0.0.1:5055/?token=secret")
-    wait_until(lambda: opened)
-    assert opened == [path.as_uri()] and "secret" not in opened[0]
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert "http://127.0.0.1:5055/?token=secret" in path.read_text()
-    path.unlink()
-
-
 def test_log_lines_never_carry_the_token():
     import logging
 

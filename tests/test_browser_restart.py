@@ -31,6 +31,23 @@ def trainers_of(run_dir: Path) -> list[psutil.Process]:
     return found
 
 
+def start_long_run(server: LiveServer, name: str, save_every: int) -> str:
+    """The demo preset made long and fine-grained: it trains for as long as a test needs."""
+    presets = server.get("/api/presets").json()["presets"]
+    config = next(p["config"] for p in presets if p["name"] == "demo")
+    config.update(
+        iters=4000,
+        max_seq_length=64,
+        batch_size=2,
+        steps_per_report=2,
+        save_every=save_every,
+        steps_per_eval=1000,
+    )
+    response = server.post("/api/runs", {"config": config, "name": name})
+    assert response.status_code == 201, response.text
+    return response.json()["run_id"]
+
+
 def train_steps_on_disk(run_dir: Path) -> list[int]:
     steps: list[int] = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
@@ -48,19 +65,7 @@ def test_run_page_catches_up_after_the_console_comes_back(
     server = LiveServer(console_workspace)
     server.start()
     try:
-        presets = server.get("/api/presets").json()["presets"]
-        config = next(p["config"] for p in presets if p["name"] == "demo")
-        config.update(
-            iters=4000,
-            max_seq_length=64,
-            batch_size=2,
-            steps_per_report=2,
-            save_every=1000,
-            steps_per_eval=1000,
-        )
-        response = server.post("/api/runs", {"config": config, "name": "outlives its console"})
-        assert response.status_code == 201, response.text
-        run_id = response.json()["run_id"]
+        run_id = start_long_run(server, "outlives its console", save_every=1000)
         run_dir = console_workspace / "runs" / run_id
 
         signed_in(page, server)
@@ -101,19 +106,7 @@ def test_killed_console_shows_interrupted_run_and_resumes_only_on_confirm(
     server = LiveServer(console_workspace)
     server.start()
     try:
-        presets = server.get("/api/presets").json()["presets"]
-        config = next(p["config"] for p in presets if p["name"] == "demo")
-        config.update(
-            iters=4000,
-            max_seq_length=64,
-            batch_size=2,
-            steps_per_report=2,
-            save_every=10,
-            steps_per_eval=1000,
-        )
-        response = server.post("/api/runs", {"config": config, "name": "survives a crash"})
-        assert response.status_code == 201, response.text
-        run_id = response.json()["run_id"]
+        run_id = start_long_run(server, "survives a crash", save_every=10)
         run_dir = console_workspace / "runs" / run_id
         wait_until(lambda: server.run(run_id)["latest_checkpoint_step"], 90, message="a checkpoint")
 

@@ -6,6 +6,10 @@
  *                  danger = false}) -> Promise<boolean>
  *       body: a string, a Node or an array of them (strings stay text). Resolves true only
  *       when the confirm button is pressed. The confirm button has data-confirm for tests.
+ *
+ *   showModal(dlg, resolve, result)
+ *       Open a built <dialog> modally; on close it is removed, focus returns to the element
+ *       that had it, and `resolve(result())` settles the caller's promise.
  */
 import { h } from "./dom.js";
 
@@ -17,7 +21,6 @@ export function confirmDialog({
   danger = false,
 }) {
   return new Promise((resolve) => {
-    const opener = document.activeElement;
     const titleId = `dlg-${Math.random().toString(36).slice(2)}`;
     const cancel = h("button", { class: "btn", type: "button", text: cancelLabel, value: "cancel" });
     const ok = h("button", {
@@ -41,14 +44,19 @@ export function confirmDialog({
       result = true;
       dlg.close();
     });
-    dlg.addEventListener("close", () => {
-      dlg.remove();
-      if (opener && opener.focus) opener.focus();
-      resolve(result);
-    });
-    document.body.appendChild(dlg);
-    dlg.showModal();
+    showModal(dlg, resolve, () => result);
     // Start on the safe choice: Enter on an open dialog must not confirm a destructive action.
     cancel.focus();
   });
+}
+
+export function showModal(dlg, resolve, result) {
+  const opener = document.activeElement;
+  dlg.addEventListener("close", () => {
+    dlg.remove();
+    if (opener && opener.focus) opener.focus();
+    resolve(result());
+  });
+  document.body.appendChild(dlg);
+  dlg.showModal();
 }

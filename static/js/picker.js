@@ -7,12 +7,12 @@
  */
 import { h, replace, fmt } from "./dom.js";
 import { api } from "./api.js";
+import { showModal } from "./dialog.js";
 
 export const BROWSE_URL = (path) => `/api/files?path=${encodeURIComponent(path)}`;
 
 export function pickPath({ title, start = ".", kind = "data" }) {
   return new Promise((resolve) => {
-    const opener = document.activeElement;
     const list = h("ul", { class: "list", role: "listbox", "aria-label": "Folder contents" });
     const where = h("code", { class: "muted" });
     const error = h("p", { class: "field-error", hidden: true, role: "alert" });
@@ -83,13 +83,7 @@ export function pickPath({ title, start = ".", kind = "data" }) {
 
     cancel.addEventListener("click", () => dlg.close());
     choose.addEventListener("click", () => current && finish(current.path));
-    dlg.addEventListener("close", () => {
-      dlg.remove();
-      if (opener && opener.focus) opener.focus();
-      resolve(result);
-    });
-    document.body.appendChild(dlg);
-    dlg.showModal();
+    showModal(dlg, resolve, () => result);
     open(start || ".").catch(() => open("."));
   });
 }

@@ -53,8 +53,8 @@ class FieldSpec:
     example: str | None = None
     # Values outside the bounds that are still allowed (e.g. -1 for "all").
     special: Mapping[Any, str] = field(default_factory=dict)
-    # May differ between a run and its resume (budget, intervals, retention);
-    # every other field is part of the config hash that --resume checks.
+    # May differ between a run and its resume (budget, intervals, retention, memory-only
+    # switches); every other field is part of the config hash that --resume checks.
     resumable: bool = False
 
     @property
@@ -255,8 +255,9 @@ FIELDS: tuple[FieldSpec, ...] = (
     ),
     FieldSpec(
         "grad_checkpoint", "bool", False,
-        "Recompute activations in the backward pass: less memory, about 30% slower.",
-        "training", "advanced",
+        "Recompute activations in the backward pass: less memory, about 30% slower "
+        "(the math is the same, so it may be turned on to resume a run that ran out of memory).",
+        "training", "advanced", resumable=True,
     ),
     FieldSpec(
         "seed", "int", 0,
@@ -267,7 +268,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "clear_cache_threshold", "int", 0,
         "Clear MLX's allocator cache between steps once it holds more than this many "
         "bytes (0: never).",
-        "training", "advanced", minimum=0,
+        "training", "advanced", minimum=0, resumable=True,
     ),
     FieldSpec(
         "loss_spike_factor", "float", 3.0,

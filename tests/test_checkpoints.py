@@ -36,10 +36,10 @@ def _write_arrays(step: int):
     return write
 
 
-def _save(run: Path, step: int, val_loss: float | None = None) -> Path:
-    return write_bundle(
-        run / "checkpoints", step, {"val_loss": val_loss, "seq": step}, _write_arrays(step)
-    )
+def _save(run: Path, step: int, val_loss: float | None = None, val_step: int | None = -1) -> Path:
+    """A bundle whose latest evaluation (`val_loss`) ran at `val_step` (default: its own)."""
+    state = {"val_loss": val_loss, "val_step": step if val_step == -1 else val_step}
+    return write_bundle(run / "checkpoints", step, state, _write_arrays(step))
 
 
 def test_bundle_layout_latest_and_listing(tmp_path: Path) -> None:
@@ -72,6 +72,33 @@ def test_retention_keeps_the_newest_and_the_best(tmp_path: Path) -> None:
     assert [b["step"] for b in listed if b["is_best"]] == [20]
     apply_retention(tmp_path / "checkpoints", keep=1, keep_best=False)
     assert [b["step"] for b in list_checkpoints(tmp_path)] == [50]
+
+
+def test_best_is_the_loss_measured_at_the_bundles_own_step(tmp_path: Path) -> None:
+    # Evaluations at 0, 200 and 400, checkpoints every 100: step 300 still carries the
+    # step-200 loss in its state, which says nothing about step 300's weights.
+    ckpt = tmp_path / "checkpoints"
+    removed: list[str] = []
+    for step, loss, at in [(100, 4.0, 0), (200, 3.0, 200), (300, 3.0, 200), (400, 3.5, 400)]:
+        _save(tmp_path, step, loss, at)
+        removed += apply_retention(ckpt, keep=1, keep_best=True)
+    listed = list_checkpoints(tmp_path)
+    assert [b["step"] for b in listed] == [200, 400]
+    assert [b["step"] for b in listed if b["is_best"]] == [200]
+    assert [b["val_loss"] for b in listed] == [3.0, 3.5]
+    assert sorted(removed) == ["step-00000100", "step-00000300"]
+
+
+def test_best_ties_go_to_the_earlier_step_and_old_states_score_nothing(tmp_path: Path) -> None:
+    _save(tmp_path, 10, 2.0)
+    _save(tmp_path, 20, 2.0)
+    write_bundle(tmp_path / "checkpoints", 30, {"val_loss": 1.0}, _write_arrays(30))  # no step
+    apply_retention(tmp_path / "checkpoints", keep=1, keep_best=True)
+    listed = list_checkpoints(tmp_path)
+    assert [(b["step"], b["is_best"], b["val_loss"]) for b in listed] == [
+        (10, True, 2.0),
+        (30, False, None),
+    ]
 
 
 def test_incomplete_folders_are_never_listed_and_are_cleaned(tmp_path: Path) -> None:

@@ -154,7 +154,7 @@ def apply_retention(ckpt_dir: Path, keep: int, keep_best: bool) -> list[str]:
     if latest is not None:
         keepers.add(latest["bundle"])
     if keep_best:
-        best = _best(bundles)
+        best = best_bundle(bundles)
         if best is not None:
             keepers.add(best.name)
     removed = []
@@ -218,8 +218,14 @@ def latest_bundle(run_dir: str | Path) -> Path | None:
     return Path(latest["path"]) if latest else None
 
 
-def _val_loss(state: dict[str, Any]) -> float | None:
+def bundle_val_loss(state: dict[str, Any], step: int) -> float | None:
+    """The validation loss *of this bundle's weights*: state.json keeps the latest
+    evaluation (`val_loss` at `val_step`), which counts only when it ran at the bundle's own
+    step (an older evaluation measured other weights). The same rule as the console's
+    checkpoint table, which matches eval events to bundles by step."""
     v = state.get("val_loss")
+    if state.get("val_step") != step or isinstance(v, bool):
+        return None
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
@@ -236,22 +242,25 @@ def _bundles(ckpt_dir: Path) -> list[CheckpointInfo]:
         except (OSError, ValueError):
             continue  # not complete: never listed, never resumed from
         size = sum(f.stat().st_size for f in p.iterdir() if f.is_file())
+        step = int(m.group(1))
         out.append(
             CheckpointInfo(
                 name=p.name,
                 path=p,
-                step=int(m.group(1)),
+                step=step,
                 time=float(state.get("time") or p.stat().st_mtime),
                 size=size,
-                val_loss=_val_loss(state),
+                val_loss=bundle_val_loss(state, step),
             )
         )
     return sorted(out, key=lambda b: b.step)
 
 
-def _best(bundles: list[CheckpointInfo]) -> CheckpointInfo | None:
+def best_bundle(bundles: list[CheckpointInfo]) -> CheckpointInfo | None:
+    """The lowest validation loss measured at a bundle's own step; the earlier step on a
+    tie (the later one brought no improvement). Retention keeps it; listings mark it."""
     scored = [b for b in bundles if b.val_loss is not None]
-    return min(scored, key=lambda b: (b.val_loss, -b.step)) if scored else None
+    return min(scored, key=lambda b: (b.val_loss, b.step)) if scored else None
 
 
 def list_checkpoints(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -259,7 +268,7 @@ def list_checkpoints(run_dir: str | Path) -> list[dict[str, Any]]:
     val_loss, is_latest, is_best. Safe to call while the trainer writes."""
     bundles = _bundles(checkpoints_dir(run_dir))
     latest = read_latest(run_dir)
-    best = _best(bundles)
+    best = best_bundle(bundles)
     out = []
     for b in bundles:
         info = CheckpointInfo(

@@ -57,6 +57,8 @@ class SessionContext:
     adapter_config: dict[str, Any]
     keep_checkpoints: int
     keep_best: bool
+    elapsed_before: float = 0.0  # training seconds of the sessions before a resume
+    inputs: dict[str, Any] | None = None  # what the run trains on (checked by --resume)
 
 
 class TrainingSession:
@@ -85,6 +87,10 @@ class TrainingSession:
         self._step = progress.start_step
         self._memory_warned = False
         self._last_tokens: int | None = None
+
+    def elapsed_seconds(self) -> float:
+        """Wall seconds of training in this run, across resumes."""
+        return self.ctx.elapsed_before + time.time() - self._started
 
     # -- the loop's callback --
 
@@ -145,8 +151,6 @@ class TrainingSession:
         record = {
             "reason": reason,
             "trained_tokens": state.trained_tokens,
-            # The checkpoint event below takes the next seq; events after it continue there.
-            "seq": self.logger.seq + 1,
             "config_hash": self.ctx.config_hash,
             "fine_tune_type": self.ctx.fine_tune_type,
             "data": {
@@ -160,10 +164,15 @@ class TrainingSession:
                 "learning_rate": scalar(self.optimizer.learning_rate),
                 "total_steps": self.ctx.total_steps,
             },
+            # The latest evaluation and its step: it is this bundle's loss only when
+            # val_step == step (checkpoints.bundle_val_loss).
             "val_loss": state.val_loss,
+            "val_step": state.val_step,
             "best_val_loss": state.best_val_loss,
             "best_step": state.best_step,
-            "elapsed_seconds": round(time.time() - self._started, 3),
+            # Cumulative over resumes: this session's seconds plus the earlier sessions'.
+            "elapsed_seconds": round(self.elapsed_seconds(), 3),
+            "inputs": self.ctx.inputs,
         }
 
         def write_files(directory: Path) -> None:
@@ -181,7 +190,7 @@ class TrainingSession:
             seconds=round(seconds, 3),
             size=size,
             reason=reason,
-            val_loss=state.val_loss,
+            val_loss=checkpoints.bundle_val_loss(record, state.step),
         )
         removed = checkpoints.apply_retention(
             ckpt_dir, self.ctx.keep_checkpoints, self.ctx.keep_best

@@ -59,7 +59,8 @@ class LoopState:
     step: int = 0
     cursor: int = 0  # training sequences consumed (global, all workers)
     trained_tokens: int = 0  # target tokens, cumulative over resumes
-    val_loss: float | None = None
+    val_loss: float | None = None  # the latest evaluation's, measured at val_step
+    val_step: int | None = None
     best_val_loss: float | None = None
     best_step: int | None = None
     last_saved_step: int | None = None
@@ -222,7 +223,7 @@ def train(
         model.train()
         info["val_time"] = time.perf_counter() - tic
         if "val_loss" in info and math.isfinite(info["val_loss"]):
-            state.val_loss = info["val_loss"]
+            state.val_loss, state.val_step = info["val_loss"], step
             if state.best_val_loss is None or info["val_loss"] < state.best_val_loss:
                 state.best_val_loss, state.best_step = info["val_loss"], step
         callback.on_val_loss_report(info)

@@ -168,9 +168,11 @@ def _train(
     prepare_trainable(model, config)
     optimizer = build_optimizer(config, total_steps)
     optimizer.init(model.trainable_parameters())
-    resumed_from = None
+    resumed_from, elapsed_before = None, 0.0
     if plan.folder.mode == "resume":
-        resumed_from = _restore(paths.root, model, optimizer, state)
+        saved = _restore(paths.root, model, optimizer, state)
+        resumed_from = state.step
+        elapsed_before = float(saved.get("elapsed_seconds") or 0.0)
     trainable, total = parameter_counts(model)
 
     progress.total_steps, progress.start_step = total_steps, state.step
@@ -213,6 +215,7 @@ def _train(
             adapter_config=adapter_config(config, base_model, len(model.layers)),
             keep_checkpoints=config.keep_checkpoints,
             keep_best=config.keep_best,
+            elapsed_before=elapsed_before,
         ),
         model=model,
         optimizer=optimizer,
@@ -274,9 +277,9 @@ def _train(
     return outcome
 
 
-def _restore(run_dir: Path, model: Any, optimizer: Any, state: LoopState) -> int:
+def _restore(run_dir: Path, model: Any, optimizer: Any, state: LoopState) -> dict[str, Any]:
     """Weights, optimizer state and loop position from the latest bundle (preflight checked
-    that it exists and matches the config); returns its step."""
+    that it exists and matches the config); returns its state.json."""
     bundle = checkpoints.latest_bundle(run_dir)
     if bundle is None:
         raise RuntimeError(f"{run_dir} lost its latest checkpoint")
@@ -288,6 +291,7 @@ def _restore(run_dir: Path, model: Any, optimizer: Any, state: LoopState) -> int
     state.cursor = int(saved["data"]["cursor"])
     state.trained_tokens = int(saved["trained_tokens"])
     state.val_loss = saved.get("val_loss")
+    state.val_step = saved.get("val_step")
     state.best_val_loss = saved.get("best_val_loss")
     state.best_step = saved.get("best_step")
-    return state.step
+    return saved

@@ -123,3 +123,28 @@ def test_any_model_folder_through_the_folder_picker(page: Page, server: LiveServ
     expect(page.locator("#playground")).to_have_attribute("data-done", "true", timeout=60_000)
     expect(page.locator(".pg-lane[data-lane='0'] .pg-lane-label")).to_have_text("scratch-tiny")
     assert_no_js_errors(page)
+
+
+def test_export_dialog_offers_the_adapter_and_names_the_folder_it_replaces(
+    page: Page, server: LiveServer
+) -> None:
+    old = server.workspace / "exports" / "earlier"
+    old.mkdir(parents=True, exist_ok=True)
+    (old / "README.md").write_text("---\ntags:\n- continued-pretraining\n---\n# earlier\n")
+    (old / "adapter_config.json").write_text("{}")
+    signed_in(page, server)
+    page.goto(f"{server.base_url}runs/{LORA_RUN_ID}")
+    row = page.locator("#eval-table tr[data-checkpoint='step-00000010']")
+    row.get_by_role("button", name="Export…").click()
+    dialog = page.locator("dialog")
+    # A LoRA run (from its run record): the adapter format is offered.
+    expect(dialog.locator("select[name=format] option[value=adapter]")).to_be_attached()
+    dialog.locator("select[name=format]").select_option("adapter")
+    dialog.locator("input[name=dest]").fill("exports/earlier")
+    dialog.locator("[data-confirm]").click()
+    confirm = page.get_by_role("dialog", name="Replace the existing export?")
+    expect(confirm).to_contain_text(str(old.resolve()), timeout=10_000)
+    confirm.get_by_role("button", name="Cancel").click()
+    expect(page.locator("dialog")).to_have_count(0)
+    assert (old / "README.md").is_file()  # nothing replaced without the confirmation
+    assert_no_js_errors(page)

@@ -181,6 +181,7 @@ def test_export_job_loads_with_mlx_lm_and_asks_before_overwriting(server: LiveSe
 
     again = server.post("/api/eval/export", body)
     assert again.status_code == 409 and again.json()["field"] == "overwrite"
+    assert again.json()["dest"] == str(path)  # the dialog names the folder it replaces
     confirmed = server.post("/api/eval/export", {**body, "overwrite": True})
     assert confirmed.status_code == 202
 
@@ -206,6 +207,15 @@ def test_export_job_loads_with_mlx_lm_and_asks_before_overwriting(server: LiveSe
         ("/api/eval/perplexity", {"model": FINAL, "data": {"path": "/etc/passwd"}}, 400, "data"),
         ("/api/eval/export", {"model": FINAL, "dest": "/etc/evil"}, 400, "dest"),
         ("/api/eval/export", {"model": FINAL, "dest": f"runs/{LORA_RUN_ID}/x"}, 400, "dest"),
+        # An export replaces its destination: never the workspace, nor a non-export folder.
+        ("/api/eval/export", {"model": FINAL, "dest": ".", "overwrite": True}, 400, "dest"),
+        ("/api/eval/export", {"model": FINAL, "dest": "corpora", "overwrite": True}, 400, "dest"),
+        (
+            "/api/eval/perplexity",
+            {"model": FINAL, "data": {"set": "val"}, "run_id": 5},
+            400,
+            "run_id",
+        ),
         ("/api/eval/explode", {}, 404, "kind"),
     ],
 )

@@ -10,6 +10,7 @@ overwrite anything unconfirmed.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +34,24 @@ from training.run_store import Workspace, is_valid_run_id
 
 MAX_PROMPT_CHARS = 100_000
 MAX_GENERATION_TOKENS = 4096
+# Besides a model card (README.md), an export holds one of these (model or adapter format).
+EXPORT_MARKERS = ("config.json", "adapter_config.json")
 
 
 class RequestError(InputError):
-    """A request that cannot run: `field` is the input to fix, `status` the HTTP status."""
+    """A request that cannot run: `field` is the input to fix, `status` the HTTP status,
+    `extra` more keys for the JSON error (e.g. the folder an export would replace)."""
 
-    def __init__(self, message: str, field: str | None = None, status: int = 400):
+    def __init__(
+        self,
+        message: str,
+        field: str | None = None,
+        status: int = 400,
+        extra: dict[str, Any] | None = None,
+    ):
         super().__init__(message, field)
         self.status = status
+        self.extra = dict(extra or {})
 
 
 @dataclass(frozen=True)
@@ -197,16 +208,25 @@ def _check_text(path: Path) -> None:
         raise RequestError(f"{path} is empty: there is no text to evaluate", "data")
 
 
+def _run_id(ctx: EvalContext, run_id: Any) -> str:
+    """A run_id a request names: valid (400) and in the workspace (404)."""
+    if not isinstance(run_id, str) or not is_valid_run_id(run_id):
+        raise RequestError(f"invalid run_id {run_id!r}", "run_id")
+    if not ctx.workspace.run(run_id).root.is_dir():
+        raise RequestError(f"no run {run_id!r} in the workspace", "run_id", 404)
+    return run_id
+
+
 def perplexity_job(ctx: EvalContext, body: dict[str, Any]) -> dict[str, Any]:
     source = model_source(ctx, body.get("model"))
     data = body.get("data")
     if not isinstance(data, dict) or not (data.get("set") or data.get("path")):
         raise RequestError("choose the text: a run's set (val, ...) or a file path", "data")
     if data.get("set"):
-        run_id = body.get("run_id") or source.run_id
+        run_id = _run_id(ctx, body["run_id"]) if body.get("run_id") else source.run_id
         if not run_id:
             raise RequestError("a run's set needs a run: pick a run's model or give a file", "data")
-        text = run_eval_data(ctx, str(run_id), str(data["set"]))
+        text = run_eval_data(ctx, run_id, str(data["set"]))
         path, label = text.path, str(data["set"])
         holdout = text.holdout_fraction
     else:
@@ -257,11 +277,16 @@ def export_job(ctx: EvalContext, body: dict[str, Any]) -> dict[str, Any]:
             raise RequestError(str(exc), "dest") from exc
     else:
         dest = default_destination(ctx.workspace, source, fmt)
+    dest = Path(os.path.realpath(dest.expanduser()))
+    check_export_destination(ctx, dest)
     try:
         dest = check_destination(dest, source, ctx.workspace, overwrite)
     except ExportError as exc:
-        # An existing folder is a conflict the person resolves by confirming (409).
-        raise RequestError(str(exc), exc.field, 409 if exc.field == "overwrite" else 400) from exc
+        # An existing export is a conflict the person resolves by confirming (409); the
+        # response names the folder, so the dialog can say what it replaces.
+        if exc.field == "overwrite":
+            raise RequestError(str(exc), "overwrite", 409, {"dest": str(dest)}) from exc
+        raise RequestError(str(exc), exc.field) from exc
     return {
         "model": source.to_json(),
         "workspace": str(ctx.workspace.root),
@@ -270,3 +295,47 @@ def export_job(ctx: EvalContext, body: dict[str, Any]) -> dict[str, Any]:
         "overwrite": overwrite,
         "run_id": source.run_id,
     }
+
+
+def looks_like_export(folder: Path) -> bool:
+    """An export of this project: a model card (README.md whose front matter carries our
+    `continued-pretraining` tag) next to config.json (a model) or adapter_config.json."""
+    try:
+        with (folder / "README.md").open(encoding="utf-8", errors="replace") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    card = head.startswith("---") and "continued-pretraining" in head.split("\n---", 1)[0]
+    return card and any((folder / name).is_file() for name in EXPORT_MARKERS)
+
+
+def check_export_destination(ctx: EvalContext, dest: Path) -> None:
+    """An export replaces its destination folder (renamed aside, then deleted): refuse a
+    destination that is or holds the workspace, its runs, a browse root or the home
+    folder, and an existing non-empty folder that is not an earlier export. 400, `dest`."""
+    real = Path(os.path.realpath(dest))
+    protected = [
+        ("the workspace", ctx.workspace.root),
+        ("the workspace's runs folder", ctx.workspace.runs_dir),
+        ("your home folder", Path.home()),
+        *(("a folder the console may read", root) for root in ctx.roots),
+    ]
+    for what, folder in protected:
+        folder = Path(os.path.realpath(folder))
+        if real == folder or folder.is_relative_to(real):
+            shown = "is" if real == folder else "contains"
+            raise RequestError(
+                f"{dest} {shown} {what} ({folder}): an export replaces its destination "
+                f"folder; choose a new folder, e.g. {ctx.workspace.exports_dir / 'my-model'}",
+                "dest",
+            )
+    try:
+        occupied = real.is_dir() and any(real.iterdir())
+    except OSError as exc:
+        raise RequestError(f"{dest}: {exc.strerror or exc}", "dest") from exc
+    if occupied and not looks_like_export(real):
+        raise RequestError(
+            f"{dest} is not empty and is not an earlier export (no model card README.md with "
+            "config.json or adapter_config.json): it is never replaced; choose a new folder",
+            "dest",
+        )

@@ -52,7 +52,10 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(RunConflict, lambda e: error_response(409, str(e)))
     app.register_error_handler(ConfirmRequired, lambda e: error_response(400, str(e), e.field))
     app.register_error_handler(
-        InputError, lambda e: error_response(getattr(e, "status", 400), str(e), e.field)
+        InputError,
+        lambda e: error_response(
+            getattr(e, "status", 400), str(e), e.field, **getattr(e, "extra", {})
+        ),
     )
     app.register_error_handler(QueueError, lambda e: error_response(400, str(e), "run_ids"))
 

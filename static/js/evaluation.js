@@ -285,9 +285,14 @@ export function mountEvaluation(root, runId) {
       res = await api.post("/api/eval/export", body);
     } catch (err) {
       if (err.status === 409 && err.field === "overwrite") {
+        // The server names the folder it would replace (an earlier export, nothing else).
+        const folder = err.body.dest || body.dest || "the destination folder";
         const replaceIt = await confirmDialog({
           title: "Replace the existing export?",
-          body: [err.message, "Its files will be deleted once the new export is complete."],
+          body: [
+            h("p", null, "The folder ", h("code", { class: "mono", text: folder }), " holds an earlier export."),
+            `Everything in ${folder} will be deleted and replaced by this export once it is complete.`,
+          ],
           confirmLabel: "Replace",
           danger: true,
         });
@@ -310,13 +315,13 @@ export function mountEvaluation(root, runId) {
   }
 
   async function modelKind() {
+    // The run record says it (its config's fine_tune_type; the registry's default is full).
     if (state.fineTuneType) return state.fineTuneType;
     try {
-      const res = await api.get("/api/eval/models");
-      const run = (res.runs || []).find((r) => r.run_id === runId);
-      state.fineTuneType = run ? run.fine_tune_type : "full";
+      const { run } = await api.get(runUrl(runId));
+      state.fineTuneType = run.fine_tune_type || "full";
     } catch {
-      state.fineTuneType = "full";
+      return "full";
     }
     return state.fineTuneType;
   }

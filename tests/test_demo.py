@@ -27,3 +27,27 @@ def test_build_demo_keeps_existing_files(tmp_path: Path, tiny_assets):
     paths = build_demo(tmp_path, size="tiny", domain_bytes=50_000, general_bytes=5_000)
     assert config.read_text() == "# mine\n"
     assert paths["model"].is_dir() and (paths["model"] / "config.json").is_file()
+
+
+def test_demo_yaml_is_written_whole_or_not_at_all(tmp_path: Path, tiny_assets, monkeypatch):
+    import os
+    import shutil
+
+    import pytest
+
+    for key in ("corpus", "general", "model"):
+        rel = Path(tiny_assets[key]).relative_to(tiny_assets["workspace"])
+        copy = shutil.copytree if Path(tiny_assets[key]).is_dir() else shutil.copy
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        copy(tiny_assets[key], tmp_path / rel)
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError):
+        build_demo(tmp_path, size="tiny")
+    monkeypatch.undo()
+    assert not [p.name for p in tmp_path.iterdir() if "demo.yaml" in p.name]
+    build_demo(tmp_path, size="tiny")
+    assert read_yaml(tmp_path / "demo.yaml")["fine_tune_type"] == "full"

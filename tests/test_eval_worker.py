@@ -209,3 +209,25 @@ def test_worker_stops_when_stdin_closes_and_keeps_stdout_clean(
     assert proc.returncode == 0
     events = [json.loads(line) for line in lines]  # every stdout line is an event
     assert events[-1]["event"] == "result" and events[-1]["stopped"] is True
+
+
+def test_events_are_written_whole_when_the_stream_takes_a_few_bytes_at_a_time() -> None:
+    from training.eval_worker import Events
+
+    class Trickle:
+        """An unbuffered stream that, like a pipe interrupted by a signal, takes 7 bytes."""
+
+        def __init__(self) -> None:
+            self.data = b""
+
+        def write(self, data: bytes) -> int:
+            self.data += bytes(data[:7])
+            return min(7, len(data))
+
+        def flush(self) -> None:
+            pass
+
+    stream = Trickle()
+    Events(stream, "job-1").emit("progress", stage="load", message="x" * 50)  # type: ignore[arg-type]
+    row = json.loads(stream.data)
+    assert stream.data.endswith(b"\n") and row["message"] == "x" * 50

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.run_store import atomic_write_text
+
 FORMAT_VERSION = 1
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -46,7 +48,8 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
 # -- durable file operations ------------------------------------------------------------------
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Make a file's data, or a folder's entries (a rename into it), durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -54,24 +57,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def write_text_durable(path: Path, text: str) -> None:
+    """run_store's atomic write (temp file, fsync, rename), then the folder is fsynced so
+    the rename itself survives a power loss."""
+    atomic_write_text(path, text)
+    fsync_path(path.parent)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON next to `path`, fsync it, rename over `path`, fsync the folder."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_text_durable(path, json.dumps(data, indent=2) + "\n")
 
 
 def _remove_tree(path: Path) -> None:
@@ -112,12 +106,12 @@ def write_bundle(
         }
         (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=2) + "\n")
         for p in tmp.iterdir():
-            _fsync_file(p)
-        fsync_dir(tmp)
+            fsync_path(p)
+        fsync_path(tmp)
         if final.exists():  # an orphan from a crash between rename and latest.json: replace
             _remove_tree(final)
         os.replace(tmp, final)
-        fsync_dir(ckpt_dir)
+        fsync_path(ckpt_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -134,7 +128,8 @@ def clean_stale_temp(ckpt_dir: Path) -> list[str]:
     if not ckpt_dir.is_dir():
         return removed
     for p in ckpt_dir.iterdir():
-        if p.name.startswith(TMP_PREFIX):
+        # ours, and run_store.atomic_write_text's (.latest.json.XXXX.tmp)
+        if p.name.startswith(TMP_PREFIX) or (p.name.startswith(".") and p.name.endswith(".tmp")):
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             else:

@@ -102,6 +102,7 @@ def build_demo(
     """Create whatever of the demo assets is missing; never touches existing files."""
     import yaml
 
+    from training.run_store import atomic_write_text
     from training.scratch import build_scratch_model
 
     ws = Path(workspace)
@@ -114,10 +115,11 @@ def build_demo(
     if not model.exists():
         build_scratch_model(corpus, model, size=size)
     if not config.exists():
-        config.write_text(
+        atomic_write_text(
+            config,
             "# The demo: continue pre-training a scratch model on Python source code,\n"
             "# watching a general-prose set for forgetting. Paths are workspace-relative.\n"
-            + yaml.safe_dump(demo_config(size), sort_keys=False)
+            + yaml.safe_dump(demo_config(size), sort_keys=False),
         )
     return {"corpus": corpus, "general": general, "model": model, "config": config}
 

@@ -85,7 +85,10 @@ class Events:
     def emit(self, event: str, **fields: Any) -> None:
         row = {"v": PROTOCOL_VERSION, "job_id": self.job_id, "event": event, "time": time.time()}
         row.update(fields)
-        self.stream.write((json.dumps(row, default=str) + "\n").encode())
+        view = memoryview((json.dumps(row, default=str) + "\n").encode())
+        while view:  # an unbuffered write may take part of the line (a pipe, a signal)
+            written = self.stream.write(view)
+            view = view[written if written is not None else 0 :]
         self.stream.flush()
 
 

@@ -17,7 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from training.checkpoints import fsync_dir, save_trainable
+from training.checkpoints import fsync_path, save_trainable
 from training.config import RunConfig, resolve_path
 
 DTYPES: dict[str, mx.Dtype] = {
@@ -141,26 +141,29 @@ def save_final(final_dir: Path, loaded: LoadedModel, config: RunConfig, base_mod
     tmp = final_dir.with_name(f".tmp-{final_dir.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    if config.fine_tune_type == "full":
-        config_json = dict(loaded.model_config)
-        save(tmp, loaded.path, loaded.model, loaded.tokenizer, config_json, donate_model=False)
-    else:
-        blocks = len(loaded.model.layers)
-        save_trainable(tmp, loaded.model, adapter_config(config, base_model, blocks))
-        (tmp / "README.md").write_text(
-            f"# {config.fine_tune_type} adapters\n\nBase model: `{base_model}`\n\n"
-            f"    mlx_lm.generate --model {base_model} --adapter-path {final_dir} "
-            '--prompt "..."\n'
-        )
-    for p in tmp.iterdir():
-        if p.is_file():
-            fd = os.open(p, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
+    try:
+        if config.fine_tune_type == "full":
+            config_json = dict(loaded.model_config)
+            save(tmp, loaded.path, loaded.model, loaded.tokenizer, config_json, donate_model=False)
+        else:
+            blocks = len(loaded.model.layers)
+            save_trainable(tmp, loaded.model, adapter_config(config, base_model, blocks))
+            (tmp / "README.md").write_text(
+                f"# {config.fine_tune_type} adapters\n\nBase model: `{base_model}`\n\n"
+                f"    mlx_lm.generate --model {base_model} --adapter-path {final_dir} "
+                '--prompt "..."\n'
+            )
+        for p in tmp.iterdir():
+            if p.is_file():
+                fsync_path(p)
+        fsync_path(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final_dir.exists():
         old = final_dir.with_name(f".tmp-old-{final_dir.name}-{os.getpid()}")
         os.replace(final_dir, old)
         shutil.rmtree(old, ignore_errors=True)
     os.replace(tmp, final_dir)
-    fsync_dir(final_dir.parent)
+    fsync_path(final_dir.parent)
     return final_dir

@@ -7,7 +7,6 @@ on, errors are failures (status `failed`, exit 1).
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 import traceback
@@ -41,15 +40,6 @@ if TYPE_CHECKING:
     from training.continued_pretraining import Plan
 
 EXIT_OK, EXIT_FAILED, EXIT_DIVERGED = 0, 1, 3
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def versions() -> dict[str, Any]:
@@ -97,7 +87,7 @@ def _create_folder(plan: Plan) -> None:
     if plan.folder.mode == "new":
         paths.root.mkdir(parents=True, exist_ok=True)
     if plan.rewrite_config:  # new runs, and resumes that changed the budget or intervals
-        write_text_atomic(paths.config, plan.config.to_yaml())
+        checkpoints.write_text_durable(paths.config, plan.config.to_yaml())
     checkpoints.clean_stale_temp(paths.checkpoints)
 
 
@@ -161,7 +151,7 @@ def _train(
     report = data.report
     total_steps = plan_steps(config, report)
     if plan.rank == 0:
-        write_text_atomic(paths.data_report, json.dumps(report, indent=2) + "\n")
+        checkpoints.write_text_durable(paths.data_report, json.dumps(report, indent=2) + "\n")
         progress.line(format_report(report))
 
     model = loaded.model

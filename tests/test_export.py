@@ -181,3 +181,21 @@ def test_cli(workspace: Workspace, tmp_path: Path) -> None:
     assert "adapter_path=" in done.stdout and (out / "adapters.safetensors").is_file()
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_cli_exports_a_run_folder_outside_any_workspace(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.export import main
+
+    elsewhere = tmp_path / "elsewhere" / "my-run"
+    shutil.copytree(workspace.run(LORA_RUN_ID).root, elsewhere)
+    config = elsewhere / "config.yaml"
+    config.write_text(config.read_text().replace("models/scratch-tiny", _base_model(workspace)))
+    home = tmp_path / "home"
+    monkeypatch.setenv("MLX_CPT_HOME", str(home))
+    assert main(["--run", str(elsewhere), "--format", "adapter"]) == 0
+    exported = home / "exports" / "my-run-final-adapter"
+    assert (exported / "adapters.safetensors").is_file()
+    assert "## Final losses" in (exported / "README.md").read_text()  # the run's own metrics
+    assert main(["--run", str(elsewhere), "--out", str(elsewhere / "x")]) == 2

@@ -34,11 +34,17 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"
 LATEST_FILE = "latest.json"
 CHECKPOINTS_DIR = "checkpoints"
 TMP_PREFIX = ".tmp-"
-_BUNDLE_RE = re.compile(r"step-(\d{8,})")
+BUNDLE_RE = re.compile(r"step-(\d{8,})")
 
 
 def bundle_name(step: int) -> str:
     return f"step-{step:08d}"
+
+
+def bundle_step(name: str) -> int | None:
+    """The step of a bundle folder name (step-00000100 -> 100); None for anything else."""
+    m = BUNDLE_RE.fullmatch(name)
+    return int(m.group(1)) if m else None
 
 
 def checkpoints_dir(run_dir: str | Path) -> Path:
@@ -201,7 +207,7 @@ def read_latest(run_dir: str | Path) -> dict[str, Any] | None:
         data = json.loads((ckpt_dir / LATEST_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or not _BUNDLE_RE.fullmatch(str(data.get("bundle", ""))):
+    if not isinstance(data, dict) or not BUNDLE_RE.fullmatch(str(data.get("bundle", ""))):
         return None
     if not (ckpt_dir / data["bundle"] / STATE_FILE).is_file():
         return None
@@ -224,12 +230,18 @@ def bundle_val_loss(state: dict[str, Any], step: int) -> float | None:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
+def list_bundles(run_dir: str | Path) -> list[CheckpointInfo]:
+    """The run's complete bundles (a readable state.json), oldest first; what a resume,
+    retention, the console and the exporter all count as a checkpoint."""
+    return _bundles(checkpoints_dir(run_dir))
+
+
 def _bundles(ckpt_dir: Path) -> list[CheckpointInfo]:
     out: list[CheckpointInfo] = []
     if not ckpt_dir.is_dir():
         return out
     for p in ckpt_dir.iterdir():
-        m = _BUNDLE_RE.fullmatch(p.name)
+        m = BUNDLE_RE.fullmatch(p.name)
         if not m or not p.is_dir():
             continue
         try:

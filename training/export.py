@@ -27,8 +27,14 @@ from typing import Any
 from training.errors import InputError
 from training.evaluation import EvaluationError, load_source
 from training.model_card import render_model_card
-from training.model_source import ModelSource, SourceError, resolve_source
-from training.run_store import Workspace, is_valid_run_id
+from training.model_source import (
+    ModelSource,
+    SourceError,
+    resolve_run_source,
+    resolve_source,
+    run_workspace_root,
+)
+from training.run_store import RunPaths, Workspace, is_valid_run_id
 
 FORMATS = ("model", "adapter")
 Progress = Callable[[str], None]
@@ -76,12 +82,12 @@ def check_destination(
             f"{workspace.exports_dir} or a folder of your own",
             "dest",
         )
-    for folder in (source.model, source.adapter_path):
+    for folder in (source.model, source.adapter_path, source.run_dir):
         if folder is None:
             continue
         folder = folder.resolve()
         if dest == folder or folder in dest.parents or dest in folder.parents:
-            raise ExportError(f"{dest} overlaps the model being exported ({folder})", "dest")
+            raise ExportError(f"{dest} overlaps the run or model being exported ({folder})", "dest")
     if dest.exists() or dest.is_symlink():
         if not dest.is_dir():
             raise ExportError(f"{dest} exists and is not a folder", "dest")
@@ -195,6 +201,27 @@ def export_run(
     return export_source(source, target, fmt, workspace, overwrite=overwrite, progress=progress)
 
 
+def _run_and_workspace(run: str, workspace: str | None) -> tuple[RunPaths, Workspace]:
+    """--run names a run folder anywhere (RunPaths), or a run_id in the workspace. The
+    workspace only decides the default destination: --workspace, else the one a
+    <workspace>/runs/<run_id> folder sits in, else $MLX_CPT_HOME or the per-user one."""
+    folder = Path(run).expanduser()
+    if folder.is_dir() and (folder / "config.yaml").is_file():
+        paths = RunPaths(folder.resolve())
+        if workspace:
+            return paths, Workspace(Path(workspace))
+        if paths.root.parent.name == "runs":
+            return paths, Workspace(run_workspace_root(paths))
+        return paths, Workspace.default()
+    ws = Workspace(Path(workspace)) if workspace else Workspace.default()
+    if not is_valid_run_id(run) or not ws.run(run).root.is_dir():
+        raise ExportError(
+            f"no run {run!r}: give a run folder (with config.yaml) or a run_id in {ws.runs_dir}",
+            "run",
+        )
+    return ws.run(run), ws
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training.export",
@@ -214,25 +241,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # base models are local folders
 
-    run_dir = Path(args.run).expanduser()
-    if run_dir.is_dir() and (run_dir / "config.yaml").is_file():
-        # A run folder: its workspace is two levels up (<workspace>/runs/<run_id>).
-        workspace = Workspace(run_dir.resolve().parent.parent)
-        run_id = run_dir.resolve().name
-    else:
-        workspace = Workspace(Path(args.workspace)) if args.workspace else Workspace.default()
-        run_id = args.run
-    if args.workspace and run_dir.is_dir():
-        workspace = Workspace(Path(args.workspace))
     try:
-        if not is_valid_run_id(run_id):
-            raise ExportError(f"no run {args.run!r}: give a run_id or a run folder", "run")
-        result = export_run(
+        run, workspace = _run_and_workspace(args.run, args.workspace)
+        source = resolve_run_source(
+            run, args.checkpoint, Path(args.workspace) if args.workspace else None
+        )
+        dest = Path(args.out) if args.out else default_destination(workspace, source, args.format)
+        result = export_source(
+            source,
+            dest,
+            args.format,
             workspace,
-            run_id,
-            args.checkpoint,
-            fmt=args.format,
-            dest=Path(args.out) if args.out else None,
             overwrite=args.overwrite,
             progress=lambda message: print(f"{message}...", file=sys.stderr),
         )

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from training.model_source import ModelSource
-from training.run_store import Workspace
+from training.run_store import RunPaths, Workspace
 from training.run_summary import final_losses
 
 DATA_KEYS = (
@@ -66,7 +66,13 @@ def _usage(source: ModelSource, fmt: str) -> str:
 
 
 def render_model_card(source: ModelSource, fmt: str, workspace: Workspace) -> str:
-    run = workspace.run(source.run_id) if source.run_id else None
+    run = (
+        RunPaths(source.run_dir)
+        if source.run_dir is not None
+        else workspace.run(source.run_id)
+        if source.run_id
+        else None
+    )
     summary = final_losses(run) if run else {"train": None, "eval": None, "run_start": None}
     start = summary["run_start"] or {}
     front = {

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from training.checkpoints import bundle_name, bundle_step, list_bundles, read_latest
 from training.config import ConfigError, read_yaml
 from training.errors import InputError
 from training.run_store import RunPaths, Workspace, is_valid_run_id
 
-CHECKPOINT_RE = re.compile(r"step-(\d+)")
+# What a person may type for a checkpoint: step-5 or step-00000005 (or just 5).
+_STEP_RE = re.compile(r"step-(\d+)")
 # The names a person or the API may use besides a checkpoint folder name.
 BASE, FINAL, LATEST = "base", "final", "latest"
 ADAPTER_FILES = ("adapter_config.json", "adapters.safetensors")
@@ -41,6 +43,7 @@ class ModelSource:
     run_id: str | None = None
     checkpoint: str | None = None  # base, final or step-XXXXXXXX; None for a plain folder
     fine_tune_type: str | None = None
+    run_dir: Path | None = None  # the run folder (any folder, not only <workspace>/runs/<id>)
 
     @property
     def lora(self) -> bool:
@@ -57,8 +60,7 @@ class ModelSource:
 
     @property
     def step(self) -> int | None:
-        m = CHECKPOINT_RE.fullmatch(self.checkpoint or "")
-        return int(m.group(1)) if m else None
+        return bundle_step(self.checkpoint or "")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,6 +71,7 @@ class ModelSource:
             "checkpoint": self.checkpoint,
             "step": self.step,
             "fine_tune_type": self.fine_tune_type,
+            "run_dir": str(self.run_dir) if self.run_dir else None,
         }
 
     @classmethod
@@ -87,6 +90,7 @@ class ModelSource:
             run_id=data.get("run_id"),
             checkpoint=data.get("checkpoint"),
             fine_tune_type=data.get("fine_tune_type"),
+            run_dir=path("run_dir"),
         )
 
 
@@ -95,10 +99,11 @@ def normalize_checkpoint(checkpoint: str | int | None) -> str:
     if checkpoint is None or checkpoint == "":
         return FINAL
     text = str(checkpoint).strip()
-    if text in (BASE, FINAL, LATEST) or CHECKPOINT_RE.fullmatch(text):
+    if text in (BASE, FINAL, LATEST):
         return text
-    if text.isdigit():
-        return f"step-{int(text):08d}"
+    m = _STEP_RE.fullmatch(text)
+    if m or text.isdigit():
+        return bundle_name(int(m.group(1) if m else text))
     raise SourceError(
         f"unknown checkpoint {text!r}; use base, final, latest, a step number or step-XXXXXXXX",
         "checkpoint",
@@ -115,9 +120,16 @@ def resolve_run_path(value: str, workspace: Path) -> Path:
     return in_workspace if in_workspace.exists() else p.resolve()
 
 
+def run_workspace_root(run: RunPaths) -> Path:
+    """The workspace a <workspace>/runs/<run_id> folder sits in; for a run folder anywhere
+    else, the folder that holds it (relative paths in its config are tried there)."""
+    root = run.root.resolve()
+    return root.parent.parent if root.parent.name == "runs" else root.parent
+
+
 def run_config(run: RunPaths) -> dict[str, Any]:
     if not run.root.is_dir():
-        raise SourceError(f"no run {run.run_id!r} in the workspace", "run_id")
+        raise SourceError(f"no run {run.run_id!r} at {run.root}", "run_id")
     try:
         return read_yaml(run.config)
     except ConfigError as exc:
@@ -139,33 +151,16 @@ def base_model_dir(run: RunPaths, workspace: Path) -> Path:
 
 
 def list_checkpoints(run: RunPaths) -> list[str]:
-    """Complete checkpoint bundles, oldest first. As for the console's checkpoint list, a
-    bundle is complete when it has its state.json (temporary folders never match)."""
-    if not run.checkpoints.is_dir():
-        return []
-    names = [
-        p.name
-        for p in run.checkpoints.iterdir()
-        if CHECKPOINT_RE.fullmatch(p.name) and (p / "state.json").is_file()
-    ]
-    return sorted(names, key=lambda n: int(n.split("-")[1]))
+    """Complete checkpoint bundles, oldest first: exactly the ones training.checkpoints
+    lists for the console and resumes from."""
+    return [b.name for b in list_bundles(run.root)]
 
 
 def latest_checkpoint(run: RunPaths) -> str | None:
-    try:
-        pointer = json.loads(run.latest.read_text())
-    except (OSError, ValueError):
-        pointer = {}
-    # latest.json may name the bundle by path, folder name or step.
-    for key in ("bundle", "checkpoint", "name", "path"):
-        value = pointer.get(key) if isinstance(pointer, dict) else None
-        if isinstance(value, str) and CHECKPOINT_RE.fullmatch(Path(value).name):
-            return Path(value).name
-    step = pointer.get("step") if isinstance(pointer, dict) else None
-    if isinstance(step, int):
-        return f"step-{step:08d}"
-    names = list_checkpoints(run)
-    return names[-1] if names else None
+    """The bundle checkpoints/latest.json points at, when it is complete (the contract:
+    no pointer, no latest; the newest folder is not guessed)."""
+    latest = read_latest(run.root)
+    return str(latest["bundle"]) if latest else None
 
 
 def _has_weights(folder: Path) -> bool:
@@ -194,11 +189,20 @@ def resolve_source(workspace: Workspace, run_id: str, checkpoint: str | int | No
     """The model of `run_id` at `checkpoint` (base, final, latest, step)."""
     if not is_valid_run_id(run_id):
         raise SourceError(f"invalid run_id {run_id!r}", "run_id")
-    run = workspace.run(run_id)
+    return resolve_run_source(workspace.run(run_id), checkpoint, workspace.root)
+
+
+def resolve_run_source(
+    run: RunPaths, checkpoint: str | int | None, workspace: Path | None = None
+) -> ModelSource:
+    """The model of the run in folder `run` (anywhere) at `checkpoint`; relative paths in
+    its config resolve against `workspace` (default: the run's own, run_workspace_root)."""
+    run_id = run.run_id
     name = normalize_checkpoint(checkpoint)
     config = run_config(run)
     fine_tune_type = config.get("fine_tune_type") or "full"
-    base = base_model_dir(run, workspace.root)
+    base = base_model_dir(run, workspace if workspace is not None else run_workspace_root(run))
+    run_dir = run.root.resolve()
     if name == BASE:
         return ModelSource(
             model=base,
@@ -206,25 +210,24 @@ def resolve_source(workspace: Workspace, run_id: str, checkpoint: str | int | No
             run_id=run_id,
             checkpoint=BASE,
             fine_tune_type=fine_tune_type,
+            run_dir=run_dir,
         )
     if name == LATEST:
         latest = latest_checkpoint(run)
         if latest is None:
             raise SourceError(f"run {run_id} has no checkpoint yet", "checkpoint")
         name = latest
-    if name != FINAL:
-        # Match by step number, whatever the zero padding of the folder name.
-        wanted = int(name.split("-")[1])
-        name = next((n for n in list_checkpoints(run) if int(n.split("-")[1]) == wanted), name)
-    folder = run.final if name == FINAL else run.checkpoints / name
-    if not folder.is_dir() or (name != FINAL and not (folder / "state.json").is_file()):
-        known = ", ".join([BASE] + list_checkpoints(run) + ([FINAL] if run.final.is_dir() else []))
+    complete = list_checkpoints(run)
+    if (name == FINAL and not run.final.is_dir()) or (name != FINAL and name not in complete):
+        known = ", ".join([BASE] + complete + ([FINAL] if run.final.is_dir() else []))
         raise SourceError(
             f"run {run_id} has no checkpoint {name!r}; choose one of: {known}", "checkpoint"
         )
-    return bundle_source(
+    folder = run.final if name == FINAL else run.checkpoints / name
+    source = bundle_source(
         folder, base, run_id=run_id, checkpoint=name, fine_tune_type=fine_tune_type
     )
+    return replace(source, run_dir=run_dir)
 
 
 def folder_source(path: str | Path) -> ModelSource:

@@ -45,3 +45,15 @@ def test_formatting() -> None:
     assert human(999) == "999" and human(1500) == "1.5k" and human(2.5e6) == "2.5M"
     assert duration(5) == "5s" and duration(125) == "2m05s" and duration(7300) == "2h01m"
     assert duration(None) == "?"
+
+
+def test_eta_counts_training_from_begin_not_the_setup_before_it(monkeypatch) -> None:
+    import training.progress as progress_module
+
+    now = [1000.0]
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: now[0])
+    p = Progress(total_steps=0, stream=io.StringIO(), tty=False)
+    now[0] += 300.0  # loading the model and tokenizing
+    p.begin(total_steps=110, start_step=10)  # a resume at step 10
+    now[0] += 20.0
+    assert p.eta_seconds(20) == 180.0  # 2 s per step, 90 steps to go

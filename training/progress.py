@@ -50,8 +50,15 @@ class Progress:
         self.last_loss: float | None = None
         self.tokens_per_second = 0.0
 
+    def begin(self, total_steps: int, start_step: int = 0) -> None:
+        """Training starts now (at `start_step` of a resume): the ETA's pace counts from
+        here, not from the model load and tokenization before it."""
+        self.total_steps, self.start_step = total_steps, start_step
+        self._start = time.perf_counter()
+
     def eta_seconds(self, step: int) -> float | None:
-        """Remaining wall time at this process's average pace (evaluations included)."""
+        """Remaining wall time at this session's average pace since begin() (evaluations
+        included)."""
         done = step - self.start_step
         if done <= 0:
             return None

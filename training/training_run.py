@@ -165,7 +165,7 @@ def _train(
         elapsed_before = float(saved.get("elapsed_seconds") or 0.0)
     trainable, total = parameter_counts(model)
 
-    progress.total_steps, progress.start_step = total_steps, state.step
+    progress.begin(total_steps, state.step)
     base_model = str(config.model)
     logger.emit(
         RUN_START,

@@ -147,3 +147,22 @@ def test_concurrent_identical_starts_over_http(server):
         r.json()["error"] and r.json()["field"] is None for r in responses if r.status_code == 409
     )
     stop_run(server, run_id)
+
+
+def test_a_huge_seq_is_refused_and_one_bad_line_breaks_nothing(server):
+    run_id = "20260303-000000-bigseq"
+    row = {"v": 1, "event": "train", "time": 1.0, "step": 1, "train_loss": 2.0}
+    first = server.post(f"/api/callbacks/{run_id}", {"events": [{**row, "seq": 1}]})
+    assert first.status_code == 200, first.text
+    for seq in (2**53, 2**63):
+        bad = server.post(f"/api/callbacks/{run_id}", {"events": [{**row, "seq": seq}]})
+        assert bad.status_code == 400 and bad.json()["field"] == "events", bad.text
+    # A line no index can hold (written by a trainer, not through the API) is a malformed
+    # line: the run, its history and the runs list all still read.
+    with (server.workspace / "runs" / run_id / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({**row, "seq": 2**63}) + "\n" + json.dumps({**row, "seq": 2}) + "\n")
+    assert server.get("/api/runs").status_code == 200
+    assert server.get("/api/runs/summary").status_code == 200
+    history = server.get(f"/api/runs/{run_id}/metrics").json()
+    assert [r["seq"] for r in history["rows"]] == [1, 2] and history["malformed"] == 1
+    assert server.run(run_id)["last_seq"] == 2

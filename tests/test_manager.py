@@ -3,6 +3,7 @@ their reasons, resume, delete, concurrency, the queue, PID-reuse safety, keep-aw
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -325,3 +326,52 @@ def test_adopting_a_live_trainer_after_a_console_restart(workspace):
     # The first manager (its parent) reaps it; the second only watched it end.
     wait_until(lambda: not psutil.pid_exists(pid), message="the adopted trainer to be reaped")
     assert second.active_run_ids() == []
+
+
+def _finished_run(store, run_id, train_rows=300):
+    from training.run_store import RunRecord
+
+    paths = store.create_run(RunRecord(run_id, run_id, 1.0, state="starting"), "iters: 50\n")
+    rows = [{"seq": 1, "event": "run_start", "step": 0, "time": 1.0, "total_steps": 40}]
+    rows.append({"seq": 2, "event": "status", "step": 0, "time": 1.0, "state": "running"})
+    rows += [
+        {"seq": i, "event": "train", "step": i, "time": 1.0 * i, "train_loss": 1.0 / i}
+        for i in range(3, 3 + train_rows)
+    ]
+    end = 3 + train_rows
+    rows.append({"seq": end, "event": "status", "step": end, "time": 9.0, "state": "finished"})
+    paths.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return paths
+
+
+def test_listing_runs_builds_no_metrics_index(manager):
+    """The runs list reads the tail of each metrics file (cached by its size), never a full
+    index: with more runs than the index cache holds, listing used to rebuild them all."""
+    ids = [f"20260101-0000{i:02d}-aaaaaa" for i in range(40)]
+    for run_id in ids:
+        _finished_run(manager.store, run_id)
+    runs = manager.list_runs()
+    assert [r["run_id"] for r in runs] == sorted(ids, reverse=True)
+    assert {(r["state"], r["step"], r["total_steps"], r["last_seq"]) for r in runs} == {
+        ("finished", 302, 40, 303)
+    }
+    assert len(manager.store.metrics_cache._runs) == 0
+    detail = manager.describe(ids[0])  # the run page's view: the same figures
+    assert {k: detail[k] for k in runs[0]} == runs[-1] | {"run_id": ids[0], "name": ids[0]}
+
+
+def test_one_unreadable_run_does_not_break_the_list(manager, monkeypatch):
+    good, bad = "20260101-000001-aaaaaa", "20260101-000002-aaaaaa"
+    _finished_run(manager.store, good)
+    _finished_run(manager.store, bad)
+    real = manager.store.summary
+
+    def summary(run_id):
+        if run_id == bad:
+            raise OSError(5, "Input/output error")
+        return real(run_id)
+
+    monkeypatch.setattr(manager.store, "summary", summary)
+    runs = {r["run_id"]: r for r in manager.list_runs()}
+    assert runs[good]["state"] == "finished"
+    assert runs[bad]["state"] == "unreadable" and "Input/output error" in runs[bad]["reason"]

@@ -25,12 +25,7 @@ from training.config import ConfigError, FieldError, build_config
 from training.detection import Detection, detect_run, log_detection, verify_process
 from training.errors import ConfirmRequired, RunConflict
 from training.remote_runs import append_remote_events, check_events
-from training.run_description import (
-    current_status,
-    describe_run,
-    recorded_trainer_alive,
-    tail_status,
-)
+from training.run_description import current_status, describe_run, recorded_trainer_alive
 from training.run_queue import QueueError, RunQueue
 from training.run_store import (
     ACTIVE_STATES,
@@ -85,6 +80,7 @@ class TrainingManager:
         self._active: dict[str, TrainerProcess] = {}
         self._listeners: list[Callable[[str], None]] = []
         self._queued_orphans_checked = False
+        self._unreadable_logged: dict[str, str] = {}
 
     # -- observers --
 
@@ -113,7 +109,8 @@ class TrainingManager:
                 paths = self.store.paths(run_id)
                 record = self.store.read_record(run_id)
                 # The file's tail holds any final status: no full index at start-up.
-                detection = detect_run(record, paths, tail_status(record, paths))
+                status = current_status(self.store.summary(run_id), record)
+                detection = detect_run(record, paths, status)
             except (RunNotFound, OSError) as exc:
                 log.info("run %s: skipped (%s)", run_id, exc)
                 continue
@@ -176,18 +173,20 @@ class TrainingManager:
     def state(self, run_id: str) -> tuple[str, str]:
         record = self.store.read_record(run_id)
         paths = self.store.paths(run_id)
-        status = current_status(self.store, record)
-        metrics = self.store.metrics(run_id)
+        summary = self.store.summary(run_id)  # the file's tail: no index
+        status = current_status(summary, record)
         return derive_state(
-            record, status, self._alive(record, paths, status), last_event_time=metrics.last_time
+            record, status, self._alive(record, paths, status), last_event_time=summary.last_time
         )
 
     def describe(self, run_id: str, *, detail: bool = True) -> dict[str, Any]:
-        """The run record with its derived state, progress and last metrics."""
+        """The run record with its derived state, progress and last metrics. The runs
+        list's view (detail=False) reads only the tail of metrics.jsonl; the run page's
+        (detail) uses the run's index, which it needs for its charts anyway."""
         record = self.store.read_record(run_id)
         paths = self.store.paths(run_id)
-        metrics = self.store.metrics(run_id)
-        status = current_status(self.store, record)
+        metrics = self.store.metrics(run_id) if detail else self.store.summary(run_id)
+        status = current_status(metrics, record)
         alive = self._alive(record, paths, status)
         with self._lock:
             position = self.queue.order.index(run_id) if run_id in self.queue else None
@@ -212,7 +211,17 @@ class TrainingManager:
                 runs.append(self.describe(run_id, detail=detail))
             except RunNotFound:
                 continue  # deleted while listing
+            except Exception as exc:  # noqa: BLE001 - one bad run must not hide the others
+                runs.append(self._unreadable(run_id, exc))
         return runs
+
+    def _unreadable(self, run_id: str, exc: Exception) -> dict[str, Any]:
+        """A run whose files cannot be read, flagged in the list (logged once per reason)."""
+        reason = f"cannot read this run's files: {type(exc).__name__}: {exc}"
+        if self._unreadable_logged.get(run_id) != reason:
+            self._unreadable_logged[run_id] = reason
+            log.warning("run %s: %s", run_id, reason, exc_info=exc)
+        return {"run_id": run_id, "name": run_id, "state": "unreadable", "reason": reason}
 
     def active_run_ids(self) -> list[str]:
         with self._lock:
@@ -333,7 +342,7 @@ class TrainingManager:
         record.state, record.started, record.exit = "starting", now, None
         record.pid = record.pid_create_time = record.cmdline = None
         record.stop_requested = False
-        record.start_seq = self.store.metrics(run_id).last_seq
+        record.start_seq = self.store.summary(run_id).last_seq
         self.store.write_record(record)
         argv = self.trainer_argv(paths, resume)
         try:

@@ -9,7 +9,9 @@ history request is a numpy selection plus a few thousand small reads.
 from __future__ import annotations
 
 import bisect
+import os
 import threading
+import weakref
 from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -31,6 +33,8 @@ EVENT_CODES: dict[str, int] = {
 }
 # The key each event kind is charted by: its min/max envelope survives downsampling.
 ENVELOPE_KEYS: dict[int, str] = {1: "train_loss", 2: "val_loss"}
+# seq is stored as a signed 64-bit integer; a line with a larger one is malformed.
+MAX_INDEX_SEQ = 2**63 - 1
 
 
 class _Fields(msgspec.Struct):
@@ -72,6 +76,9 @@ class RunMetrics:
         self.path = Path(path)
         self._lock = threading.RLock()
         self._tailer = JsonlTailer(self.path)
+        # Closed when the index is closed, or when nobody holds it any more: the cache
+        # forgets an index on eviction but never closes it under a reader.
+        self._finalizer = weakref.finalize(self, self._tailer.close)
         self.malformed = 0
         self._clear()
 
@@ -131,17 +138,40 @@ class RunMetrics:
             (r.train_loss if c == 1 else r.val_loss if c == 2 else None)
             for r, c in zip(rows, codes, strict=True)
         ]
+        try:
+            # Every column is built before any is extended: a value that does not fit (a
+            # seq beyond 64 bits, a step beyond a double) leaves the index as it was.
+            columns = (
+                array("q", offsets),
+                array("q", lengths),
+                array("q", seqs),  # type: ignore[type-var]
+                array("b", codes),
+                array("d", [nan if r.step is None else float(r.step) for r in rows]),
+                array("d", [nan if v is None else v for v in values]),
+                array("d", [nan if r.time is None else r.time for r in rows]),
+            )
+        except (OverflowError, TypeError):
+            return False
         base = len(self._seqs)
-        self._offsets.extend(offsets)
-        self._lengths.extend(lengths)
-        self._seqs.extend(seqs)  # type: ignore[arg-type]
-        self._codes.extend(codes)
-        self._steps.extend([nan if r.step is None else float(r.step) for r in rows])
-        self._values.extend([nan if v is None else v for v in values])
-        self._times.extend([nan if r.time is None else r.time for r in rows])
+        self._extend(columns)
         for i, code in enumerate(codes):
             self._last[code] = base + i  # the last wins
         return True
+
+    def _extend(self, columns: tuple[array[Any], ...]) -> None:
+        for column, values in zip(self._columns(), columns, strict=True):
+            column.extend(values)
+
+    def _columns(self) -> tuple[array[Any], ...]:
+        return (
+            self._offsets,
+            self._lengths,
+            self._seqs,
+            self._codes,
+            self._steps,
+            self._values,
+            self._times,
+        )
 
     def _index_lines(self, start: int, lines: list[bytes]) -> int:
         """Line by line: malformed lines counted, replayed seqs skipped."""
@@ -153,13 +183,17 @@ class RunMetrics:
             except (msgspec.DecodeError, msgspec.ValidationError):
                 parsed.append(_index_fields(line) if line.strip() else None)
         last_seq = self._seqs[-1] if self._seqs else 0
-        offsets: list[int] = []
-        lengths: list[int] = []
-        seqs: list[int] = []
-        codes: list[int] = []
-        steps: list[float] = []
-        values: list[float] = []
-        times: list[float] = []
+        columns = (
+            array("q"),
+            array("q"),
+            array("q"),
+            array("b"),
+            array("d"),
+            array("d"),
+            array("d"),
+        )
+        offsets, lengths, seqs, codes, steps, values, times = columns
+        last: dict[int, int] = {}
         nan = float("nan")
         pos = start
         for line, row in zip(lines, parsed, strict=True):
@@ -170,29 +204,33 @@ class RunMetrics:
                     self.malformed += 1
                 continue
             seq = row.seq
-            if type(seq) is not int:
+            if type(seq) is not int or not 0 < seq <= MAX_INDEX_SEQ:
                 self.malformed += 1
                 continue
             if seq <= last_seq:
                 continue  # already indexed: a replayed line
-            last_seq = seq
             code = EVENT_CODES.get(row.event, 0)
             value = row.train_loss if code == 1 else row.val_loss if code == 2 else None
+            try:
+                numbers = (
+                    _number(row.step),
+                    nan if value is None else float(value),
+                    nan if row.time is None else float(row.time),
+                )
+            except (OverflowError, TypeError, ValueError):
+                self.malformed += 1  # a number no double holds
+                continue
+            last_seq = seq
             offsets.append(offset)
             lengths.append(length)
             seqs.append(seq)
             codes.append(code)
-            steps.append(_number(row.step))
-            values.append(nan if value is None else value)
-            times.append(nan if row.time is None else row.time)
-            self._last[code] = len(self._seqs) + len(seqs) - 1
-        self._offsets.extend(offsets)
-        self._lengths.extend(lengths)
-        self._seqs.extend(seqs)
-        self._codes.extend(codes)
-        self._steps.extend(steps)
-        self._values.extend(values)
-        self._times.extend(times)
+            steps.append(numbers[0])
+            values.append(numbers[1])
+            times.append(numbers[2])
+            last[code] = len(self._seqs) + len(seqs) - 1
+        self._extend(columns)
+        self._last.update(last)
         return len(seqs)
 
     def _read_rows(self, indices: Sequence[int]) -> list[dict[str, Any]]:
@@ -279,38 +317,197 @@ class RunMetrics:
 
     def close(self) -> None:
         with self._lock:
-            self._tailer.close()
+            self._finalizer()
 
 
 class MetricsCache:
-    """RunMetrics per run, least recently used dropped beyond `capacity` runs."""
+    """RunMetrics per run, the least recently used forgotten beyond `capacity` runs.
+
+    Forgotten, not closed: a thread still holding an index (a join, a history request, a
+    followed run's pump) keeps reading it, and asking for its file again brings back that
+    same index rather than building a second one. An index nobody holds is closed by the
+    garbage collector."""
 
     def __init__(self, capacity: int = 16):
         self.capacity = capacity
         self._lock = threading.Lock()
         self._runs: OrderedDict[Path, RunMetrics] = OrderedDict()
+        self._evicted: weakref.WeakValueDictionary[Path, RunMetrics] = weakref.WeakValueDictionary()
 
     def get(self, path: Path) -> RunMetrics:
         """The index for a metrics file, refreshed to the current end of the file."""
         with self._lock:
             metrics = self._runs.get(path)
             if metrics is None:
-                metrics = self._runs[path] = RunMetrics(path)
+                metrics = self._evicted.pop(path, None) or RunMetrics(path)
+                self._runs[path] = metrics
             self._runs.move_to_end(path)
             while len(self._runs) > self.capacity:
-                _, old = self._runs.popitem(last=False)
-                old.close()
+                old_path, old = self._runs.popitem(last=False)
+                self._evicted[old_path] = old
         metrics.refresh()
         return metrics
 
     def drop(self, path: Path) -> None:
+        """Forget a file's index (its run was deleted); holders keep what they have."""
         with self._lock:
-            metrics = self._runs.pop(path, None)
-        if metrics is not None:
-            metrics.close()
+            self._runs.pop(path, None)
+            self._evicted.pop(path, None)
 
     def close(self) -> None:
+        """The console is exiting: close every index."""
         with self._lock:
-            runs, self._runs = list(self._runs.values()), OrderedDict()
+            runs = [*self._runs.values(), *self._evicted.values()]
+            self._runs = OrderedDict()
+            self._evicted = weakref.WeakValueDictionary()
         for metrics in runs:
             metrics.close()
+
+
+# -- the runs list's view: the newest row of each kind, from the file's tail ----------------
+
+SUMMARY_KINDS = ("train", "eval", "status", "run_start")
+_HEAD_BYTES = 64
+
+
+class MetricsSummary:
+    """The newest row of each kind (train, eval, status, run_start), last_seq and
+    last_time of one metrics.jsonl: what the runs list shows, without an index.
+
+    The first refresh reads the file backwards from its end, a block at a time, only until
+    every kind was found (bytes.rfind, so a million train rows cost a few milliseconds
+    when the run_start is far back); later refreshes read only the appended bytes, and an
+    unchanged file costs one stat. A truncated or replaced file is read afresh. Same
+    `last()`/`last_seq`/`last_time` as RunMetrics (`malformed` is not counted here)."""
+
+    malformed = 0
+
+    def __init__(
+        self, path: str | Path, block_size: int = 1 << 20, scan_limit: int = 1 << 30
+    ) -> None:
+        self.path = Path(path)
+        self.block_size = block_size
+        self.scan_limit = scan_limit  # bytes read backwards at most, for a kind never found
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._ident: tuple[int, int] | None = None
+        self._head = b""
+        self._end = 0  # just past the last complete line read
+        self._last: dict[str, dict[str, Any]] = {}
+        self._seq = 0
+        self._time: float | None = None
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    @property
+    def last_time(self) -> float | None:
+        return self._time
+
+    def last(self, event: str) -> dict[str, Any] | None:
+        return self._last.get(event)
+
+    def refresh(self) -> None:
+        with self._lock:
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                self._reset()
+                return
+            try:
+                st = os.fstat(fd)
+                ident = (st.st_dev, st.st_ino)
+                rewritten = (
+                    ident != self._ident
+                    or st.st_size < self._end
+                    or (self._head and os.pread(fd, len(self._head), 0) != self._head)
+                )
+                if rewritten or st.st_size - self._end > self.scan_limit:
+                    self._reset()
+                    self._ident = ident
+                    self._scan_back(fd, st.st_size)
+                elif st.st_size > self._end:
+                    self._read_forward(fd, st.st_size)
+                if not self._head and self._end:
+                    self._head = os.pread(fd, min(_HEAD_BYTES, self._end), 0)
+            finally:
+                os.close(fd)
+
+    def _note(self, row: dict[str, Any], kind_only: bool = False) -> None:
+        kind = row.get("event")
+        if isinstance(kind, str) and kind in SUMMARY_KINDS:
+            self._last[kind] = row
+        if kind_only:
+            return
+        seq = row.get("seq")
+        if type(seq) is int:
+            self._seq = seq
+            when = row.get("time")
+            self._time = float(when) if isinstance(when, (int, float)) else None
+
+    def _read_forward(self, fd: int, size: int) -> None:
+        data = os.pread(fd, size - self._end, self._end)
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            return
+        for line in data[:cut].split(b"\n"):
+            row = decode_event(line) if line.strip() else None
+            if row is not None:
+                self._note(row)
+        self._end += cut + 1
+
+    def _scan_back(self, fd: int, size: int) -> None:
+        """From the end backwards: the last complete line with a seq, and the last line of
+        each kind."""
+        wanted = set(SUMMARY_KINDS)
+        seq_found = False
+        cut = size  # [start, cut) is the next region; cut is a line start (or the end)
+        first = True
+        while cut > 0 and (wanted or not seq_found) and size - cut <= self.scan_limit:
+            start = max(0, cut - self.block_size)
+            data = os.pread(fd, cut - start, start)
+            while start > 0 and b"\n" not in data:  # one line longer than a block
+                start = max(0, start - self.block_size)
+                data = os.pread(fd, cut - start, start)
+            skip = 0 if start == 0 else data.index(b"\n") + 1
+            region = data[skip:]
+            if first:
+                # Only whole lines count: a half-written last line is "not yet".
+                end = region.rfind(b"\n") + 1
+                self._end = start + skip + end
+                region = region[:end]
+                first = False
+            if not seq_found:
+                for line in reversed(region.split(b"\n")):
+                    row = decode_event(line) if line.strip() else None
+                    if row is not None and type(row.get("seq")) is int:
+                        self._note(row)
+                        seq_found = True
+                        break
+            for kind in list(wanted):
+                row = _last_line_of(region, kind)
+                if row is not None:
+                    if kind not in self._last:
+                        self._last[kind] = row
+                    wanted.discard(kind)
+            cut = start + skip
+
+
+def _last_line_of(region: bytes, kind: str) -> dict[str, Any] | None:
+    """The last line of a block of whole lines whose event is `kind` (found by its quoted
+    name, then decoded and checked)."""
+    token = b'"' + kind.encode() + b'"'
+    hi = len(region)
+    while True:
+        i = region.rfind(token, 0, hi)
+        if i < 0:
+            return None
+        start = region.rfind(b"\n", 0, i) + 1
+        end = region.find(b"\n", i)
+        row = decode_event(region[start : end if end >= 0 else len(region)])
+        if row is not None and row.get("event") == kind:
+            return row
+        hi = start

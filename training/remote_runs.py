@@ -16,14 +16,18 @@ from training.run_store import RunNotFound, RunRecord, RunStore, is_valid_run_id
 
 log = logging.getLogger(__name__)
 
+# Event seqs stay exact in every JSON reader (JavaScript's numbers included) and fit the
+# metrics index's 64-bit column.
+MAX_SEQ = 2**53
+
 
 def event_problem(event: Any) -> str | None:
     """What is wrong with one metrics event from a remote trainer, if anything."""
     if not isinstance(event, dict):
         return "must be a JSON object"
     seq = event.get("seq")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
-        return "needs `seq`, a whole number >= 1"
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq < MAX_SEQ:
+        return "needs `seq`, a whole number from 1 to 2**53 - 1"
     if not isinstance(event.get("event"), str) or not event["event"]:
         return "needs `event`, the event kind (train, eval, status, ...)"
     return None
@@ -59,4 +63,4 @@ def append_remote_events(store: RunStore, run_id: str, events: list[Any]) -> tup
         store.create_run(record, None)
         log.info("run %s: created for a remote trainer", run_id)
     accepted, duplicates = store.append_events(run_id, events)
-    return accepted, duplicates, store.metrics(run_id).last_seq
+    return accepted, duplicates, store.summary(run_id).last_seq

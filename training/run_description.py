@@ -18,27 +18,19 @@ from training.run_store import (
     RunStore,
     derive_state,
 )
-from training.tailer import tail_events
 
 if TYPE_CHECKING:
-    from training.metrics_store import RunMetrics
+    from training.metrics_store import MetricsSummary, RunMetrics
+
+    Metrics = RunMetrics | MetricsSummary
 
 
-def tail_status(record: RunRecord, paths: RunPaths) -> dict[str, Any] | None:
-    """The current attempt's last status event, read from the file's tail only (start-up
-    detection must not index a whole metrics file)."""
-    statuses = [
-        r
-        for r in tail_events(paths.metrics)
-        if r.get("event") == "status" and int(r.get("seq", 0)) > record.start_seq
-    ]
-    return statuses[-1] if statuses else None
-
-
-def current_status(store: RunStore, record: RunRecord) -> dict[str, Any] | None:
-    """The last status event of the current attempt (not of a run before a resume)."""
-    status = store.metrics(record.run_id).last("status")
-    if status is None or int(status.get("seq", 0)) <= record.start_seq:
+def current_status(metrics: Metrics, record: RunRecord) -> dict[str, Any] | None:
+    """The last status event of the current attempt (not of a run before a resume), from
+    the run's metrics index or its summary (the file's tail)."""
+    status = metrics.last("status")
+    seq = status.get("seq") if status else None
+    if status is None or not isinstance(seq, int) or seq <= record.start_seq:
         return None
     return status
 
@@ -55,7 +47,7 @@ def recorded_trainer_alive(record: RunRecord, paths: RunPaths, last_status: Any)
 def describe_run(
     store: RunStore,
     record: RunRecord,
-    metrics: RunMetrics,
+    metrics: Metrics,
     status: dict[str, Any] | None,
     *,
     alive: bool,

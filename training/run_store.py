@@ -14,6 +14,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from training.metrics_store import RunMetrics
+    from training.metrics_store import MetricsSummary, RunMetrics
 
 WORKSPACE_ENV = "MLX_CPT_HOME"
 APP_DIR_NAME = "mlx-cpt-console"
@@ -157,6 +158,7 @@ RUN_STATES: tuple[str, ...] = (
     *ACTIVE_STATES,
     *FINAL_STATES,
     "interrupted",
+    "unreadable",  # the runs list's flag for a run whose files cannot be read
 )
 RESUMABLE_STATES: tuple[str, ...] = ("stopped", "interrupted", "failed", "diverged")
 # Trainer exit codes (DESIGN.md): 0 done or stopped, 1 failed, 2 bad input, 3 diverged.
@@ -346,6 +348,8 @@ class RunStore:
 
         self.workspace = workspace
         self.metrics_cache = MetricsCache(metrics_capacity)
+        self._summaries: dict[Path, MetricsSummary] = {}
+        self._summaries_lock = threading.Lock()
         self._config_cache: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
 
     def paths(self, run_id: str) -> RunPaths:
@@ -397,6 +401,8 @@ class RunStore:
         """Remove a run folder: renamed away first, so a crash never leaves half a run."""
         paths = self.paths(run_id)
         self.metrics_cache.drop(paths.metrics)
+        with self._summaries_lock:
+            self._summaries.pop(paths.metrics, None)
         trash = Path(tempfile.mkdtemp(dir=self.workspace.runs_dir, prefix=f".deleted-{run_id}-"))
         os.rename(paths.root, trash / run_id)
         shutil.rmtree(trash, ignore_errors=True)
@@ -432,11 +438,23 @@ class RunStore:
         """The run's metrics index, refreshed to the end of metrics.jsonl."""
         return self.metrics_cache.get(self.paths(run_id).metrics)
 
+    def summary(self, run_id: str) -> MetricsSummary:
+        """The newest row of each kind and the last seq, from the tail of metrics.jsonl
+        (no index: what the runs list and derived states need)."""
+        from training.metrics_store import MetricsSummary
+
+        path = self.paths(run_id).metrics
+        with self._summaries_lock:
+            summary = self._summaries.get(path)
+            if summary is None:
+                summary = self._summaries[path] = MetricsSummary(path)
+        summary.refresh()
+        return summary
+
     def append_events(self, run_id: str, events: list[dict[str, Any]]) -> tuple[int, int]:
         """Append a remote trainer's events (seq above the file's last, in order) as one
         write. Returns (appended, skipped as already present)."""
-        metrics = self.metrics(run_id)
-        last = metrics.last_seq
+        last = self.summary(run_id).last_seq
         fresh: list[dict[str, Any]] = []
         for event in sorted(events, key=lambda e: e["seq"]):
             if event["seq"] > last:
@@ -446,7 +464,6 @@ class RunStore:
             blob = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in fresh)
             with self.paths(run_id).metrics.open("a", encoding="utf-8") as f:
                 f.write(blob)
-            metrics.refresh()
         return len(fresh), len(events) - len(fresh)
 
     def log_tail(self, run_id: str, lines: int = 100) -> list[str]:

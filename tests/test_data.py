@@ -24,6 +24,7 @@ from training.data import (
     scan_inputs,
     split_documents,
 )
+from training.errors import StopRequested
 from training.token_cache import (
     TokenizedCorpus,
     load_or_tokenize,
@@ -201,7 +202,7 @@ def test_large_corpus_prints_progress_and_can_be_stopped(
         scan_corpus([corpus]), tokenizer, fp, tmp_path / "c1", progress=lines.append
     )
     assert out.documents == 30 and any("tokenizing" in line and "ETA" in line for line in lines)
-    with pytest.raises(InterruptedError):
+    with pytest.raises(StopRequested):
         load_or_tokenize(
             scan_corpus([corpus]), tokenizer, fp, tmp_path / "c2", should_stop=lambda: True
         )

@@ -18,6 +18,11 @@ class InputError(ValueError):
         self.field = field if field is not None else self.default_field
 
 
+class StopRequested(Exception):
+    """A stop request (SIGTERM, SIGINT) honoured before training started: not an error.
+    The trainer's own control flow, distinct from the OS's InterruptedError (EINTR)."""
+
+
 class RunConflict(RuntimeError):
     """The request does not fit the run's state (HTTP 409)."""
 

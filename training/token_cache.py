@@ -4,7 +4,9 @@ The key hashes the tokenizer's files and the corpus's *document text* (not file 
 times), so later runs, resumes and other runs on the same text reuse the entry. An entry
 holds every document's tokens followed by EOS (`tokens.bin`, uint16 when the vocabulary
 fits, else uint32) and the document start offsets (`doc_offsets.npy`); it is written into a
-temporary folder and renamed, so a reader never sees a partial entry.
+temporary folder, fsynced (files and folder) and renamed, so a reader never sees a partial
+entry, even after a power loss. An entry whose files do not agree (tokens.bin shorter than
+its offsets say) is rebuilt; temporary folders of writers that died are swept.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -23,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from training.checkpoints import fsync_path
 from training.corpus import CorpusError, read_documents
+from training.errors import StopRequested
 
 CACHE_VERSION = 1
 TOKENS_FILE = "tokens.bin"
@@ -43,6 +48,8 @@ TOKENIZER_FILES = (
 _BATCH_CHARS = 4_000_000  # text per encode_batch call: big enough for Rust's threads
 _PROGRESS_MIN_CHARS = 20_000_000  # smaller corpora tokenize in a second or two: stay quiet
 _PROGRESS_EVERY_S = 2.0
+TMP_PREFIX = ".tmp-"
+_TMP_PID_RE = re.compile(r"\.tmp-.*-(\d+)")  # .tmp-<key>-<pid>, .tmp-bad-<key>-<pid>
 
 ProgressFn = Callable[[str], None]
 
@@ -108,11 +115,24 @@ def cache_key(scan: CorpusScan, tokenizer_fp: str) -> str:
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
+class BrokenEntry(ValueError):
+    """A cache entry whose files are missing, unreadable or disagree: rebuild it."""
+
+
 def open_entry(path: Path, key: str, hit: bool, seconds: float) -> TokenizedCorpus:
-    meta = json.loads((path / META_FILE).read_text())
-    offsets = np.load(path / OFFSETS_FILE)
+    """Memory-map an entry after checking that its files agree (BrokenEntry otherwise)."""
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+        offsets = np.load(path / OFFSETS_FILE)
+        dtype = np.dtype(meta["dtype"])
+        size = (path / TOKENS_FILE).stat().st_size
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BrokenEntry(f"{path}: {exc}") from None
+    if offsets.ndim != 1 or len(offsets) == 0 or offsets[0] != 0:
+        raise BrokenEntry(f"{path}/{OFFSETS_FILE} is not a list of document offsets")
     n = int(offsets[-1])
-    dtype = np.dtype(meta["dtype"])
+    if size != n * dtype.itemsize:
+        raise BrokenEntry(f"{path}/{TOKENS_FILE} holds {size} bytes, not {n} tokens")
     tokens = (
         np.memmap(path / TOKENS_FILE, dtype=dtype, mode="r", shape=(n,))
         if n
@@ -158,39 +178,79 @@ def load_or_tokenize(
     key = cache_key(scan, tokenizer_fp)
     path = cache_dir / key
     tic = time.perf_counter()
-    if (path / META_FILE).is_file():
-        return open_entry(path, key, True, time.perf_counter() - tic)
+    if path.exists():
+        try:
+            return open_entry(path, key, True, time.perf_counter() - tic)
+        except BrokenEntry as exc:
+            if progress is not None:
+                progress(f"token cache entry is damaged ({exc}); tokenizing {label} again")
+            _discard(path)
     eos = tokenizer.eos_token_id
     if eos is None:
         raise CorpusError("the model's tokenizer has no EOS token to separate documents")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f".tmp-{key}-{os.getpid()}"
+    sweep_stale(cache_dir)
+    tmp = cache_dir / f"{TMP_PREFIX}{key}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         dtype = _write_tokens(scan, tokenizer, eos, tmp, progress, should_stop, label)
-        (tmp / META_FILE).write_text(
-            json.dumps(
-                {
-                    "version": CACHE_VERSION,
-                    "dtype": np.dtype(dtype).name,
-                    "eos_token_id": int(eos),
-                    "documents": scan.documents,
-                    "chars": scan.chars,
-                    "files": [str(f) for f in scan.files[:100]],
-                    "created": time.time(),
-                },
-                indent=2,
-            )
+        meta_text = json.dumps(
+            {
+                "version": CACHE_VERSION,
+                "dtype": np.dtype(dtype).name,
+                "eos_token_id": int(eos),
+                "documents": scan.documents,
+                "chars": scan.chars,
+                "files": [str(f) for f in scan.files[:100]],
+                "created": time.time(),
+            },
+            indent=2,
         )
+        (tmp / META_FILE).write_text(meta_text)
+        for name in (TOKENS_FILE, OFFSETS_FILE, META_FILE):
+            fsync_path(tmp / name)
+        fsync_path(tmp)
         try:
             os.rename(tmp, path)
+            fsync_path(cache_dir)
         except OSError:  # another process finished the same entry first: use theirs
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return open_entry(path, key, False, time.perf_counter() - tic)
+
+
+def _discard(path: Path) -> None:
+    """Move a broken entry out of the way (one rename, so no reader sees it half-deleted)."""
+    doomed = path.with_name(f"{TMP_PREFIX}bad-{path.name}-{os.getpid()}")
+    try:
+        os.rename(path, doomed)
+    except OSError:
+        return  # another process moved or replaced it first
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def sweep_stale(cache_dir: Path) -> list[str]:
+    """Remove temporary folders whose writer (the pid in the name) is gone."""
+    removed = []
+    for p in cache_dir.iterdir() if cache_dir.is_dir() else ():
+        m = _TMP_PID_RE.fullmatch(p.name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
 
 
 def _write_tokens(
@@ -215,7 +275,7 @@ def _write_tokens(
     with (out / TOKENS_FILE).open("wb") as f:
         for texts in _batches(read_documents(scan.files)):
             if should_stop is not None and should_stop():
-                raise InterruptedError("stopped while tokenizing")
+                raise StopRequested(f"stopped while tokenizing the {label}")
             encoded = encode(texts)
             for ids in encoded:
                 if not ids or ids[-1] != eos:
@@ -238,8 +298,6 @@ def _write_tokens(
                     f"tokenizing {label}: {share:6.1%} of {scan.chars / 1e6:,.0f}M chars, "
                     f"{n_tokens / 1e6:,.1f}M tokens, {rate / 1e3:,.0f}k tok/s, ETA {eta:,.0f}s"
                 )
-        f.flush()
-        os.fsync(f.fileno())
     np.save(out / OFFSETS_FILE, np.asarray(offsets, dtype=np.int64))
     if loud and progress is not None:
         progress(

@@ -19,6 +19,7 @@ from training import checkpoints
 from training.blas import blas_in_use
 from training.data import build_run_data, fixed_batches, format_report, iterate_batches
 from training.data import plan_total_steps as plan_steps
+from training.errors import StopRequested
 from training.metrics_logger import (
     DIVERGED,
     FAILED,
@@ -109,7 +110,7 @@ def run(plan: Plan) -> int:
             logger.warning(0, "config", message)
             progress.line(f"warning: {message}")
         outcome = _train(plan, logger, progress, stop, state)
-    except InterruptedError:  # a stop request while tokenizing
+    except StopRequested:  # a stop request while tokenizing
         logger.status(state.step, STOPPED, "stopped before training started")
         return EXIT_OK
     except Exception as exc:

@@ -76,6 +76,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(runs.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(evaluation.bp)
+    # A run an evaluation job reads or writes is not deleted under it.
+    app.extensions["console"].manager.add_busy_check(
+        lambda run_id: evaluation.busy_reason(app, run_id)
+    )
 
     socketio.init_app(
         app,

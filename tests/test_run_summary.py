@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from tests.eval_fixtures import LORA_RUN_ID
 from training.run_store import Workspace
 from training.run_summary import append_evaluation, checkpoint_table, eval_losses, final_losses
@@ -58,3 +60,11 @@ def test_final_losses_for_the_model_card(lora_workspace: Workspace) -> None:
     assert summary["eval"]["step"] == 10 and "general" in summary["eval"]["losses"]
     assert summary["run_start"]["data"]["documents"] > 0
     json.dumps(summary)  # the card and the API serialise it
+
+
+def test_a_result_for_a_deleted_run_recreates_nothing(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    run = ws.run("20260101-000000-gone01")
+    with pytest.raises(FileNotFoundError):
+        append_evaluation(run, {"checkpoint": "final", "perplexity": 3.0})
+    assert not ws.runs_dir.exists()

@@ -261,3 +261,22 @@ def test_mutations_need_json_and_the_token(server: LiveServer) -> None:
     anonymous = server.post("/api/eval/generate", {"model": FINAL, "prompt": "x"}, auth=False)
     assert anonymous.status_code == 401
     assert server.get("/api/eval/models", auth=False).status_code == 401
+
+
+def test_a_run_under_evaluation_cannot_be_deleted(server: LiveServer) -> None:
+    copy_id = "20260101-000000-lora02"
+    shutil.copytree(server.workspace / "runs" / LORA_RUN_ID, server.workspace / "runs" / copy_id)
+    sio = server.socket()
+    events = Events(sio)
+    body = {"model": {"run_id": copy_id, "checkpoint": "final"}, "prompt": "x", "max_tokens": 4096}
+    job_id = sio.call("eval_generate", {**body, "temp": 1.0, "seed": 1}, timeout=30)["job_id"]
+    refused = server.delete(f"/api/runs/{copy_id}", {"confirm": True})
+    assert refused.status_code == 409 and "evaluation" in refused.json()["error"], refused.text
+    sio.call("eval_stop", {"job_id": job_id}, timeout=10)
+    events.wait_end(job_id)
+    wait_until(
+        lambda: server.delete(f"/api/runs/{copy_id}", {"confirm": True}).status_code == 200,
+        30,
+        message="the delete once the worker is gone",
+    )
+    assert not (server.workspace / "runs" / copy_id).exists()

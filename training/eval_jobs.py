@@ -150,6 +150,19 @@ class EvalJobs:
         with self._lock:
             return self._jobs.get(job_id)
 
+    def busy(self, run_id: str) -> EvalJob | None:
+        """A job whose worker is still alive and reads or writes this run (its model, a
+        compared model or the run its results are stored in)."""
+        for job in self.list_jobs():
+            if job.finished.is_set():
+                continue
+            models = [m for m in job.spec.get("models") or [] if isinstance(m, dict)]
+            if isinstance(job.spec.get("model"), dict):
+                models.append(job.spec["model"])
+            if run_id == job.spec.get("run_id") or any(m.get("run_id") == run_id for m in models):
+                return job
+        return None
+
     def list_jobs(self) -> list[EvalJob]:
         with self._lock:
             return sorted(self._jobs.values(), key=lambda j: j.started)

@@ -79,6 +79,8 @@ class TrainingManager:
         self._lock = threading.RLock()
         self._active: dict[str, TrainerProcess] = {}
         self._listeners: list[Callable[[str], None]] = []
+        # Other owners of a run's files (evaluation jobs): each says why a run is busy.
+        self._busy_checks: list[Callable[[str], str | None]] = []
         self._queued_orphans_checked = False
         self._unreadable_logged: dict[str, str] = {}
 
@@ -87,6 +89,11 @@ class TrainingManager:
     def add_listener(self, listener: Callable[[str], None]) -> None:
         """Called with a run_id whenever that run's state may have changed."""
         self._listeners.append(listener)
+
+    def add_busy_check(self, check: Callable[[str], str | None]) -> None:
+        """`check(run_id)` returns why the run is in use elsewhere (None when it is not):
+        a busy run is not deleted."""
+        self._busy_checks.append(check)
 
     def _notify(self, run_id: str) -> None:
         for listener in list(self._listeners):
@@ -467,6 +474,10 @@ class TrainingManager:
             state, _ = self.state(run_id)
             if state in ACTIVE_STATES or run_id in self.active_run_ids():
                 raise RunConflict(f"run {run_id} is {state}: stop it before deleting")
+            for check in self._busy_checks:
+                reason = check(run_id)
+                if reason:
+                    raise RunConflict(f"run {run_id} {reason}, then delete it")
             self.queue.remove(run_id)
             self.store.delete_run(run_id)
             log.info("run %s: deleted", run_id)

@@ -109,8 +109,10 @@ def read_evaluations(run: RunPaths) -> list[dict[str, Any]]:
 
 
 def append_evaluation(run: RunPaths, record: dict[str, Any]) -> None:
-    """One result per line, one write each: concurrent jobs never interleave a line."""
-    run.evaluations.mkdir(parents=True, exist_ok=True)
+    """One result per line, one write each: concurrent jobs never interleave a line. The
+    run folder must exist (FileNotFoundError otherwise): a result never recreates a run
+    deleted while it was measured."""
+    run.evaluations.mkdir(parents=False, exist_ok=True)
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
     fd = os.open(
         run.evaluations / "perplexity.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644

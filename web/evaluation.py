@@ -81,6 +81,15 @@ def shutdown(app: Flask) -> None:
         jobs.shutdown()
 
 
+def busy_reason(app: Flask, run_id: str) -> str | None:
+    """Why a run cannot be deleted now: an evaluation job is using it (TrainingManager's
+    busy check)."""
+    job = eval_jobs(app).busy(run_id)
+    if job is None:
+        return None
+    return f"is in use by a {job.kind} evaluation job ({job.job_id}): stop it or let it finish"
+
+
 def _context() -> EvalContext:
     c = console()
     return EvalContext(c.workspace, c.browse_roots)

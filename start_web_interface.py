@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from training.console_runtime import (
-    TOKEN_ENV,
     AlreadyRunning,
     acquire_lock,
     build_demo_async,
@@ -31,6 +30,7 @@ from training.console_runtime import (
     running_console,
     write_console_json,
 )
+from training.run_store import TOKEN_ENV
 
 DEFAULT_PORT = 5055  # not 5000: macOS AirPlay holds it
 PORT_TRIES = 10

@@ -102,6 +102,7 @@ def test_perplexity_job_stores_its_result_in_the_run(
     from training import evaluation as ev
 
     run_dir = tmp_path / "run"
+    run_dir.mkdir()  # results go into an existing run folder (never recreate a deleted one)
     spec = {
         "model": _source(lora_workspace, "step-00000005"),
         "data": str(tiny_assets["general"]),

@@ -280,3 +280,23 @@ def test_a_run_under_evaluation_cannot_be_deleted(server: LiveServer) -> None:
         message="the delete once the worker is gone",
     )
     assert not (server.workspace / "runs" / copy_id).exists()
+
+
+def test_the_console_token_stays_out_of_evaluation_workers(server: LiveServer) -> None:
+    import psutil
+
+    sio = server.socket()
+    events = Events(sio)
+    body = {"model": FINAL, "prompt": "x", "max_tokens": 4096, "temp": 1.0, "seed": 2}
+    job_id = sio.call("eval_generate", body, timeout=30)["job_id"]
+    assert server.process is not None
+    console = psutil.Process(server.process.pid)
+    workers = wait_until(
+        lambda: [p for p in console.children() if "training.eval_worker" in " ".join(p.cmdline())],
+        30,
+        message="the worker process",
+    )
+    environ = workers[0].environ()
+    assert "MLX_CPT_TOKEN" not in environ and server.token not in str(environ)
+    sio.call("eval_stop", {"job_id": job_id}, timeout=10)
+    events.wait_end(job_id)

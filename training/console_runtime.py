@@ -18,9 +18,6 @@ import webbrowser
 from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-TOKEN_ENV = "MLX_CPT_TOKEN"
-
 # The command line's logger: these lines read as the console's own.
 log = logging.getLogger("console")
 
@@ -102,8 +99,9 @@ def build_demo_async(workspace: Path, console: Any) -> None:
         return
     log_path = workspace / "demo-build.log"
     argv = [sys.executable, "-m", "training.demo", "--workspace", str(workspace), "--size", "small"]
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    env.pop(TOKEN_ENV, None)
+    from training.trainer_process import child_env
+
+    env = child_env()
     log.info("demo: building the scratch model and corpus in the background (log: %s)", log_path)
 
     def run() -> None:

@@ -11,7 +11,6 @@ exit status and the tail of its stderr, so no job ever hangs in "running".
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import subprocess
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from training.blas import preload_command
+from training.trainer_process import child_env
 
 ROOT = Path(__file__).resolve().parent.parent
 # Late joiners (a page reload) get the job's events again; a generation is a few thousand.
@@ -109,7 +109,8 @@ class EvalJobs:
                 )
             job_id = secrets.token_hex(6)
             spec = {**spec, "kind": kind, "job_id": job_id}
-            env = dict(self.env if self.env is not None else os.environ)
+            # The console's environment minus its token (as for the trainer).
+            env = child_env(self.env)
             env.setdefault("HF_HUB_OFFLINE", "1")
             # argv holds no user input: the job goes in on stdin.
             argv = [self.python, "-m", "training.eval_worker"]

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from training.metrics_store import MetricsSummary, RunMetrics
 
 WORKSPACE_ENV = "MLX_CPT_HOME"
+# The console's access token: read by the console (and a reporting trainer), and never
+# passed on to the processes the console starts (training/trainer_process.child_env).
+TOKEN_ENV = "MLX_CPT_TOKEN"
 APP_DIR_NAME = "mlx-cpt-console"
 # run_ids become folder names and URL parts: keep them to a safe alphabet.
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")

@@ -14,7 +14,7 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +22,11 @@ from typing import Any
 import psutil
 
 from training.detection import verify_process
-from training.run_store import RunPaths, RunRecord, exit_reason
+from training.run_store import TOKEN_ENV, RunPaths, RunRecord, exit_reason
 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# Environment the trainer must not inherit: the console's token stays in the console.
-PRIVATE_ENV = ("MLX_CPT_TOKEN",)
 
 
 @dataclass(frozen=True)
@@ -138,8 +136,12 @@ def trainer_argv(python: str, module: str, paths: RunPaths, resume: bool) -> lis
     return argv + ["--resume"] if resume else argv
 
 
-def trainer_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of every process the console starts (trainer, evaluation worker,
+    demo build): the console's own (or `base`) without the console's token, with the
+    project on PYTHONPATH and unbuffered output."""
+    source = os.environ if base is None else base
+    env = {k: v for k, v in source.items() if k != TOKEN_ENV}
     root = str(PROJECT_ROOT)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
@@ -154,7 +156,7 @@ def spawn_trainer(
         popen = subprocess.Popen(
             argv,
             cwd=cwd,
-            env=trainer_env(),
+            env=child_env(),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -4,6 +4,7 @@ lose nothing and repeat nothing; status events become run_status."""
 from __future__ import annotations
 
 import json
+import weakref
 
 import pytest
 
@@ -152,3 +153,42 @@ def test_unknown_runs_and_deleted_runs(setup, tmp_path):
     b.describe = lambda run_id: (_ for _ in ()).throw(RunNotFound(run_id))
     b.run_changed(RUN_ID)
     assert rec.broadcasts[-1] == ("run_status", {"run_id": RUN_ID, "state": "deleted"})
+
+
+def test_a_follower_dropped_while_a_client_joins_is_not_orphaned(setup):
+    """The pump drops idle followers; one dropped between join() finding it and join()
+    locking it must not take the new client with it (its room would never get rows)."""
+    b, rec, append = setup
+    append(2)
+    real = b._follower
+    raced = []
+
+    def racing(run_id):
+        follower = real(run_id)
+        if not raced:
+            raced.append(run_id)
+            b.pump_once()  # finds the follower idle (no client yet) and drops it
+        return follower
+
+    b._follower = racing
+    join(b, rec, "a", 0)
+    append(3)
+    b.pump_once()
+    assert rec.seqs("a") == [1, 2, 3, 4, 5]
+
+
+def test_followed_runs_keep_their_index(setup, tmp_path):
+    """A followed run's index is never rebuilt because other runs pushed it out of the
+    cache: the follower holds it, and the cache hands the same index back."""
+    b, rec, append = setup
+    append(3)
+    join(b, rec, "a", 0)
+    index = weakref.ref(b.store.metrics(RUN_ID))  # held by nobody but the follower
+    b.store.metrics_cache.capacity = 1
+    for i in range(3):
+        other = f"20260101-00000{i}-bbbbbb"
+        b.store.create_run(RunRecord(other, other, 1.0), "")
+        b.store.metrics(other)
+    append(1)
+    b.pump_once()
+    assert b.store.metrics(RUN_ID) is index() and rec.seqs("a") == [1, 2, 3, 4]

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from training.metrics_store import RunMetrics
 from training.run_store import RunNotFound, RunStore
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,10 @@ def room_of(run_id: str) -> str:
 class _Follower:
     run_id: str
     emitted_seq: int
+    # Held for as long as the run is followed: the metrics cache may forget it, but hands
+    # this same index back (never rebuilds it) while someone holds it.
+    metrics: RunMetrics
+    # Guards emitted_seq and sids; the pump drops a follower only while holding it.
     lock: threading.RLock = field(default_factory=threading.RLock)
     sids: set[str] = field(default_factory=set)
     last_emit: float = float("-inf")
@@ -80,37 +85,60 @@ class Broadcaster:
     def _follower(self, run_id: str) -> _Follower:
         with self._lock:
             follower = self._followers.get(run_id)
-            if follower is None:
-                metrics = self.store.metrics(run_id)  # RunNotFound for an unknown run
-                follower = self._followers[run_id] = _Follower(run_id, metrics.last_seq)
+        if follower is not None:
             return follower
+        # Indexing a large file takes a while: never under the lock every run shares.
+        metrics = self.store.metrics(run_id)  # RunNotFound for an unknown run
+        with self._lock:
+            follower = self._followers.get(run_id)
+            if follower is None:
+                follower = _Follower(run_id, metrics.last_seq, metrics)
+                self._followers[run_id] = follower
+            return follower
+
+    def _is_current(self, follower: _Follower) -> bool:
+        with self._lock:
+            return self._followers.get(follower.run_id) is follower
 
     def join(self, sid: str, run_id: str, after_seq: int, enter_room: Callable[[], None]) -> int:
         """Send `sid` the rows after `after_seq`, then put it in the run's room. Returns
         the last seq sent (the client's new after_seq)."""
-        follower = self._follower(run_id)
-        with follower.lock:
-            # Flush what the room has not had yet, so the backlog and the room meet
-            # exactly at emitted_seq whatever after_seq the client brings.
-            self._flush(follower, force=True)
-            upto = follower.emitted_seq
-            metrics = self.store.metrics(run_id)
-            sent = after_seq
-            while sent < upto:
-                rows = [r for r in metrics.rows_after(sent, self.chunk_rows) if r["seq"] <= upto]
-                if not rows:
-                    break
-                sent = rows[-1]["seq"]
-                self.emit("run_metrics", {"run_id": run_id, "rows": rows, "last_seq": sent}, sid)
-            if sent == after_seq:
-                # Nothing new: still tell the client where the stream stands.
-                self.emit(
-                    "run_metrics", {"run_id": run_id, "rows": [], "last_seq": max(sent, 0)}, sid
-                )
-            enter_room()
-            follower.sids.add(sid)
+        while True:
+            follower = self._follower(run_id)
+            with follower.lock:
+                # The pump may have dropped it (idle) before we held its lock: a client
+                # added to a dropped follower would never get rows. Take the new one.
+                if not self._is_current(follower):
+                    continue
+                sent = self._join_locked(follower, sid, after_seq, enter_room)
+            break
         self._ensure_pump()
-        return max(sent, upto)
+        return sent
+
+    def _join_locked(
+        self, follower: _Follower, sid: str, after_seq: int, enter_room: Callable[[], None]
+    ) -> int:
+        run_id = follower.run_id
+        # Flush what the room has not had yet, so the backlog and the room meet
+        # exactly at emitted_seq whatever after_seq the client brings.
+        self._flush(follower, force=True)
+        upto = follower.emitted_seq
+        metrics = follower.metrics  # refreshed by the flush
+        sent = after_seq
+        while sent < upto:
+            rows = [r for r in metrics.rows_after(sent, self.chunk_rows) if r["seq"] <= upto]
+            if not rows:
+                break
+            sent = rows[-1]["seq"]
+            self.emit("run_metrics", {"run_id": run_id, "rows": rows, "last_seq": sent}, sid)
+        if sent == after_seq:
+            # Nothing new: still tell the client where the stream stands.
+            self.emit("run_metrics", {"run_id": run_id, "rows": [], "last_seq": max(sent, 0)}, sid)
+        enter_room()
+        follower.sids.add(sid)
+        # What the client now has: at least upto, short of it only if rows vanished (a
+        # rewritten file), never more than was sent.
+        return sent
 
     def leave(self, sid: str, run_id: str | None = None) -> None:
         """Forget a client in one run's room, or in all of them (a disconnect)."""
@@ -177,10 +205,13 @@ class Broadcaster:
                 continue
             if status_seen:
                 self.run_changed(follower.run_id)
-            if not follower.sids and follower.run_id not in active and not status_seen:
-                with self._lock:
-                    if not follower.sids:
-                        self._followers.pop(follower.run_id, None)
+            if status_seen or follower.run_id in active:
+                continue
+            with follower.lock:  # a join holds it from finding the follower to adding its sid
+                if not follower.sids:
+                    with self._lock:
+                        if self._followers.get(follower.run_id) is follower:
+                            del self._followers[follower.run_id]
 
     def _flush(self, follower: _Follower, force: bool) -> bool:
         """Emit the rows after emitted_seq to the room; True if a status event was among

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -321,4 +322,48 @@ def test_settings_persist_across_reloads(server: LiveServer, page: Page) -> None
     expect(page.locator('input[name="theme"][value="dark"]')).to_be_checked()
     page.goto(server.base_url)
     expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+    assert_no_js_errors(page)
+
+
+def test_remote_reports_refresh_the_run_page_once_per_status(
+    server: LiveServer, page: Page
+) -> None:
+    """Train rows only extend the charts; a status row refreshes the run once (it arrives
+    as a row and as run_status), and batches of train rows refresh nothing."""
+    run_id = "20260404-000000-remote"
+    seq = iter(range(1, 1000))
+
+    def report(count: int = 1, event: str = "train", **extra: object) -> None:
+        rows = [
+            {
+                "v": 1,
+                "seq": (s := next(seq)),
+                "event": event,
+                "time": time.time(),
+                "step": s,
+                **extra,
+            }
+            for _ in range(count)
+        ]
+        response = server.post(f"/api/callbacks/{run_id}", {"events": rows})
+        assert response.status_code == 200, response.text
+
+    report(event="status", state="running")
+    report(3, train_loss=2.0)
+    signed_in(page, server)
+    page.goto(f"{server.base_url}runs/{run_id}")
+    wait_js(page, "window.cpt.run.train.n === 3")
+    expect(page.locator("#run-state")).to_have_text("running")
+    wait_js(page, "!window.cpt.page.refreshPending")
+    fetched: list[str] = []
+    path = f"/api/runs/{run_id}"
+    page.on("request", lambda r: fetched.append(r.url) if r.url.endswith(path) else None)
+    for _ in range(5):
+        report(train_loss=1.5)
+    wait_js(page, "window.cpt.run.train.n === 8")
+    report(event="status", state="finished")
+    expect(page.locator("#run-state")).to_have_text("finished")
+    report(train_loss=1.0)  # arrives after every message the status caused
+    wait_js(page, "window.cpt.run.train.n === 9 && !window.cpt.page.refreshPending")
+    assert len(fetched) == 1, fetched
     assert_no_js_errors(page)

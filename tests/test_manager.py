@@ -375,3 +375,27 @@ def test_one_unreadable_run_does_not_break_the_list(manager, monkeypatch):
     runs = {r["run_id"]: r for r in manager.list_runs()}
     assert runs[good]["state"] == "finished"
     assert runs[bad]["state"] == "unreadable" and "Input/output error" in runs[bad]["reason"]
+
+
+def test_remote_reports_notify_only_on_first_contact_and_status(manager):
+    """Train rows reach charts through the metrics stream; only a new run or a status
+    change makes every client refresh the run."""
+    notified = []
+    manager.add_listener(notified.append)
+    run_id = "20260202-000000-remote"
+
+    def report(first, count, event="train", **extra):
+        rows = [
+            {"v": 1, "seq": s, "event": event, "time": 1.0, "step": s, **extra}
+            for s in range(first, first + count)
+        ]
+        return manager.report_events(run_id, rows)
+
+    report(1, 5)
+    report(6, 5)
+    report(11, 5)
+    assert notified == [run_id]
+    report(16, 1, event="status", state="finished")
+    assert notified == [run_id, run_id]
+    assert report(16, 1, event="status", state="finished")[0] == 0  # a retry: nothing new
+    assert notified == [run_id, run_id]

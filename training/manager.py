@@ -525,8 +525,10 @@ class TrainingManager:
         dropped. Returns (accepted, duplicates, last_seq)."""
         check_events(run_id, events)
         with self._lock:
-            accepted, duplicates, last_seq = append_remote_events(self.store, run_id, events)
-        if accepted:
+            accepted, duplicates, last_seq, changed = append_remote_events(
+                self.store, run_id, events
+            )
+        if changed:  # a new run or a status change: not every batch of train rows
             self._notify(run_id)
         return accepted, duplicates, last_seq
 

@@ -47,10 +47,14 @@ def check_events(run_id: str, events: list[Any]) -> None:
         raise ConfigError(errors)
 
 
-def append_remote_events(store: RunStore, run_id: str, events: list[Any]) -> tuple[int, int, int]:
+def append_remote_events(
+    store: RunStore, run_id: str, events: list[Any]
+) -> tuple[int, int, int, bool]:
     """Append checked events to the run's metrics.jsonl, creating the remote run folder on
     first contact; the caller holds the manager's lock. Returns (accepted, duplicates,
-    last_seq)."""
+    last_seq, changed): `changed` when the run is new or a new status event came, the
+    only reports that change how the run is listed (rows reach charts by the stream)."""
+    created = False
     if store.workspace.run(run_id).root.is_dir():
         record = store.read_record(run_id)
         if not record.remote:
@@ -61,6 +65,9 @@ def append_remote_events(store: RunStore, run_id: str, events: list[Any]) -> tup
     else:
         record = RunRecord(run_id, run_id, time.time(), state="running", remote=True)
         store.create_run(record, None)
+        created = True
         log.info("run %s: created for a remote trainer", run_id)
+    before = store.summary(run_id).last_seq
     accepted, duplicates = store.append_events(run_id, events)
-    return accepted, duplicates, store.summary(run_id).last_seq
+    status = any(e["seq"] > before and e["event"] == "status" for e in events)
+    return accepted, duplicates, store.summary(run_id).last_seq, created or status

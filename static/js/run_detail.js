@@ -11,7 +11,7 @@ import { summary, canResume, isActive, resumeRun, stopRun, deleteRun } from "./r
 
 const runId = document.body.dataset.runId;
 const run = new RunData({ smoothing: settings.get("smoothing") });
-const page = { record: null, charts: {}, follower: null, info: {}, logTimer: 0 };
+const page = { record: null, charts: {}, follower: null, info: {}, logTimer: 0, refreshPending: false };
 // For tests and the curious: window.cpt.run holds the chart columns.
 window.cpt = { run, page };
 
@@ -34,10 +34,10 @@ async function main() {
       noteRows(rows, true);
       renderLive();
     },
-    onStatus: () => refreshRecord(),
+    onStatus: () => refreshRecordSoon(),
   });
   onConnection((online) => {
-    if (online) refreshRecord();
+    if (online) refreshRecordSoon();
   });
   loadLog();
   loadConfig();
@@ -69,13 +69,25 @@ function noteRows(rows, live) {
       page.info.attemptStart = { step: row.step ?? 0, time: row.time, tokens: row.trained_tokens };
     } else if (row.event === "status") {
       page.info.status = row;
-      if (live) refreshRecord();
+      if (live) refreshRecordSoon();
     } else if (row.event === "warning" && live) {
       toast(row.message || row.kind, { kind: "warning", title: `Warning: ${row.kind || "training"}` });
     } else if (row.event === "train") {
       page.info.lastTrain = row;
     }
   }
+}
+
+/** One refresh for a burst of triggers: a status row arrives as a row and as run_status
+ * (from the trainer's report and from the stream), within a few hundred milliseconds. */
+let refreshTimer = 0;
+function refreshRecordSoon() {
+  clearTimeout(refreshTimer);
+  page.refreshPending = true;
+  refreshTimer = setTimeout(() => {
+    page.refreshPending = false;
+    refreshRecord();
+  }, 300);
 }
 
 async function refreshRecord() {

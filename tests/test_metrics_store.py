@@ -203,3 +203,15 @@ def test_a_seq_beyond_64_bits_is_a_malformed_line_not_a_broken_index(tmp_path):
     write(path, [train(5), {**train(6), "step": 2**70}])
     metrics.refresh()  # refreshes keep working
     assert [r["seq"] for r in metrics.rows_after(3)] == [4, 5, 6]
+
+
+def test_rows_of_one_kind(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [
+        train(i) if i % 3 else {"seq": i, "event": "eval", "val_loss": 1.0} for i in range(1, 10)
+    ]
+    write(path, rows)
+    metrics = RunMetrics(path)
+    metrics.refresh()
+    assert [r["seq"] for r in metrics.rows_of("eval")] == [3, 6, 9]
+    assert metrics.rows_of("status") == []

@@ -68,3 +68,26 @@ def test_a_result_for_a_deleted_run_recreates_nothing(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         append_evaluation(run, {"checkpoint": "final", "perplexity": 3.0})
     assert not ws.runs_dir.exists()
+
+
+def test_checkpoint_table_from_the_runs_index_reads_no_metrics_line(
+    lora_workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /api/runs/<id>/evaluations comes on every checkpoint, eval and status row of an
+    open run page: it takes the eval and status rows from the run's index."""
+    import training.run_summary as run_summary
+    from training.run_store import RunStore
+
+    shutil.copytree(lora_workspace.root, tmp_path / "ws")
+    ws = Workspace(tmp_path / "ws")
+    run = ws.run(LORA_RUN_ID)
+    expected = checkpoint_table(run)
+    metrics = RunStore(ws).metrics(LORA_RUN_ID)
+    real = run_summary.read_events
+
+    def no_metrics_file(path: Path):
+        assert path != run.metrics, "the whole metrics.jsonl was parsed"
+        return real(path)
+
+    monkeypatch.setattr(run_summary, "read_events", no_metrics_file)
+    assert checkpoint_table(run, metrics) == expected

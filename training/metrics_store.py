@@ -291,6 +291,20 @@ class RunMetrics:
                 return []
             return self._read_rows(range(first, last))
 
+    def rows_of(self, event: str) -> list[dict[str, Any]]:
+        """Every row of one event kind (eval, status, checkpoint...), oldest first: read by
+        offset, so a checkpoint table never parses the train rows."""
+        import numpy as np
+
+        code = EVENT_CODES.get(event)
+        if code is None:
+            return []
+        with self._lock:
+            if not self._codes:
+                return []
+            codes = np.frombuffer(self._codes, dtype=np.int8)
+            return self._read_rows(np.flatnonzero(codes == code).tolist())
+
     def downsampled(self, max_points: int) -> list[dict[str, Any]]:
         """At most max_points rows per event kind, oldest first: train and eval rows by
         the min/max envelope of their loss, other kinds evenly spaced."""

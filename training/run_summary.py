@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from training.run_store import RunPaths, list_checkpoint_bundles
+
+if TYPE_CHECKING:
+    from training.metrics_store import RunMetrics
 
 # eval-event keys that are not a held-out set's loss.
 _NOT_SETS = {"val_loss", "train_loss", "v", "seq", "event", "time", "step"}
@@ -64,10 +67,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def evals_by_step(run: RunPaths) -> dict[int, dict[str, float]]:
-    """The last eval event's losses at each step (a resume may repeat a step)."""
+def evals_by_step(
+    run: RunPaths, events: Iterable[dict[str, Any]] | None = None
+) -> dict[int, dict[str, float]]:
+    """The last eval event's losses at each step (a resume may repeat a step); `events`
+    (the run's eval rows from its index) spares reading the whole metrics file."""
     out: dict[int, dict[str, float]] = {}
-    for event in read_events(run.metrics):
+    for event in read_events(run.metrics) if events is None else events:
         if event.get("event") == "eval" and isinstance(event.get("step"), int):
             losses = eval_losses(event)
             if losses:
@@ -123,11 +129,12 @@ def append_evaluation(run: RunPaths, record: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def checkpoint_table(run: RunPaths) -> dict[str, Any]:
+def checkpoint_table(run: RunPaths, metrics: RunMetrics | None = None) -> dict[str, Any]:
     """Rows for the run page: each complete checkpoint (as the console lists them) and
     final/, with the losses of the evaluation at its step (val and every extra set), its
-    size, the perplexities stored for it, and `best` on the lowest validation loss."""
-    evals = evals_by_step(run)
+    size, the perplexities stored for it, and `best` on the lowest validation loss. With
+    the run's metrics index (the console), only its eval and status rows are read."""
+    evals = evals_by_step(run, metrics.rows_of("eval") if metrics is not None else None)
     perplexities: dict[str, list[dict[str, Any]]] = {}
     for record in read_evaluations(run):
         perplexities.setdefault(str(record.get("checkpoint")), []).append(record)
@@ -150,7 +157,8 @@ def checkpoint_table(run: RunPaths) -> dict[str, Any]:
             }
         )
     if run.final.is_dir():
-        step = _final_step(run, max(evals) if evals else None)
+        statuses = metrics.rows_of("status") if metrics is not None else None
+        step = _final_step(run, max(evals) if evals else None, statuses)
         rows.append(
             {
                 "checkpoint": "final",
@@ -171,7 +179,9 @@ def checkpoint_table(run: RunPaths) -> dict[str, Any]:
     return {"rows": rows, "sets": ["val", *sets], "evals": len(evals)}
 
 
-def _final_step(run: RunPaths, fallback: int | None) -> int | None:
+def _final_step(
+    run: RunPaths, fallback: int | None, statuses: Iterable[dict[str, Any]] | None = None
+) -> int | None:
     for name in ("state.json", "trainer_state.json"):
         try:
             state = json.loads((run.final / name).read_text())
@@ -180,7 +190,7 @@ def _final_step(run: RunPaths, fallback: int | None) -> int | None:
         if isinstance(state, dict) and isinstance(state.get("step"), int):
             return state["step"]
     last: int | None = None
-    for event in read_events(run.metrics):
+    for event in read_events(run.metrics) if statuses is None else statuses:
         if event.get("event") == "status" and event.get("state") == "finished":
             last = event.get("step") if isinstance(event.get("step"), int) else last
     return last if last is not None else fallback

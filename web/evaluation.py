@@ -154,9 +154,11 @@ def stop_job(job_id: str):
 def run_evaluations(run_id: str):
     """The checkpoint table (step, val loss, each extra set's loss, size, best) and the
     perplexities stored for the run, plus its evaluation jobs of this console session."""
-    paths = console().store.paths(run_id)  # RunNotFound → 404
+    store = console().store
+    paths = store.paths(run_id)  # RunNotFound → 404
     jobs = [j.to_json() for j in eval_jobs().list_jobs() if j.spec.get("run_id") == run_id]
-    return jsonify(**checkpoint_table(paths), jobs=jobs)
+    # The run's index (the run page holds it for its charts): no parse of the whole file.
+    return jsonify(**checkpoint_table(paths, store.metrics(run_id)), jobs=jobs)
 
 
 # -- Socket.IO ------------------------------------------------------------------------------

@@ -396,3 +396,39 @@ def test_mutations_are_never_get(client, path):
 
 def test_unknown_api_routes_are_json_404(client):
     assert_error(api(client, "get", "/api/nope"), 404)
+
+
+@pytest.mark.parametrize("query", ["max_points=10", "limit=1000", ""])
+def test_history_and_its_last_seq_come_from_one_moment(client, app, monkeypatch, query):
+    """Rows appended while a history request is answered must not end up in the rows past
+    the answer's last_seq (or behind it): the client follows the live stream after
+    last_seq, so anything sampled away between them would be lost for good."""
+    from training.metrics_store import RunMetrics
+    from training.run_store import RunRecord
+
+    store = app.extensions["console"].store
+    paths = store.create_run(RunRecord("20260101-000000-aaaaaa", "r", 1.0), "")
+
+    def append(first, count):
+        with paths.metrics.open("a") as f:
+            for i in range(first, first + count):
+                row = {"seq": i, "event": "train", "step": i, "train_loss": 1.0 + i % 7}
+                f.write(json.dumps(row) + "\n")
+
+    append(1, 500)
+    # The trainer appends, and another request refreshes the index, in the middle of ours.
+    for name in ("last_seq", "count"):
+        real = getattr(RunMetrics, name)
+
+        def racing(self, real=real):
+            value = real.fget(self)
+            if not getattr(self, "raced", False):  # read, then the file grows
+                self.raced = True
+                append(501, 500)
+                self.refresh()
+            return value
+
+        monkeypatch.setattr(RunMetrics, name, property(racing))
+    data = api(client, "get", f"/api/runs/20260101-000000-aaaaaa/metrics?{query}").get_json()
+    seqs = [r["seq"] for r in data["rows"]]
+    assert seqs and max(seqs) == data["last_seq"], (max(seqs), data["last_seq"])

@@ -178,21 +178,20 @@ def run_metrics(run_id: str):
     max_points = _int_arg("max_points", 0, 0, MAX_POINTS)
     limit = _int_arg("limit", DEFAULT_ROW_LIMIT, 1, 1_000_000)
     metrics = console().store.metrics(run_id)
-    last_seq = metrics.last_seq
+    # Rows and last_seq from one moment of the index: the client follows the live stream
+    # after last_seq, so rows appended in between must be in neither or both.
     if max_points:
-        rows = metrics.downsampled(max_points)
+        rows, last_seq, total = metrics.snapshot(max_points)
         rows = [r for r in rows if r["seq"] > after_seq] if after_seq else rows
         more = False
     else:
-        rows = metrics.rows_after(after_seq, limit + 1)
-        more = len(rows) > limit
-        rows = rows[:limit]
+        rows, last_seq, more, total = metrics.page(after_seq, limit)
     return jsonify(
         run_id=run_id,
         rows=rows,
-        last_seq=rows[-1]["seq"] if more else last_seq,
-        total=metrics.count,
-        downsampled=bool(max_points) and len(rows) < metrics.count,
+        last_seq=last_seq,
+        total=total,
+        downsampled=bool(max_points) and len(rows) < total,
         more=more,
         malformed=metrics.malformed,
     )

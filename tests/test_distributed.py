@@ -4,6 +4,8 @@ so the losses match a single-process run."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer_helpers import events, run_trainer, train_losses, trainer_env, write_config
+from tests.helpers import wait_until
+from tests.trainer_helpers import (
+    events,
+    last_step_seen,
+    run_trainer,
+    train_losses,
+    trainer_env,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +42,60 @@ def _free_ports(n: int) -> int:
         except OSError:
             continue
     raise AssertionError("no free ports")
+
+
+def _launch(ws: Path, config: Path, run_dir: Path) -> list[str]:
+    launcher = Path(sys.executable).with_name("mlx.launch")
+    return [
+        str(launcher), "-n", "2", "--backend", "ring", "--starting-port", str(_free_ports(2)),
+        "--", sys.executable, "-m", "training.continued_pretraining", "-c", str(config),
+        "--run-dir", str(run_dir),
+    ]  # fmt: skip
+
+
+def _rank_pid(run_dir: Path, rank: int) -> int | None:
+    """The trainer process of one rank (Linux /proc: its MLX_RANK and its argv)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if (
+            b"training.continued_pretraining" in argv
+            and str(run_dir).encode() in argv
+            and f"MLX_RANK={rank}".encode() in environ
+        ):
+            return int(proc.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds ranks in /proc")
+def test_a_stop_sent_to_one_rank_stops_both_after_the_same_step(
+    tiny_assets: dict[str, Path], tmp_path: Path
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    config = write_config(ws / "config.yaml", tiny_assets, iters=100_000)
+    run_dir = ws / "runs" / "ring-stop"
+    with (ws / "launch.log").open("wb") as log:
+        launcher = subprocess.Popen(
+            _launch(ws, config, run_dir), cwd=ws, env=trainer_env(ws), stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: last_step_seen(run_dir) >= 2 or launcher.poll() is not None, timeout=240)
+        rank1 = _rank_pid(run_dir, 1)
+        assert rank1 is not None, (ws / "launch.log").read_text()
+        os.kill(rank1, signal.SIGTERM)  # rank 1 only: rank 0, the writer, must learn of it
+        assert launcher.wait(timeout=120) == 0, (ws / "launch.log").read_text()
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    rows = events(run_dir)
+    assert rows[-1]["event"] == "status" and rows[-1]["state"] == "stopped"
+    [checkpoint] = events(run_dir, "checkpoint")
+    assert checkpoint["reason"] == "stop" and checkpoint["step"] == rows[-1]["step"]
 
 
 def test_two_ranks_under_mlx_launch_match_one_process(

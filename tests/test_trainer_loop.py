@@ -153,3 +153,32 @@ def test_gradient_accumulation_consumes_micro_batches(
     args = LoopArgs(total_steps=3, grad_accumulation_steps=accum, eval_at_start=False)
     assert train(model, optimizer, batches, args, state, rec) == FINISHED
     assert state.cursor == 3 * accum * 4 and int(optimizer.step.item()) == 3
+
+
+def test_a_stop_on_the_last_step_finishes_the_run(
+    tiny_assets: dict[str, Path], tmp_path: Path
+) -> None:
+    model, optimizer, batches, val = _setup(tiny_assets, tmp_path)
+    rec = Recorder(stop_after=4)  # asked while step 5, the last, runs
+    state = LoopState()
+    args = LoopArgs(total_steps=5, steps_per_report=100, steps_per_eval=100, save_every=100)
+    assert train(model, optimizer, batches, args, state, rec, eval_sets=val) == FINISHED
+    assert rec.saved == [(5, "final")] and [e["iteration"] for e in rec.evals] == [0, 5]
+
+
+def test_evaluation_batches_become_arrays_once(
+    tiny_assets: dict[str, Path], tmp_path: Path
+) -> None:
+    model, optimizer, batches, val = _setup(tiny_assets, tmp_path)
+    seen: list[int] = []
+
+    def recording(m: nn.Module, batch: mx.array, lengths: mx.array) -> tuple[mx.array, mx.array]:
+        if not m.training:  # evaluation calls (training calls are traced by compile)
+            seen.append(id(batch))
+        return default_loss(m, batch, lengths)
+
+    args = LoopArgs(total_steps=4, steps_per_report=100, steps_per_eval=2, save_every=100)
+    train(model, optimizer, batches, args, LoopState(), Recorder(), eval_sets=val, loss=recording)
+    per_eval = len(val["val"])
+    assert len(seen) == 3 * per_eval  # evaluations at 0, 2 and 4
+    assert seen[:per_eval] == seen[per_eval : 2 * per_eval] == seen[2 * per_eval :]

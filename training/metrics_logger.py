@@ -47,9 +47,12 @@ WARNING_KINDS: tuple[str, ...] = ("loss_spike", "nan", "memory", "truncation", "
 TOKEN_ENV = "MLX_CPT_TOKEN"
 
 
-def eval_set_keys(name: str) -> tuple[str, str]:
-    """Keys of an extra held-out set inside an `eval` event: val_<name>_loss, val_<name>_ppl."""
-    return f"val_{name}_loss", f"val_{name}_ppl"
+def eval_set_keys(name: str) -> tuple[str, str, str]:
+    """Keys of a held-out set inside an `eval` event: (loss, perplexity, tokens). The
+    validation set "val" is val_loss, val_ppl, val_tokens; an extra set NAME is
+    val_NAME_loss, val_NAME_ppl, val_NAME_tokens (DESIGN.md "Metrics events")."""
+    prefix = "val" if name == "val" else f"val_{name}"
+    return f"{prefix}_loss", f"{prefix}_ppl", f"{prefix}_tokens"
 
 
 def _clean(value: Any) -> Any:

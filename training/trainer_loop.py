@@ -21,12 +21,14 @@ import mlx.nn as nn
 import numpy as np
 from mlx.nn.utils import average_gradients
 from mlx.optimizers import Optimizer, clip_grad_norm
-from mlx.utils import tree_map, tree_reduce
+from mlx.utils import tree_flatten, tree_map, tree_reduce
 
 from training.data import Batch
+from training.metrics_logger import eval_set_keys
 
 LossFn = Callable[[nn.Module, mx.array, mx.array], tuple[mx.array, mx.array]]
 EvalBatches = list[tuple[np.ndarray, np.ndarray]]
+_DeviceBatches = list[tuple[mx.array, mx.array]]
 
 FINISHED, STOPPED, DIVERGED = "finished", "stopped", "diverged"
 
@@ -97,7 +99,11 @@ def make_step(
 ) -> tuple[Callable[..., Any], Callable[..., Any], list[Any]]:
     """Two compiled functions over the model/optimizer/RNG state: `accumulate` (a micro-step
     that adds to the gradient) and `update` (the last micro-step: average across workers,
-    clip, apply). Fixed batch shapes mean each traces once."""
+    clip, apply). Fixed batch shapes mean each traces once.
+
+    `update` also takes this worker's stop flag (a 0-d array in the gradients' dtype) and
+    averages it with the gradients, in the same all-reduce: a positive result means some
+    worker asked to stop, and no extra collective runs per step."""
     value_and_grad = nn.value_and_grad(model, loss)
     state = [model.state, optimizer.state, mx.random.state]
 
@@ -109,11 +115,14 @@ def make_step(
         return value, ntoks, grad
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def update(batch: mx.array, lengths: mx.array, prev: Any) -> tuple[mx.array, ...]:
+    def update(
+        batch: mx.array, lengths: mx.array, prev: Any, stop_flag: mx.array
+    ) -> tuple[mx.array, ...]:
         (value, ntoks), grad = value_and_grad(model, batch, lengths)
         if prev is not None:
             grad = tree_map(lambda a, b: a + b, grad, prev)
-        grad = average_gradients(grad)
+        averaged = average_gradients({"grad": grad, "stop": stop_flag})
+        grad, stop_flag = averaged["grad"], averaged["stop"]
         if grad_accumulation_steps > 1:
             grad = tree_map(lambda g: g / grad_accumulation_steps, grad)
         if grad_clip > 0:
@@ -121,9 +130,16 @@ def make_step(
         else:
             norm = _global_norm(grad)
         optimizer.update(model, grad)
-        return value, ntoks, norm
+        return value, ntoks, norm, stop_flag
 
     return accumulate, update, state
+
+
+def grad_dtype(model: nn.Module) -> mx.Dtype:
+    """The trainable parameters' dtype: the stop flag travels with the gradients in it
+    (one dtype keeps average_gradients' single concatenated all-reduce)."""
+    flat: list[tuple[str, mx.array]] = tree_flatten(model.trainable_parameters())  # type: ignore[assignment]
+    return flat[0][1].dtype if flat else mx.float32
 
 
 def make_eval_fn(model: nn.Module, loss: LossFn) -> Callable[[mx.array, mx.array], Any]:
@@ -139,7 +155,7 @@ def make_eval_fn(model: nn.Module, loss: LossFn) -> Callable[[mx.array, mx.array
 
 def evaluate(
     eval_fn: Callable[[mx.array, mx.array], Any],
-    batches: EvalBatches,
+    batches: _DeviceBatches,
     group: Any = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[float, int] | None:
@@ -149,7 +165,7 @@ def evaluate(
     for tokens, lengths in batches:
         if should_stop is not None and should_stop():
             return None
-        s, n = eval_fn(mx.array(tokens), mx.array(lengths))
+        s, n = eval_fn(tokens, lengths)
         total = total + s
         ntoks = ntoks + n
         mx.eval(total, ntoks)
@@ -170,13 +186,12 @@ def _clear_cache(threshold: int) -> None:
         mx.clear_cache()
 
 
-def _agree(group: Any, loss: float, stop: bool) -> tuple[float, bool]:
-    """Workers decide together (mean loss, anyone stopping), so none waits alone."""
+def _mean_over_workers(group: Any, value: float) -> float:
+    """The mean of one number over the workers (a report's loss): one tiny all-reduce, run
+    only at reports, where every worker arrives together."""
     if group is None or group.size() <= 1:
-        return loss, stop
-    both = mx.distributed.all_sum(mx.array([loss, float(stop)]), stream=mx.cpu)
-    total, stops = scalar(both[0]), scalar(both[1])
-    return total / group.size(), stops > 0
+        return value
+    return scalar(mx.distributed.all_sum(mx.array(value), stream=mx.cpu)) / group.size()
 
 
 def train(
@@ -195,31 +210,45 @@ def train(
 
     `eval_sets` maps names to fixed batches; "val" is the validation set. Checkpoints are
     the callback's job (`save_checkpoint`), called at save_every, on stop and at the end.
+    A stop request on the last step is not honoured: that step ends the run normally.
+
+    With several workers (`group`), a stop request travels inside each step's gradient
+    all-reduce (make_step), so the workers stop after the same step, one or two steps after
+    the signal; their losses are averaged at each report, and a non-finite gradient norm
+    (the same on every worker) is divergence.
     """
     accum = args.grad_accumulation_steps
     accumulate, update, compiled_state = make_step(model, optimizer, loss, accum, args.grad_clip)
     eval_fn = make_eval_fn(model, loss)
-    eval_sets = eval_sets or {}
+    # The fixed evaluation batches become arrays once, not at every evaluation.
+    device_sets = {
+        name: [(mx.array(tokens), mx.array(lengths)) for tokens, lengths in batches_]
+        for name, batches_ in (eval_sets or {}).items()
+    }
     world = group.size() if group is not None else 1
+    flag_dtype = grad_dtype(model)
 
-    def run_eval(step: int) -> bool:
-        if not eval_sets:
+    def run_eval(step: int, interruptible: bool = True) -> bool:
+        if not device_sets:
             return True
         tic = time.perf_counter()
         model.eval()
         info: dict[str, Any] = {"iteration": step}
-        for name, set_batches in eval_sets.items():
+        for name, set_batches in device_sets.items():
             # Workers must run the same collectives: only a lone process stops mid-eval.
             result = evaluate(
-                eval_fn, set_batches, group, callback.should_stop if world == 1 else None
+                eval_fn,
+                set_batches,
+                group,
+                callback.should_stop if world == 1 and interruptible else None,
             )
             if result is None:
                 model.train()
                 return False
-            key = "val" if name == "val" else f"val_{name}"
-            info[f"{key}_loss"] = result[0]
-            info[f"{key}_ppl"] = math.exp(min(result[0], 50.0))
-            info[f"{key}_tokens"] = result[1]
+            loss_key, ppl_key, tokens_key = eval_set_keys(name)
+            info[loss_key] = result[0]
+            info[ppl_key] = math.exp(min(result[0], 50.0))
+            info[tokens_key] = result[1]
         model.train()
         info["val_time"] = time.perf_counter() - tic
         if "val_loss" in info and math.isfinite(info["val_loss"]):
@@ -250,35 +279,48 @@ def train(
                 value, _, grad = accumulate(tokens, lengths, grad)
                 mx.async_eval(value, grad)
             else:
-                value, _, norm = update(tokens, lengths, grad)
-                mx.async_eval(compiled_state, value, norm)
+                asked = world > 1 and callback.should_stop()
+                flag = mx.array(1.0 if asked else 0.0, dtype=flag_dtype)
+                value, _, norm, agreed_stop = update(tokens, lengths, grad, flag)
+                mx.async_eval(compiled_state, value, norm, agreed_stop)
             step_loss = step_loss + value
             step_targets += batch.targets
             state.cursor = batch.cursor
             next_batch = next(batches)  # built in numpy while the step computes
-        mx.eval(compiled_state, step_loss, norm)
+        mx.eval(compiled_state, step_loss, norm, agreed_stop)
         _clear_cache(args.clear_cache_threshold)
         local_loss = scalar(step_loss) / accum
-        mean_loss, stop_now = _agree(group, local_loss, callback.should_stop())
+        grad_norm = scalar(norm)
         elapsed = time.perf_counter() - tic
-        if not math.isfinite(mean_loss):
-            callback.on_warning(
-                step, "nan", f"loss is {mean_loss} at step {step}; stopping (diverged)"
-            )
+        last = step == args.total_steps
+        if world > 1:  # the same on every worker: decided together
+            stop_now = scalar(agreed_stop) > 0
+            bad = None if math.isfinite(grad_norm) else f"the gradient norm is {grad_norm}"
+        else:
+            stop_now = callback.should_stop()
+            bad = None if math.isfinite(local_loss) else f"loss is {local_loss}"
+        stop_now = stop_now and not last  # a stop on the last step: finish normally
+        if bad is not None:
+            callback.on_warning(step, "nan", f"{bad} at step {step}; stopping (diverged)")
             return DIVERGED
-        state.step, state.last_loss = step, mean_loss
+        state.step, state.last_loss = step, local_loss
         state.trained_tokens += step_targets
-        window.add(mean_loss, step_targets, elapsed, scalar(norm))
+        window.add(local_loss, step_targets, elapsed, grad_norm)
         callback.on_step(state, elapsed)
 
-        last = step == args.total_steps
         if step % args.steps_per_report == 0 or last or stop_now:
-            _spike_check(state, window.loss, args.loss_spike_factor, step, callback)
-            callback.on_train_loss_report(window.report(step, state, optimizer))
+            mean_loss = _mean_over_workers(group, window.loss)
+            if not math.isfinite(mean_loss):
+                callback.on_warning(
+                    step, "nan", f"loss is {mean_loss} at step {step}; stopping (diverged)"
+                )
+                return DIVERGED
+            _spike_check(state, mean_loss, args.loss_spike_factor, step, callback)
+            callback.on_train_loss_report(window.report(step, state, optimizer, mean_loss))
             window = _Window()
         if stop_now:
             break
-        if (step % args.steps_per_eval == 0 or last) and not run_eval(step):
+        if (step % args.steps_per_eval == 0 or last) and not run_eval(step, not last):
             break
         if step % args.save_every == 0 or last:
             callback.save_checkpoint(state, "final" if last else "periodic")
@@ -310,11 +352,14 @@ class _Window:
     def loss(self) -> float:
         return self.loss_sum / self.steps
 
-    def report(self, step: int, state: LoopState, optimizer: Optimizer) -> dict[str, Any]:
-        """mlx-lm's callback keys (`iteration` becomes the event's `step`)."""
+    def report(
+        self, step: int, state: LoopState, optimizer: Optimizer, loss: float
+    ) -> dict[str, Any]:
+        """mlx-lm's callback keys (`iteration` becomes the event's `step`); `loss` is the
+        window's mean over the workers."""
         return {
             "iteration": step,
-            "train_loss": self.loss,
+            "train_loss": loss,
             "learning_rate": scalar(optimizer.learning_rate),
             "iterations_per_second": self.steps / self.seconds,
             "tokens_per_second": self.tokens / self.seconds,

@@ -194,3 +194,21 @@ def test_mlx_arrays_round_trip_through_a_bundle(tmp_path: Path) -> None:
     assert mx.array_equal(other_opt.state["weight"]["v"], opt.state["weight"]["v"]).item()
     assert int(other_opt.state["step"].item()) == 1
     assert json.loads((bundle / "adapter_config.json").read_text())["fine_tune_type"] == "full"
+
+
+def test_loading_weights_that_do_not_fit_the_model_is_refused(tmp_path: Path) -> None:
+    import mlx.nn as nn
+
+    def write(d: Path) -> None:
+        checkpoints.save_trainable(d, nn.Linear(3, 2), {"fine_tune_type": "full"})
+
+    bundle = write_bundle(tmp_path / "checkpoints", 1, {}, write)
+    with pytest.raises(ValueError, match="other shapes: bias, weight"):
+        checkpoints.load_trainable(bundle, nn.Linear(3, 3))
+    with pytest.raises(ValueError, match="unexpected: bias"):
+        checkpoints.load_trainable(bundle, nn.Linear(3, 2, bias=False))
+    frozen_bias = nn.Linear(3, 2)
+    frozen_bias.freeze(keys=["bias"])  # a bundle with more than the model trains
+    with pytest.raises(ValueError, match="unexpected: bias"):
+        checkpoints.load_trainable(bundle, frozen_bias)
+    checkpoints.load_trainable(bundle, nn.Linear(3, 2))

@@ -5,6 +5,7 @@ and leaves a final/ that mlx-lm loads."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from tests.trainer_helpers import (
     write_config,
 )
 from training.blas import find_openblas
-from training.checkpoints import list_checkpoints, read_latest
+from training.checkpoints import list_checkpoints, read_latest, write_bundle
 from training.config import FIELDS, build_config, cli_values
 from training.continued_pretraining import build_parser, main
 from training.fields import FieldSpec
@@ -132,6 +133,34 @@ def _bad_case(name: str, ws: Path, assets: dict[str, Path]) -> tuple[list[str], 
         return ["--run-dir", str(stranger)], "not a run folder"
     if name == "resume without checkpoint":
         return ["--run-dir", str(ws / "runs" / "none"), "--resume"], "config.yaml"
+    if name == "unknown optimizer setting":
+        return ["--optimizer-config", '{"bogus": 1}'], "optimizer_config"
+    if name == "schedule with too many arguments":
+        bad = ws / "bad.yaml"
+        raw = yaml.safe_load((ws / "config.yaml").read_text())
+        schedule = {"name": "cosine_decay", "arguments": [1e-3, 100, 0.0, 1, 2]}
+        bad.write_text(yaml.safe_dump({**raw, "lr_schedule": schedule}))
+        return ["-c", str(bad)], "lr_schedule"
+    if name == "tokenizer without EOS":
+        model = ws / "no-eos"
+        shutil.copytree(assets["model"], model)
+        for file in ("tokenizer_config.json", "special_tokens_map.json"):
+            data = json.loads((model / file).read_text())
+            data.pop("eos_token", None)
+            (model / file).write_text(json.dumps(data))
+        return ["--model", str(model)], "EOS"
+    if name == "corrupt checkpoint state":
+        run = ws / "runs" / "torn"
+        run.mkdir(parents=True)
+        write_config(run / "config.yaml", assets, iters=2)
+        bundle = write_bundle(
+            run / "checkpoints", 2, {}, lambda d: (d / "adapters.safetensors").write_bytes(b"")
+        )
+        (bundle / "state.json").write_text('{"step": 2, "torn')
+        return ["--run-dir", str(run), "--resume"], "run_dir"
+    if name == "report URL checked before the corpus scan":
+        (corpus / "bin.txt").write_bytes(b"\x00\x01\x02binary")
+        return ["--report-url", "ftp://x", "--data", "corpus/bin.txt"], "report_url"
     raise AssertionError(name)
 
 
@@ -149,6 +178,11 @@ BAD_CASES = [
     "unknown YAML key",
     "folder that is not ours",
     "resume without checkpoint",
+    "unknown optimizer setting",
+    "schedule with too many arguments",
+    "tokenizer without EOS",
+    "corrupt checkpoint state",
+    "report URL checked before the corpus scan",
 ]
 
 
@@ -171,6 +205,144 @@ def test_bad_input_exits_2_and_creates_nothing(
     err = capsys.readouterr().err
     assert "nothing was created" in err and fragment in err
     assert snapshot(ws) == before
+
+
+def test_too_many_layers_for_a_hub_model_is_bad_input(
+    tiny_assets: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import mlx_lm.utils
+
+    real = mlx_lm.utils._download  # a hub id "downloads" to the tiny model (2 blocks)
+    monkeypatch.setattr(
+        mlx_lm.utils,
+        "_download",
+        lambda repo, *a, **k: tiny_assets["model"] if repo == "org/tiny" else real(repo, *a, **k),
+    )
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    write_config(ws / "config.yaml", tiny_assets, iters=2, model="org/tiny")
+    monkeypatch.chdir(ws)
+    monkeypatch.setenv("MLX_CPT_HOME", str(ws))
+    before = snapshot(ws)
+    assert main(["-c", str(ws / "config.yaml"), "--num-layers", "3"]) == 2
+    assert "num_layers: 3 is more than the model's 2 blocks" in capsys.readouterr().err
+    assert snapshot(ws) == before
+
+
+def test_resume_refuses_another_model_or_data_and_needs_no_config_flag(
+    tiny_assets: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ws = tmp_path / "ws"
+    for place in ("a", "b"):  # the same relative paths name other files from b/
+        shutil.copytree(tiny_assets["model"], ws / place / "model")
+        shutil.copy(tiny_assets["general"], ws / place / "corpus.jsonl")
+    config = write_config(
+        ws / "config.yaml", tiny_assets, iters=2, save_every=2, model="model", data="corpus.jsonl"
+    )
+    monkeypatch.setenv("MLX_CPT_HOME", str(ws))
+    monkeypatch.chdir(ws / "a")
+    run_dir = ws / "runs" / "r1"
+    assert main(["-c", str(config), "--run-dir", str(run_dir)]) == 0
+    before = snapshot(run_dir)
+    resume = ["--resume", "--run-dir", str(run_dir), "--iters", "4"]  # no -c: the run's own
+
+    monkeypatch.chdir(ws / "b")
+    capsys.readouterr()
+    assert main(resume) == 2
+    err = capsys.readouterr().err
+    assert "model: the base model folder changed since step-00000002" in err
+    assert "data: the training corpus path changed since step-00000002" in err
+
+    monkeypatch.chdir(ws / "a")
+    corpus = ws / "a" / "corpus.jsonl"
+    text = corpus.read_text()
+    corpus.write_text(text + json.dumps({"text": "one more document"}) + "\n")
+    assert main(resume) == 2
+    err = capsys.readouterr().err
+    assert "data: the training corpus's text (or the tokenizer) changed" in err
+    assert "token cache key" in err and "model:" not in err
+    assert snapshot(run_dir) == before
+
+    corpus.write_text(text)
+    assert main(resume) == 0
+    assert events(run_dir, "run_start")[-1]["resumed_from"] == 2
+    assert events(run_dir)[-1]["state"] == "finished" and events(run_dir)[-1]["step"] == 4
+
+
+def test_a_run_folder_in_use_by_another_trainer_is_refused(
+    tiny_assets: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from training.run_folder import lock_run_folder
+
+    ws = tmp_path / "ws"
+    run_dir = ws / "runs" / "busy"
+    run_dir.mkdir(parents=True)
+    config = write_config(ws / "config.yaml", tiny_assets, iters=2)
+    monkeypatch.chdir(ws)
+    monkeypatch.setenv("MLX_CPT_HOME", str(ws))
+    held = lock_run_folder(run_dir)  # what a live trainer holds
+    try:
+        assert main(["-c", str(config), "--run-dir", str(run_dir)]) == 2
+    finally:
+        os.close(held)
+    assert "in use by another trainer" in capsys.readouterr().err
+    assert list(run_dir.iterdir()) == []
+
+
+# A trainer whose model load or tokenization receives SIGTERM (sent from inside, at that
+# very moment): a clean exit 0 and nothing created.
+_STOPPED_TRAINER = """
+import os, signal, sys, importlib
+module = importlib.import_module(sys.argv[1])
+real = getattr(module, sys.argv[2])
+def interrupted(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args, **kwargs)
+setattr(module, sys.argv[2], interrupted)
+from training.continued_pretraining import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "where",
+    [("training.model_setup", "load_base"), ("training.training_run", "load_or_tokenize")],
+    ids=["model load", "tokenization"],
+)
+def test_sigterm_before_training_exits_0_and_creates_nothing(
+    where: tuple[str, str], tiny_assets: dict[str, Path], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.trainer_helpers import trainer_env
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    config = write_config(ws / "config.yaml", tiny_assets, iters=2)
+    (ws / "cache").mkdir()
+    before = snapshot(ws)
+    proc = subprocess.run(
+        [sys.executable, "-c", _STOPPED_TRAINER, *where, "-c", str(config)],
+        cwd=ws, env=trainer_env(ws), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "stopped before the run started; nothing was created" in proc.stderr
+    assert not (ws / "runs").exists()
+    assert [p for p in snapshot(ws) if not p.startswith("cache")] == [
+        p for p in before if not p.startswith("cache")
+    ]
+    assert not [p for p in (ws / "cache").rglob(".tmp-*")]
 
 
 @pytest.mark.slow

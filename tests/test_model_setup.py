@@ -39,3 +39,22 @@ def test_save_final_leaks_no_descriptor_when_fsync_fails(
     monkeypatch.undo()
     assert _open_fds() == before
     assert [p.name for p in tmp_path.iterdir()] == []  # no final/, no temporary folder
+
+
+def test_a_hub_id_is_resolved_once(
+    tiny_assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlx_lm.utils
+
+    real = mlx_lm.utils._download
+    hub_lookups: list[str] = []
+
+    def download(path_or_repo: str, *args: object, **kwargs: object) -> Path:
+        if not Path(path_or_repo).exists():  # a hub id: what would go to the network
+            hub_lookups.append(path_or_repo)
+            return Path(tiny_assets["model"])
+        return real(path_or_repo, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mlx_lm.utils, "_download", download)
+    loaded = model_setup.load_base(_config(tiny_assets, model="org/tiny-model"), tmp_path)
+    assert hub_lookups == ["org/tiny-model"] and loaded.path == Path(tiny_assets["model"])

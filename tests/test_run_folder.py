@@ -67,3 +67,21 @@ def test_workspace_from_env_or_the_run_folder(
     assert workspace_for(str(tmp_path / "ws" / "runs" / "r1")).root == (tmp_path / "ws").resolve()
     monkeypatch.setenv("MLX_CPT_HOME", str(tmp_path / "home"))
     assert workspace_for(str(tmp_path / "ws" / "runs" / "r1")).root == tmp_path / "home"
+
+
+def test_one_trainer_per_folder_and_no_file_added(tmp_path: Path) -> None:
+    import os
+
+    from training.run_folder import create_run_folder, lock_run_folder
+
+    run = tmp_path / "run"
+    held = create_run_folder(run)
+    try:
+        with pytest.raises(RunFolderError, match="in use by another trainer"):
+            lock_run_folder(run)
+        with pytest.raises(FileExistsError):
+            create_run_folder(run)
+        assert list(run.iterdir()) == []  # the console's listing sees the folder as it was
+    finally:
+        os.close(held)
+    os.close(lock_run_folder(run))  # released with its descriptor (or the process)

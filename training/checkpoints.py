@@ -311,9 +311,31 @@ def save_optimizer(directory: Path, optimizer: Any) -> None:
 
 
 def load_trainable(bundle: Path, model: Any) -> None:
+    """Load a bundle's weights into the model's trainable parameters: exactly those keys
+    with those shapes (ValueError naming the difference), so a bundle from another model
+    or another choice of layers is never half-applied."""
     import mlx.core as mx
+    from mlx.utils import tree_flatten
 
     weights: dict[str, Any] = mx.load(str(bundle / ADAPTERS_FILE))  # type: ignore[assignment]
+    expected = dict(tree_flatten(model.trainable_parameters()))
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    wrong = sorted(k for k in set(weights) & set(expected) if weights[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        parts = [
+            f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("other shapes", wrong),
+            )
+            if keys
+        ]
+        raise ValueError(
+            f"{Path(bundle).name} does not fit the model's trainable parameters ("
+            + "; ".join(parts)
+            + ")"
+        )
     model.load_weights(list(weights.items()), strict=False)
 
 

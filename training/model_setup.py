@@ -6,7 +6,6 @@ for adapters and gradient checkpointing, and `utils.save` for the final model fo
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -42,39 +41,22 @@ def model_location(config: RunConfig, base_dir: Path) -> str:
 
 
 def load_base(config: RunConfig, base_dir: Path) -> LoadedModel:
+    """The model and tokenizer; a hub id is resolved to its local download once (mlx-lm's
+    own resolver: a local folder is used as is), then loaded from that folder."""
     from mlx_lm.utils import _download, load
 
     location = model_location(config, base_dir)
+    path = Path(location) if Path(location).exists() else Path(_download(location))
     trust = bool(config.trust_remote_code)
     model, tokenizer, model_config = load(  # type: ignore[misc]
-        location,
+        str(path),
         tokenizer_config={"trust_remote_code": trust},
         return_config=True,
         trust_remote_code=trust,
     )
     if config.dtype in DTYPES:
         model.set_dtype(DTYPES[config.dtype])
-    path = Path(location) if Path(location).exists() else Path(_download(location))
     return LoadedModel(model, tokenizer, model_config, path)
-
-
-def read_model_config(config: RunConfig, base_dir: Path) -> dict[str, Any] | None:
-    """config.json of a local model folder without loading weights (preflight checks)."""
-    path = resolve_path(config.model, base_dir) / "config.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def num_blocks(model_config: dict[str, Any]) -> int | None:
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        value = model_config.get(key)
-        if isinstance(value, int):
-            return value
-    text = model_config.get("text_config")
-    return num_blocks(text) if isinstance(text, dict) else None
 
 
 def layers_to_train(config: RunConfig, blocks: int) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.optimizers as optim
 
-from training.config import RunConfig
+from training.config import ConfigError, FieldError, RunConfig
 
 Schedule = Callable[[mx.array], mx.array]
 
@@ -105,3 +105,26 @@ def optimizer_kwargs(config: RunConfig) -> dict[str, Any]:
 def build_optimizer(config: RunConfig, total_steps: int) -> optim.Optimizer:
     cls = OPTIMIZERS[config.optimizer]
     return cls(learning_rate=learning_rate(config, total_steps), **optimizer_kwargs(config))
+
+
+def check_optimizer(config: RunConfig) -> None:
+    """Build the schedule and the optimizer once on a throw-away parameter and take one
+    step, so a bad lr_schedule or optimizer_config is bad input (ConfigError) before the
+    model loads. The run's optimizer needs its step count, known once the data is
+    tokenized (for an epochs or train_tokens budget)."""
+    steps = config.effective_iters or 1000
+    try:
+        schedule = learning_rate(config, steps)
+        if callable(schedule):
+            mx.eval(schedule(mx.array(0)), schedule(mx.array(steps)))
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        message = f"cannot build the learning-rate schedule: {exc}"
+        raise ConfigError([FieldError("lr_schedule", message)]) from None
+    try:
+        optimizer = OPTIMIZERS[config.optimizer](learning_rate=schedule, **optimizer_kwargs(config))
+        params = {"w": mx.zeros((2,))}
+        params = optimizer.apply_gradients({"w": mx.ones((2,))}, params)
+        mx.eval(params, optimizer.state)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        message = f"cannot build the {config.optimizer} optimizer: {exc}"
+        raise ConfigError([FieldError("optimizer_config", message)]) from None

@@ -7,10 +7,16 @@ no --run-dir               a new <workspace>/runs/<run_id>/ (created after valid
 --run-dir with metrics     refuse without --resume
 --resume                   continue from checkpoints/latest.json
 anything else              not ours: refuse, touch nothing
+
+One trainer per folder: the trainer holds an OS lock (flock) on the run folder itself (its
+directory descriptor, so no file is added to the folder) for as long as it lives; the
+kernel drops it when the process dies. An existing folder is locked before it is looked
+at, a new one is created with mkdir (never reused) and locked at once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,3 +90,27 @@ def choose_run_folder(run_dir: str | None, resume: bool, workspace: Workspace) -
     raise RunFolderError(
         f"--run-dir {root} is not empty and is not a run folder; give a new or empty folder"
     )
+
+
+def lock_run_folder(root: Path) -> int:
+    """Claim an existing run folder for this process: an open descriptor holding an
+    exclusive flock (close it to release). RunFolderError when another trainer holds it."""
+    try:
+        fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        raise RunFolderError(f"--run-dir {root}: cannot open it ({exc.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise RunFolderError(
+            f"{root} is in use by another trainer; wait for it to finish (or stop it) "
+            "instead of starting a second one on the same run"
+        ) from None
+    return fd
+
+
+def create_run_folder(root: Path) -> int:
+    """Create a new run folder (never an existing one: FileExistsError) and lock it."""
+    root.mkdir(parents=True, exist_ok=False)
+    return lock_run_folder(root)

@@ -15,6 +15,7 @@ from types import FrameType
 from typing import Any
 
 from training import checkpoints
+from training.errors import StopRequested
 from training.metrics_logger import CHECKPOINT, EVAL, STOPPING, TRAIN, TrainingMetricsLogger
 from training.progress import Progress
 from training.trainer_loop import LoopState, scalar
@@ -24,15 +25,29 @@ MEMORY_WARN_PERCENT = 95.0
 
 class StopFlag:
     """SIGTERM and SIGINT ask for a graceful stop: the flag is read between steps, so a
-    signal never interrupts a step or a checkpoint write (a second one only says so)."""
+    signal never interrupts a step or a checkpoint write (a second one only says so).
+
+    Installed first thing, before the model loads. While `interrupt` is on (the checks
+    before anything is created, in a single process) the first signal also raises
+    StopRequested at once: there is nothing to save, so a long model load or download ends
+    now rather than when it is done."""
 
     def __init__(self) -> None:
         self.requested = False
         self.signal_name = ""
+        self.interrupt = False
+        self._previous: dict[int, Any] = {}
 
-    def install(self) -> None:
-        signal.signal(signal.SIGTERM, self._handle)
-        signal.signal(signal.SIGINT, self._handle)
+    def install(self, *, interrupt: bool = False) -> None:
+        self.interrupt = interrupt
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def uninstall(self) -> None:
+        """Put back the handlers install() replaced (the trainer run in-process, in tests)."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
@@ -40,6 +55,8 @@ class StopFlag:
             return
         self.requested = True
         self.signal_name = signal.Signals(signum).name
+        if self.interrupt:
+            raise StopRequested(f"{self.signal_name} received")
 
     def __call__(self) -> bool:
         return self.requested

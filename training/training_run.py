@@ -1,7 +1,9 @@
-"""Run a checked plan: create the folder, tokenize, build the trainable model, train, save.
+"""Prepare a checked plan (tokenize, pack, make the model trainable, restore a resume),
+then run it: write the run folder, train, save.
 
-Everything that can be bad input was checked by continued_pretraining.preflight; from here
-on, errors are failures (status `failed`, exit 1).
+continued_pretraining.preflight checked everything that is cheap to check; prepare() comes
+before the run folder is created, so its problems are still bad input (ConfigError, exit 2,
+nothing created). From run() on, errors are failures (status `failed`, exit 1).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import platform
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,9 +20,10 @@ import mlx.core as mx
 
 from training import checkpoints
 from training.blas import blas_in_use
-from training.data import build_run_data, fixed_batches, format_report, iterate_batches
+from training.config import ConfigError, FieldError
+from training.data import RunData, build_run_data, fixed_batches, format_report, iterate_batches
 from training.data import plan_total_steps as plan_steps
-from training.errors import StopRequested
+from training.errors import InputError, StopRequested
 from training.metrics_logger import (
     DIVERGED,
     FAILED,
@@ -34,8 +38,8 @@ from training.model_setup import adapter_config, parameter_counts, prepare_train
 from training.optimization import build_optimizer
 from training.progress import Progress
 from training.run_session import SessionContext, StopFlag, TrainingSession
-from training.token_cache import default_progress, load_or_tokenize, tokenizer_fingerprint
-from training.trainer_loop import LoopArgs, LoopState, train
+from training.token_cache import default_progress, load_or_tokenize
+from training.trainer_loop import EvalBatches, LoopArgs, LoopState, train
 
 if TYPE_CHECKING:
     from training.continued_pretraining import Plan
@@ -82,37 +86,95 @@ def _chip() -> str:
     return platform.machine()
 
 
-def _create_folder(plan: Plan) -> None:
-    """Rank 0 only: the run folder and its config.yaml, after all checks passed."""
-    paths = plan.folder.paths
-    if plan.folder.mode == "new":
-        paths.root.mkdir(parents=True, exist_ok=True)
-    if plan.rewrite_config:  # new runs, and resumes that changed the budget or intervals
-        checkpoints.write_text_durable(paths.config, plan.config.to_yaml())
-    checkpoints.clean_stale_temp(paths.checkpoints)
+@dataclass
+class Prepared:
+    """What the run trains with, built before its folder exists."""
+
+    data: RunData
+    total_steps: int
+    optimizer: Any
+    state: LoopState
+    eval_sets: dict[str, EvalBatches]
+    resumed_from: int | None = None
+    elapsed_before: float = 0.0
 
 
-def run(plan: Plan) -> int:
+def prepare(plan: Plan, stop: StopFlag) -> Prepared:
+    """Tokenize into the workspace's cache, split and pack, make the model trainable, build
+    the optimizer, restore a resume. ConfigError for bad data or a checkpoint that does
+    not fit; StopRequested on a stop (a single process; ranks agree afterwards)."""
+    config, loaded = plan.config, plan.loaded
+    cache_dir = plan.workspace.token_cache_dir
+    say = default_progress if plan.rank == 0 else None
+    # Ranks must run the same collectives: only a lone process stops mid-tokenization.
+    should_stop = stop if plan.world == 1 else None
+
+    def tokenized(scan: Any, label: str) -> Any:
+        return load_or_tokenize(
+            scan,
+            loaded.tokenizer,
+            plan.tokenizer_fp,
+            cache_dir,
+            progress=say,
+            should_stop=should_stop,
+            label=label,
+        )
+
+    inputs = plan.inputs
+    try:
+        data = build_run_data(
+            config,
+            tokenized(inputs.train, "training corpus"),
+            tokenized(inputs.valid, "validation data") if inputs.valid else None,
+            {name: tokenized(scan, f"eval set {name}") for name, scan in inputs.eval_sets.items()},
+            valid_source=inputs.valid_source,
+            world=plan.world,
+        )
+    except InputError as exc:
+        raise ConfigError([FieldError(exc.field or "data", str(exc))]) from None
+    if plan.world == 1 and stop.requested:
+        raise StopRequested("stopped after tokenizing")
+    total_steps = plan_steps(config, data.report)
+    model = loaded.model
+    prepare_trainable(model, config)
+    optimizer = build_optimizer(config, total_steps)  # its settings passed check_optimizer
+    optimizer.init(model.trainable_parameters())
+    state = LoopState()
+    prepared = Prepared(data, total_steps, optimizer, state, {})
+    if plan.folder.mode == "resume":
+        try:
+            saved = _restore(plan.folder.root, model, optimizer, state)
+        except (ValueError, OSError, KeyError, TypeError) as exc:
+            message = f"cannot resume from the latest checkpoint: {exc}"
+            raise ConfigError([FieldError("run_dir", message)]) from None
+        prepared.resumed_from = state.step
+        prepared.elapsed_before = float(saved.get("elapsed_seconds") or 0.0)
+    sets = {"val": data.val} if data.val is not None else {}
+    for name, packed in {**sets, **data.eval_sets}.items():
+        prepared.eval_sets[name] = fixed_batches(
+            packed, config.batch_size, config.val_batches, plan.rank, plan.world
+        )
+    return prepared
+
+
+def run(plan: Plan, prepared: Prepared, stop: StopFlag) -> int:
+    """Train a prepared plan in its (claimed) run folder; the exit code."""
     writer = plan.rank == 0
     paths = plan.folder.paths
-    if writer:
-        _create_folder(plan)
-    stop = StopFlag()
-    stop.install()
     reporter = HttpReporter(plan.report_url) if plan.report_url and writer else None
     logger = TrainingMetricsLogger(paths.metrics, reporter=reporter, enabled=writer)
-    progress = Progress(total_steps=0, enabled=writer)
-    state = LoopState()  # filled by _train; a failure reports the step it reached
+    progress = Progress(total_steps=prepared.total_steps, enabled=writer)
+    state = prepared.state  # a failure reports the step it reached
     try:
         if writer:
+            if plan.rewrite_config:  # new runs, resumes that changed the budget or intervals
+                checkpoints.write_text_durable(paths.config, plan.config.to_yaml())
+            checkpoints.clean_stale_temp(paths.checkpoints)
             progress.line(f"run folder: {paths.root}  (BLAS: {blas_in_use()})")
         for message in plan.warnings:
             logger.warning(0, "config", message)
             progress.line(f"warning: {message}")
-        outcome = _train(plan, logger, progress, stop, state)
-    except StopRequested:  # a stop request while tokenizing
-        logger.status(state.step, STOPPED, "stopped before training started")
-        return EXIT_OK
+        outcome = _train(plan, prepared, logger, progress, stop)
     except Exception as exc:
         traceback.print_exc()
         logger.status(state.step, FAILED, f"{type(exc).__name__}: {exc}")
@@ -125,48 +187,21 @@ def run(plan: Plan) -> int:
 
 def _train(
     plan: Plan,
+    prepared: Prepared,
     logger: TrainingMetricsLogger,
     progress: Progress,
     stop: StopFlag,
-    state: LoopState,
 ) -> str:
     config, loaded, paths = plan.config, plan.loaded, plan.folder.paths
-    cache_dir = plan.workspace.token_cache_dir
-    tok_fp = tokenizer_fingerprint(loaded.tokenizer, loaded.path)
-    say = default_progress if plan.rank == 0 else None
-
-    def tokenized(scan: Any, label: str) -> Any:
-        return load_or_tokenize(
-            scan, loaded.tokenizer, tok_fp, cache_dir, progress=say, should_stop=stop, label=label
-        )
-
-    inputs = plan.inputs
-    data = build_run_data(
-        config,
-        tokenized(inputs.train, "training corpus"),
-        tokenized(inputs.valid, "validation data") if inputs.valid else None,
-        {name: tokenized(scan, f"eval set {name}") for name, scan in inputs.eval_sets.items()},
-        valid_source=inputs.valid_source,
-        world=plan.world,
-    )
+    data, state, total_steps = prepared.data, prepared.state, prepared.total_steps
     report = data.report
-    total_steps = plan_steps(config, report)
     if plan.rank == 0:
         checkpoints.write_text_durable(paths.data_report, json.dumps(report, indent=2) + "\n")
         progress.line(format_report(report))
 
-    model = loaded.model
-    prepare_trainable(model, config)
-    optimizer = build_optimizer(config, total_steps)
-    optimizer.init(model.trainable_parameters())
-    resumed_from, elapsed_before = None, 0.0
-    if plan.folder.mode == "resume":
-        saved = _restore(paths.root, model, optimizer, state)
-        resumed_from = state.step
-        elapsed_before = float(saved.get("elapsed_seconds") or 0.0)
+    model, optimizer = loaded.model, prepared.optimizer
+    resumed_from = prepared.resumed_from
     trainable, total = parameter_counts(model)
-
-    progress.begin(total_steps, state.step)
     base_model = str(config.model)
     logger.emit(
         RUN_START,
@@ -191,6 +226,7 @@ def _train(
         f"({config.fine_tune_type}) for {total_steps} steps"
         + (f", resuming at step {state.step}" if resumed_from is not None else "")
     )
+    progress.begin(total_steps, state.step)
 
     session = TrainingSession(
         run_dir=paths.root,
@@ -206,21 +242,13 @@ def _train(
             adapter_config=adapter_config(config, base_model, len(model.layers)),
             keep_checkpoints=config.keep_checkpoints,
             keep_best=config.keep_best,
-            elapsed_before=elapsed_before,
+            elapsed_before=prepared.elapsed_before,
+            inputs=plan.identity,
         ),
         model=model,
         optimizer=optimizer,
         writer=plan.rank == 0,
     )
-    eval_sets = {}
-    if data.val is not None:
-        eval_sets["val"] = fixed_batches(
-            data.val, config.batch_size, config.val_batches, plan.rank, plan.world
-        )
-    for name, packed in data.eval_sets.items():
-        eval_sets[name] = fixed_batches(
-            packed, config.batch_size, config.val_batches, plan.rank, plan.world
-        )
     batches = iterate_batches(
         data.train,
         config.batch_size,
@@ -248,7 +276,7 @@ def _train(
         args,
         state,
         session,
-        eval_sets=eval_sets,
+        eval_sets=prepared.eval_sets,
         group=plan.group,
     )
     if outcome == FINISHED:
@@ -273,7 +301,7 @@ def _restore(run_dir: Path, model: Any, optimizer: Any, state: LoopState) -> dic
     that it exists and matches the config); returns its state.json."""
     bundle = checkpoints.latest_bundle(run_dir)
     if bundle is None:
-        raise RuntimeError(f"{run_dir} lost its latest checkpoint")
+        raise ValueError(f"{run_dir} lost its latest checkpoint")
     saved = checkpoints.read_state(bundle)
     checkpoints.load_trainable(bundle, model)
     checkpoints.load_optimizer(bundle, optimizer)

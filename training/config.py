@@ -214,27 +214,21 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError([FieldError("config", f"file not found: {path}")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([FieldError("config", f"cannot read {path}: {exc}")]) from None
+    return parse_yaml_text(text, source=str(path))
+
+
+def parse_yaml_text(text: str, source: str | None = None) -> dict[str, Any]:
+    """Parse YAML text (a file's, or uploaded in the console) into a raw mapping."""
+    where = f" in {source}" if source else ""
     try:
         raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise ConfigError([FieldError("config", f"invalid YAML in {path}: {exc}")]) from None
+        raise ConfigError([FieldError("config", f"invalid YAML{where}: {exc}")]) from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError([FieldError("config", f"{path} must hold a mapping of settings")])
-    return raw
-
-
-def parse_yaml_text(text: str) -> dict[str, Any]:
-    """Parse YAML text (e.g. uploaded in the console) into a raw mapping."""
-    try:
-        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ConfigError([FieldError("config", f"invalid YAML: {exc}")]) from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError([FieldError("config", "YAML must hold a mapping of settings")])
+        what = source or "YAML"
+        raise ConfigError([FieldError("config", f"{what} must hold a mapping of settings")])
     return raw
 
 

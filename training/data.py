@@ -202,7 +202,6 @@ class DataInputs:
     """The corpus files of a run, each read once and fingerprinted (see scan_inputs)."""
 
     train: CorpusScan
-    train_root: Path
     valid: CorpusScan | None
     valid_source: str
     eval_sets: dict[str, CorpusScan] = field(default_factory=dict)
@@ -246,7 +245,7 @@ def scan_inputs(config: RunConfig, base_dir: Path) -> DataInputs:
     for name, path in (config.eval_sets or {}).items():
         found = _find(path, base_dir, "eval_sets")
         sets[name] = _scan(found.valid or found.train, "eval_sets", f"eval set '{name}'")
-    return DataInputs(train, corpus.root, valid, source, sets)
+    return DataInputs(train, valid, source, sets)
 
 
 # -- the run's data ---------------------------------------------------------------------------

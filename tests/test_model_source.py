@@ -68,3 +68,15 @@ def test_a_run_folder_anywhere(tmp_path: Path) -> None:
     assert source.adapter_path == run.checkpoints / "step-00000010"
     assert source.run_dir == run.root.resolve() and source.run_id == "my-run"
     assert source.to_json()["run_dir"] == str(run.root.resolve())
+
+
+def test_a_relative_model_path_falls_back_to_the_one_the_trainer_recorded(
+    tmp_path: Path,
+) -> None:
+    model = tmp_path / "models" / "base"
+    run = _run(tmp_path / "moved" / "my-run", model)
+    (run.config).write_text("model: models/base\nfine_tune_type: lora\n")  # relative to a cwd
+    with pytest.raises(SourceError, match="not on this machine"):
+        resolve_run_source(run, "base")
+    write_bundle(run.checkpoints, 15, {"inputs": {"model": str(model)}}, _adapters)
+    assert resolve_run_source(run, "base").model == model

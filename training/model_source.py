@@ -16,7 +16,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from training.checkpoints import bundle_name, bundle_step, list_bundles, read_latest
+from training.checkpoints import (
+    bundle_name,
+    bundle_step,
+    list_bundles,
+    read_latest,
+    read_state,
+)
 from training.config import ConfigError, read_yaml
 from training.errors import InputError
 from training.run_store import RunPaths, Workspace, is_valid_run_id
@@ -137,17 +143,33 @@ def run_config(run: RunPaths) -> dict[str, Any]:
 
 
 def base_model_dir(run: RunPaths, workspace: Path) -> Path:
+    """The run's base model folder: its config's `model` (a relative one against the
+    workspace), else the folder the trainer resolved it to, as its latest checkpoint
+    recorded (state.json `inputs`: a run folder moved, or started from another folder)."""
     raw = run_config(run).get("model")
     if not isinstance(raw, str) or not raw:
         raise SourceError(f"run {run.run_id} names no base model in config.yaml", "run_id")
     path = resolve_run_path(raw, workspace)
     if not (path / "config.json").is_file():
+        recorded = _recorded_model(run)
+        if recorded is not None and (recorded / "config.json").is_file():
+            return recorded
         raise SourceError(
             f"the base model of run {run.run_id} is not on this machine ({path}); "
             "it is needed to load the run's adapters or weights",
             "model",
         )
     return path
+
+
+def _recorded_model(run: RunPaths) -> Path | None:
+    latest = read_latest(run.root)
+    try:
+        inputs = read_state(latest["path"]).get("inputs") if latest else None
+    except (OSError, ValueError):
+        return None
+    model = inputs.get("model") if isinstance(inputs, dict) else None
+    return Path(model) if isinstance(model, str) and model else None
 
 
 def list_checkpoints(run: RunPaths) -> list[str]:

@@ -367,3 +367,34 @@ def test_remote_reports_refresh_the_run_page_once_per_status(
     wait_js(page, "window.cpt.run.train.n === 9 && !window.cpt.page.refreshPending")
     assert len(fetched) == 1, fetched
     assert_no_js_errors(page)
+
+
+def test_compare_untick_during_load_leaves_no_follower(server: LiveServer, page: Page) -> None:
+    """A live run unticked while its history loads is not followed afterwards, and ticked
+    again it is followed once."""
+    run_id = "20260405-000000-remote"
+    rows = [
+        {"v": 1, "seq": s, "event": "train", "time": time.time(), "step": s, "train_loss": 2.0}
+        for s in range(1, 4)
+    ]
+    assert server.post(f"/api/callbacks/{run_id}", {"events": rows}).status_code == 200
+    other = "20260405-000000-other1"
+    assert server.post(f"/api/callbacks/{other}", {"events": rows}).status_code == 200
+    held = []
+    page.route(f"**/api/runs/{run_id}/metrics*", lambda route: held.append(route))
+    signed_in(page, server)
+    page.goto(server.base_url + f"compare?runs={other}")
+    box = page.locator(f'#run-picker li[data-run-id="{run_id}"] input[type=checkbox]')
+    box.check()
+    wait_js(page, f"window.cpt.state.data.has('{run_id}') && window.cpt.state.loading > 0")
+    box.uncheck()
+    wait_js(page, f"!window.cpt.state.data.has('{run_id}')")
+    held[0].continue_()  # the stale load finishes now
+    page.unroute(f"**/api/runs/{run_id}/metrics*")
+    wait_js(page, "window.cpt.state.loading === 0")
+    assert run_id not in page.evaluate("window.cpt.followedRuns()")
+    box.check()
+    wait_js(page, f"window.cpt.state.loading === 0 && window.cpt.followedRuns()['{run_id}'] === 1")
+    box.uncheck()
+    wait_js(page, f"!('{run_id}' in window.cpt.followedRuns())")
+    assert_no_js_errors(page)

@@ -2,15 +2,15 @@
 // table of how their configs differ. The picked runs live in the URL (?runs=a,b) to share.
 import { h, $, replace, fmt } from "./dom.js";
 import { api, reportError, runUrl } from "./api.js";
-import { followRun } from "./live.js";
+import { followRun, followedRuns } from "./live.js";
 import { RunData, MetricChart, seriesColor } from "./chart.js";
 import { settings } from "./settings.js";
 import { badge, isActive } from "./run_actions.js";
 
 const MAX_RUNS = 8;
 const METRIC_TABLE = { val_loss: "eval" };
-const state = { runs: [], picked: [], data: new Map(), configs: new Map(), chart: null };
-window.cpt = { state };
+const state = { runs: [], picked: [], data: new Map(), configs: new Map(), chart: null, loading: 0 };
+window.cpt = { state, followedRuns };
 
 async function main() {
   try {
@@ -84,11 +84,15 @@ async function load(runId) {
   const run = new RunData({ smoothing: Number($("#smoothing").value) });
   const entry = { run, follower: null };
   state.data.set(runId, entry);
+  state.loading += 1;
   try {
     const [metrics, config] = await Promise.all([
       api.get(runUrl(runId, `/metrics?max_points=${settings.get("maxPoints")}`)),
       api.get(runUrl(runId, "/config")),
     ]);
+    // Unticked while loading (and maybe ticked again: a new entry): this load is stale,
+    // and a follower started now would never be stopped.
+    if (state.data.get(runId) !== entry) return;
     run.ingest(metrics.rows || []);
     run.lastSeq = Math.max(run.lastSeq, metrics.last_seq || 0);
     state.configs.set(runId, config.config || {});
@@ -98,6 +102,8 @@ async function load(runId) {
     }
   } catch (err) {
     reportError(err, `Cannot load ${runId}`);
+  } finally {
+    state.loading -= 1;
   }
 }
 

@@ -9,6 +9,7 @@
  *       connection or a reload resumes with no gap and no duplicate.
  *   onConnection(fn(online: boolean)) -> unsubscribe; called at once with the current state.
  *   onAnyStatus(fn(msg)) -> unsubscribe: every `run_status` event this page receives.
+ *   followedRuns() -> {run_id: n}: the runs this page follows now, and how many times.
  *
  * While the socket is down, base.html's #offline-banner ("Offline, reconnecting") is shown and
  * the top bar's connection dot turns red; both clear on reconnect.
@@ -17,6 +18,8 @@ import { io } from "../vendor/socket.io-4.8.4.esm.min.js";
 
 let socket = null;
 let online = false;
+// run_id -> how many followRun() calls follow it now (for pages' checks and tests).
+const following = new Map();
 const connectionListeners = new Set();
 const statusListeners = new Set();
 
@@ -61,6 +64,11 @@ export function onAnyStatus(fn) {
   return () => statusListeners.delete(fn);
 }
 
+/** {run_id: number of live followRun() calls}: a page following a run twice is a leak. */
+export function followedRuns() {
+  return Object.fromEntries(following);
+}
+
 export function followRun(runId, { afterSeq = 0, onRows = () => {}, onStatus = () => {} } = {}) {
   const s = getSocket();
   let lastSeq = Number(afterSeq) || 0;
@@ -88,13 +96,18 @@ export function followRun(runId, { afterSeq = 0, onRows = () => {}, onStatus = (
   s.on("run_metrics", handleRows);
   s.on("run_status", handleStatus);
   if (s.connected) join();
+  following.set(runId, (following.get(runId) || 0) + 1);
 
   return {
     get lastSeq() {
       return lastSeq;
     },
     stop() {
+      if (stopped) return;
       stopped = true;
+      const left = (following.get(runId) || 1) - 1;
+      if (left) following.set(runId, left);
+      else following.delete(runId);
       s.off("connect", join);
       s.off("run_metrics", handleRows);
       s.off("run_status", handleStatus);

@@ -148,3 +148,26 @@ def test_export_dialog_offers_the_adapter_and_names_the_folder_it_replaces(
     expect(page.locator("dialog")).to_have_count(0)
     assert (old / "README.md").is_file()  # nothing replaced without the confirmation
     assert_no_js_errors(page)
+
+
+def test_a_generation_survives_a_socket_reconnect(page: Page, server: LiveServer) -> None:
+    """The connection drops mid-generation: the page rejoins the job with the last seq it
+    has, gets what it missed once, and ends with exactly the worker's text."""
+    _open_playground(page, server)
+    root = page.locator("#playground")
+    page.fill("textarea[name=prompt]", "def ")
+    _settings(page, 4096, 1.0)
+    page.click("button[name=generate]")
+    lane = page.locator(".pg-lane[data-lane='0'] .pg-text")
+    expect(lane).not_to_be_empty(timeout=30_000)
+    page.evaluate(
+        "() => { window.cptSocket.once('connect', () => { window.reconnected = true; });"
+        " window.cptSocket.io.engine.close(); }"  # the connection drops
+    )
+    page.wait_for_function("() => window.reconnected === true", timeout=15_000)
+    page.click("button[name=stop]")
+    expect(root).to_have_attribute("data-done", "true", timeout=30_000)
+    job_id = root.get_attribute("data-job-id")
+    job = server.get(f"/api/eval/jobs/{job_id}").json()["job"]
+    assert lane.text_content() == job["result"]["lanes"][0]["text"] != ""
+    assert_no_js_errors(page)

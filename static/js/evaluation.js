@@ -4,8 +4,8 @@
  * - the checkpoint table from GET /api/runs/<run_id>/evaluations: step, validation loss,
  *   each extra held-out set's loss (the forgetting monitor), size, stored perplexities,
  *   the best checkpoint marked; per row: Playground, Perplexity…, Export…;
- * - evaluation jobs with live progress (Socket.IO `join_eval`, then `eval_progress`,
- *   `eval_result`, `eval_error`);
+ * - evaluation jobs with live progress (live.js followJob: `eval_progress`, `eval_result`,
+ *   `eval_error`);
  * - the Playground for this run (static/js/playground.js).
  *
  * Refreshes when the run reports a new checkpoint or evaluation (`run_metrics`).
@@ -13,38 +13,9 @@
 import { api, reportError, runUrl } from "./api.js";
 import { confirmDialog } from "./dialog.js";
 import { $, debounce, fmt, h, replace } from "./dom.js";
-import { getSocket } from "./live.js";
+import { followJob, getSocket } from "./live.js";
 import { mountPlayground } from "./playground.js";
 import { toast } from "./toast.js";
-
-const JOB_EVENTS = ["eval_progress", "eval_result", "eval_error"];
-
-/** Follow one evaluation job: re-joins after a reconnect, drops events already seen. */
-export function followJob(jobId, { onEvent }) {
-  const socket = getSocket();
-  let lastSeq = 0;
-  let done = false;
-  const join = () => socket.emit("join_eval", { job_id: jobId, after_seq: lastSeq });
-  const handlers = JOB_EVENTS.map((name) => [
-    name,
-    (msg) => {
-      if (done || !msg || msg.job_id !== jobId || msg.seq <= lastSeq) return;
-      lastSeq = msg.seq;
-      if (name !== "eval_progress") done = true;
-      onEvent(name, msg);
-      if (done) stop();
-    },
-  ]);
-  const stop = () => {
-    socket.off("connect", join);
-    for (const [name, fn] of handlers) socket.off(name, fn);
-    socket.emit("leave_eval", { job_id: jobId });
-  };
-  for (const [name, fn] of handlers) socket.on(name, fn);
-  socket.on("connect", join);
-  if (socket.connected) join();
-  return { stop };
-}
 
 function lossCell(value) {
   return h("td", { class: "right num", text: fmt.loss(value) });
@@ -240,6 +211,7 @@ export function mountEvaluation(root, runId) {
       const res = await api.post("/api/eval/perplexity", body);
       const view = showJob(`Perplexity · ${row.checkpoint} · ${picked.set || picked.path}`, res.job_id);
       followJob(res.job_id, {
+        events: ["eval_progress", "eval_result", "eval_error"],
         onEvent(name, msg) {
           if (name === "eval_progress") view.progress(msg);
           else if (name === "eval_result") {
@@ -304,6 +276,7 @@ export function mountEvaluation(root, runId) {
     }
     const view = showJob(`Export · ${row.checkpoint} · ${body.format}`, res.job_id);
     followJob(res.job_id, {
+      events: ["eval_progress", "eval_result", "eval_error"],
       onEvent(name, msg) {
         if (name === "eval_progress") view.progress(msg);
         else if (name === "eval_result") {

@@ -10,6 +10,9 @@
  *   onConnection(fn(online: boolean)) -> unsubscribe; called at once with the current state.
  *   onAnyStatus(fn(msg)) -> unsubscribe: every `run_status` event this page receives.
  *   followedRuns() -> {run_id: n}: the runs this page follows now, and how many times.
+ *   followJob(job_id, {onEvent(name, msg), events?}) -> {stop()}: an evaluation job's
+ *       events (eval_started ... eval_result | eval_error), rejoined after a reconnect with
+ *       the last seq, each once and in order, until the job ends.
  *
  * While the socket is down, base.html's #offline-banner ("Offline, reconnecting") is shown and
  * the top bar's connection dot turns red; both clear on reconnect.
@@ -36,6 +39,7 @@ export function getSocket() {
   socket.on("run_status", (msg) => {
     for (const fn of statusListeners) fn(msg);
   });
+  window.cptSocket = socket; // for tests and the curious (the page's one connection)
   return socket;
 }
 
@@ -114,4 +118,57 @@ export function followRun(runId, { afterSeq = 0, onRows = () => {}, onStatus = (
       if (s.connected) s.emit("leave_run", { run_id: runId });
     },
   };
+}
+
+/** Every event an evaluation worker's job sends (training/eval_worker.py, web/evaluation.py). */
+export const JOB_EVENTS = ["eval_started", "eval_progress", "eval_lane", "eval_token", "eval_lane_end", "eval_result", "eval_error"];
+const FINAL_JOB_EVENTS = new Set(["eval_result", "eval_error"]);
+
+/**
+ * Follow one evaluation job: `join_eval {job_id, after_seq}` now and after every reconnect
+ * (with the last seq handled), each event handed to onEvent(name, msg) once and in order,
+ * until its result or error. While a join is in flight, events are held and sorted: live
+ * ones may overtake the replay of what was missed. Returns {stop()}.
+ */
+export function followJob(jobId, { onEvent, events = JOB_EVENTS } = {}) {
+  const socket = getSocket();
+  const wanted = new Set(events);
+  let lastSeq = 0;
+  let done = false;
+  let held = null; // events received while a join is in flight
+  const handle = (name, msg) => {
+    if (done || msg.seq <= lastSeq) return;
+    lastSeq = msg.seq;
+    if (FINAL_JOB_EVENTS.has(name)) done = true;
+    if (wanted.has(name)) onEvent(name, msg);
+    if (done) stop();
+  };
+  const join = () => {
+    if (done) return;
+    held = [];
+    socket.emit("join_eval", { job_id: jobId, after_seq: lastSeq }, () => {
+      // The replay came before this answer: hand everything on in seq order.
+      const pending = (held || []).sort((a, b) => a[1].seq - b[1].seq);
+      held = null;
+      for (const [name, msg] of pending) handle(name, msg);
+    });
+  };
+  const handlers = JOB_EVENTS.map((name) => [
+    name,
+    (msg) => {
+      if (!msg || msg.job_id !== jobId || typeof msg.seq !== "number") return;
+      if (held) held.push([name, msg]);
+      else handle(name, msg);
+    },
+  ]);
+  const stop = () => {
+    done = true;
+    socket.off("connect", join);
+    for (const [name, fn] of handlers) socket.off(name, fn);
+    socket.emit("leave_eval", { job_id: jobId });
+  };
+  for (const [name, fn] of handlers) socket.on(name, fn);
+  socket.on("connect", join);
+  if (socket.connected) join();
+  return { stop };
 }

@@ -7,13 +7,14 @@
  *
  * The server side is web/evaluation.py. Socket.IO: emit `eval_generate {model, compare?,
  * prompt, max_tokens, temp, top_p, seed}` (ack {job_id} or {error, field}); then
- * `eval_lane`, `eval_token`, `eval_lane_end`, `eval_result`, `eval_error` arrive for that
- * job_id; `eval_stop {job_id}` ends it early. Model choices: GET /api/eval/models.
+ * live.js followJob follows that job (`eval_lane`, `eval_token`, `eval_lane_end`,
+ * `eval_result`, `eval_error`; rejoined after a reconnect); `eval_stop {job_id}` ends it
+ * early. Model choices: GET /api/eval/models.
  * Every value from the server is rendered as text (h()), never as HTML.
  */
 import { api, reportError } from "./api.js";
 import { $, fmt, h, replace } from "./dom.js";
-import { getSocket } from "./live.js";
+import { followJob, getSocket } from "./live.js";
 import { pickPath } from "./picker.js";
 
 const SETTINGS = [
@@ -219,9 +220,15 @@ export function mountPlayground(root, { runId = null, checkpoint = null } = {}) 
       showError(msg.error, field);
     },
   };
-  for (const [event, fn] of Object.entries(handlers)) {
-    socket.on(event, (msg) => {
-      if (msg && msg.job_id === jobId) fn(msg);
+  // The job's events through followJob: rejoined after a reconnect with the last seq, so a
+  // dropped connection loses no token and repeats none.
+  let following = null;
+  function follow(id) {
+    if (following) following.stop();
+    following = followJob(id, {
+      onEvent(name, msg) {
+        if (id === jobId && handlers[name]) handlers[name](msg);
+      },
     });
   }
 
@@ -260,6 +267,7 @@ export function mountPlayground(root, { runId = null, checkpoint = null } = {}) 
       }
       jobId = reply.job_id;
       root.dataset.jobId = jobId;
+      follow(jobId); // replays from the first event: nothing said before this ack is lost
     });
   });
 

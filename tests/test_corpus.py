@@ -86,3 +86,25 @@ def test_unreadable_file(tmp_path: Path):
                 load_documents(path)
     finally:
         path.chmod(0o700)
+
+
+def test_jsonl_is_streamed_line_by_line_and_hashed_as_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from training.corpus import read_file_documents
+
+    path = tmp_path / "d.jsonl"
+    lines = [json.dumps({"text": f"doc {i}"}) + "\n" for i in range(3)]
+    path.write_text("".join(lines) + "{broken\n")
+
+    def whole_file(self: Path) -> bytes:
+        raise AssertionError(f"{self} read whole")
+
+    monkeypatch.setattr(Path, "read_bytes", whole_file)
+    monkeypatch.setattr(Path, "read_text", whole_file)
+    seen: list[bytes] = []
+    docs = read_file_documents(path, seen.append)
+    assert [next(docs), next(docs), next(docs)] == ["doc 0", "doc 1", "doc 2"]
+    assert b"".join(seen) == "".join(lines).encode()  # the bytes as read, nothing re-encoded
+    with pytest.raises(CorpusError, match=r"d.jsonl:4: invalid JSON"):
+        next(docs)

@@ -82,3 +82,30 @@ def test_temporary_folders_of_dead_writers_are_swept(
         (folder / "tokens.bin").write_bytes(b"\0" * 10)
     _entry(tmp_path, tokenizer, tiny_assets)
     assert not stale.exists() and alive.exists()
+
+
+def test_a_scan_that_served_a_run_is_not_read_again_until_a_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.corpus
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "one"}\n{"text": "two"}\n')
+    memo = tmp_path / "scans"
+    fresh = token_cache.scan_corpus([corpus], memo_dir=memo)
+    token_cache.remember_scan(fresh, memo)  # written moments ago: not remembered
+    assert not memo.exists()
+    monkeypatch.setattr(token_cache, "_RACY_SECONDS", -1.0)  # (as if written long ago)
+    first = token_cache.scan_corpus([corpus], memo_dir=memo)
+    token_cache.remember_scan(first, memo)
+    reads: list[Path] = []
+    real = training.corpus.read_file_documents
+    monkeypatch.setattr(
+        token_cache, "read_file_documents", lambda p, raw=None: reads.append(p) or real(p, raw)
+    )
+    again = token_cache.scan_corpus([corpus], memo_dir=memo)
+    assert reads == [] and again == first
+    corpus.write_text('{"text": "one"}\n{"text": "three"}\n')
+    changed = token_cache.scan_corpus([corpus], memo_dir=memo)
+    assert reads == [corpus] and changed.content_hash != first.content_hash
+    assert (changed.documents, changed.chars) == (2, 8)

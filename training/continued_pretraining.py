@@ -42,7 +42,7 @@ from training.config import (
     read_yaml,
     resolve_path,
 )
-from training.data import DataInputs, scan_inputs
+from training.data import DataInputs, scan_inputs, scan_memo_dir
 from training.errors import StopRequested
 from training.run_folder import (
     RunFolder,
@@ -315,7 +315,7 @@ def preflight(args: argparse.Namespace, rank: int = 0, world: int = 1) -> Plan:
     except (ValueError, OSError) as exc:  # RunFolderError, a corrupt state.json, EACCES
         raise bad_input(exc, "run_dir") from None
     try:
-        inputs = scan_inputs(config, base_dir)
+        inputs = scan_inputs(config, base_dir, scan_memo_dir(workspace))
         loaded = check_model(config, base_dir)
         from training.token_cache import tokenizer_fingerprint
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +36,21 @@ class CorpusFiles:
 
     def fingerprint(self) -> str:
         """Changes whenever any file's path, size or modification time changes."""
-        h = hashlib.sha256()
-        for part, files in (("train", self.train), ("valid", self.valid)):
-            for f in files:
-                st = f.stat()
-                h.update(f"{part}\0{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        return h.hexdigest()[:16]
+        both = f"{files_fingerprint(self.train)}:{files_fingerprint(self.valid)}"
+        return hashlib.sha256(both.encode()).hexdigest()[:16]
+
+
+def files_fingerprint(files: Iterable[Path]) -> str:
+    """The identity of a list of files without reading them: path, inode, size, and the
+    modification and change times (ctime changes with any write, and cannot be set back),
+    so any edit, replacement or touch changes it."""
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(
+            f"{f.resolve()}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode()
+        )
+    return h.hexdigest()[:32]
 
 
 def find_corpus(path: str | Path) -> CorpusFiles:
@@ -81,59 +90,110 @@ def _check_suffix(path: Path) -> None:
         )
 
 
+RawFn = Callable[[bytes], None]
+
+
 def read_documents(files: tuple[Path, ...] | list[Path]) -> Iterator[str]:
     """Yield the non-empty documents of the files: a text file is one document, a
     .jsonl line with a non-empty `text` is one document."""
     for path in files:
-        if path.suffix.lower() in JSONL_SUFFIXES:
-            yield from _read_jsonl(path)
-        else:
-            text = _read_text(path)
-            if text.strip():
-                yield text
+        yield from read_file_documents(path)
+
+
+def file_kind(path: Path) -> str:
+    return "jsonl" if path.suffix.lower() in JSONL_SUFFIXES else "text"
+
+
+def read_file_documents(path: Path, raw: RawFn | None = None) -> Iterator[str]:
+    """The documents of one file; `raw` is given every byte read, as read (to hash the
+    file while it is parsed, without encoding the documents again). A .jsonl file is
+    streamed line by line."""
+    if file_kind(path) == "jsonl":
+        yield from _read_jsonl(path, raw)
+        return
+    data = _read_bytes(path)
+    if raw is not None:
+        raw(data)
+    text = _decode(path, data)
+    if text.strip():
+        yield text
+
+
+def _unreadable(path: Path, exc: OSError) -> CorpusError:
+    if isinstance(exc, PermissionError):
+        return CorpusError(f"{path}: permission denied; make the file readable")
+    return CorpusError(f"{path}: cannot read ({exc.strerror})")
 
 
 def _read_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
-    except PermissionError:
-        raise CorpusError(f"{path}: permission denied; make the file readable") from None
     except OSError as exc:
-        raise CorpusError(f"{path}: cannot read ({exc.strerror})") from None
+        raise _unreadable(path, exc) from None
     if b"\0" in data[:_SNIFF_BYTES]:
         raise CorpusError(f"{path}: looks binary (contains NUL bytes); give plain UTF-8 text")
     return data
 
 
-def _read_text(path: Path) -> str:
-    data = _read_bytes(path)
+def _not_utf8(path: Path, line: int) -> CorpusError:
+    return CorpusError(
+        f"{path}: not UTF-8 (invalid byte at line {line}); convert it, e.g. "
+        f"`iconv -f latin1 -t utf-8 {path.name}`"
+    )
+
+
+def _decode(path: Path, data: bytes) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise CorpusError(
-            f"{path}: not UTF-8 (invalid byte at line {line}); convert it, e.g. "
-            f"`iconv -f latin1 -t utf-8 {path.name}`"
-        ) from None
+        raise _not_utf8(path, data[: exc.start].count(b"\n") + 1) from None
 
 
-def _read_jsonl(path: Path) -> Iterator[str]:
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
+def _read_jsonl(path: Path, raw: RawFn | None) -> Iterator[str]:
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    with f:
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CorpusError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or "text" not in row:
-            raise CorpusError(
-                f"{path}:{number}: each line needs a 'text' field for continued pre-training "
-                "(chat or prompt/completion data is not raw text)"
-            )
-        if not isinstance(row["text"], str):
-            raise CorpusError(f"{path}:{number}: 'text' must be a string")
-        if row["text"].strip():
-            yield row["text"]
+            if b"\0" in f.read(_SNIFF_BYTES):
+                raise CorpusError(
+                    f"{path}: looks binary (contains NUL bytes); give plain UTF-8 text"
+                )
+            f.seek(0)
+            number = 0
+            for data in f:
+                if raw is not None:
+                    raw(data)
+                number += 1
+                try:
+                    line = data.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    raise _not_utf8(path, number) from None
+                # (old Mac line ends: a bare CR never occurs inside valid JSON)
+                for part in line.split("\r") if "\r" in line.rstrip("\r\n") else (line,):
+                    text = _document(path, number, part)
+                    if text is not None:
+                        yield text
+        except OSError as exc:
+            raise _unreadable(path, exc) from None
+
+
+def _document(path: Path, number: int, line: str) -> str | None:
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CorpusError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
+    if not isinstance(row, dict) or "text" not in row:
+        raise CorpusError(
+            f"{path}:{number}: each line needs a 'text' field for continued pre-training "
+            "(chat or prompt/completion data is not raw text)"
+        )
+    if not isinstance(row["text"], str):
+        raise CorpusError(f"{path}:{number}: 'text' must be a string")
+    return row["text"] if row["text"].strip() else None
 
 
 def load_documents(path: str | Path) -> list[str]:

@@ -21,6 +21,7 @@ import numpy as np
 from training.config import RunConfig, resolve_path
 from training.corpus import CorpusError, CorpusFiles, find_corpus
 from training.errors import InputError
+from training.run_store import Workspace
 from training.token_cache import CorpusScan, TokenizedCorpus, scan_corpus
 
 # The validation split does not depend on the run's seed, so runs on one corpus are
@@ -218,24 +219,34 @@ def _find(value: str, base_dir: Path, field_name: str) -> CorpusFiles:
         raise DataError(str(exc), field_name) from None
 
 
-def _scan(files: tuple[Path, ...], field_name: str, label: str) -> CorpusScan:
+def _scan(
+    files: tuple[Path, ...], field_name: str, label: str, memo_dir: Path | None
+) -> CorpusScan:
     try:
-        return scan_corpus(files, label)
+        return scan_corpus(files, label, memo_dir)
     except CorpusError as exc:
         raise DataError(str(exc), field_name) from None
 
 
-def scan_inputs(config: RunConfig, base_dir: Path) -> DataInputs:
-    """Find and read every corpus the run uses; DataError names the field at fault."""
+def scan_memo_dir(workspace: Workspace) -> Path:
+    """Where token_cache.remember_scan records scanned corpora: beside the token cache, not
+    in it (the console lists and deletes the cache's entries)."""
+    return workspace.cache_dir / "scans"
+
+
+def scan_inputs(config: RunConfig, base_dir: Path, memo_dir: Path | None = None) -> DataInputs:
+    """Find and read every corpus the run uses; DataError names the field at fault.
+    `memo_dir`: token_cache.remember_scan's records (files scanned before, unchanged)."""
     corpus = _find(config.data, base_dir, "data")
-    train = _scan(corpus.train, "data", "training corpus")
+    train = _scan(corpus.train, "data", "training corpus", memo_dir)
     valid: CorpusScan | None = None
     if config.valid_data:
         vfiles = _find(config.valid_data, base_dir, "valid_data")
         files = vfiles.valid or vfiles.train
-        valid, source = _scan(files, "valid_data", "validation data"), str(config.valid_data)
+        valid = _scan(files, "valid_data", "validation data", memo_dir)
+        source = str(config.valid_data)
     elif corpus.valid:
-        valid = _scan(corpus.valid, "data", "validation file")
+        valid = _scan(corpus.valid, "data", "validation file", memo_dir)
         source = str(corpus.valid[0].name)
     elif config.val_fraction > 0:
         source = f"{config.val_fraction:g} of the documents held out"
@@ -244,7 +255,7 @@ def scan_inputs(config: RunConfig, base_dir: Path) -> DataInputs:
     sets = {}
     for name, path in (config.eval_sets or {}).items():
         found = _find(path, base_dir, "eval_sets")
-        sets[name] = _scan(found.valid or found.train, "eval_sets", f"eval set '{name}'")
+        sets[name] = _scan(found.valid or found.train, "eval_sets", f"eval set '{name}'", memo_dir)
     return DataInputs(train, valid, source, sets)
 
 

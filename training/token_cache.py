@@ -1,7 +1,10 @@
 """Tokenize a corpus once: memory-mapped token arrays in <workspace>/cache/tokens/<key>/.
 
-The key hashes the tokenizer's files and the corpus's *document text* (not file names or
-times), so later runs, resumes and other runs on the same text reuse the entry. An entry
+The key hashes the tokenizer's files and the corpus files' *contents* (their bytes and
+kind, not their names or times), so later runs, resumes and other runs on the same text
+reuse the entry. A scan that served a run is remembered by the files' identity (path,
+inode, size, times: corpus.files_fingerprint), so scanning the same unchanged files again
+reads nothing. An entry
 holds every document's tokens followed by EOS (`tokens.bin`, uint16 when the vocabulary
 fits, else uint32) and the document start offsets (`doc_offsets.npy`); it is written into a
 temporary folder, fsynced (files and folder) and renamed, so a reader never sees a partial
@@ -27,10 +30,17 @@ from typing import Any
 import numpy as np
 
 from training.checkpoints import fsync_path
-from training.corpus import CorpusError, read_documents
+from training.corpus import (
+    CorpusError,
+    file_kind,
+    files_fingerprint,
+    read_documents,
+    read_file_documents,
+)
 from training.errors import StopRequested
+from training.run_store import atomic_write_text
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: corpora hashed from their files' bytes
 TOKENS_FILE = "tokens.bin"
 OFFSETS_FILE = "doc_offsets.npy"
 META_FILE = "meta.json"
@@ -52,6 +62,7 @@ TMP_PREFIX = ".tmp-"
 _TMP_PID_RE = re.compile(r"\.tmp-.*-(\d+)")  # .tmp-<key>-<pid>, .tmp-bad-<key>-<pid>
 
 ProgressFn = Callable[[str], None]
+_RACY_SECONDS = 2.0  # a file changed this recently is scanned again next time
 
 
 @dataclass(frozen=True)
@@ -62,23 +73,68 @@ class CorpusScan:
     content_hash: str
     documents: int
     chars: int
+    fingerprint: str = ""  # the files' identity when scanned (corpus.files_fingerprint)
+    # False when a file changed moments before the scan: file times tick coarsely, so a
+    # second write within the same tick could keep the fingerprint ("racy git").
+    memoizable: bool = False
 
 
-def scan_corpus(files: Iterable[Path], label: str = "corpus") -> CorpusScan:
-    """Read every document once (CorpusError for binary, non-UTF-8, bad JSONL or empty)."""
+def scan_corpus(
+    files: Iterable[Path], label: str = "corpus", memo_dir: Path | None = None
+) -> CorpusScan:
+    """Read every document once (CorpusError for binary, non-UTF-8, bad JSONL or empty),
+    hashing each file's bytes as they are read. With `memo_dir`, files scanned before and
+    unchanged since (remember_scan) are not read at all."""
     files = tuple(files)
+    try:
+        fingerprint = files_fingerprint(files)  # before reading: a write meanwhile changes it
+        newest = max((max(f.stat().st_mtime, f.stat().st_ctime) for f in files), default=0.0)
+    except OSError as exc:
+        raise CorpusError(f"{label}: cannot read {exc.filename} ({exc.strerror})") from None
+    settled = time.time() - newest > _RACY_SECONDS
+    if memo_dir is not None:
+        memo = _read_memo(memo_dir / f"{fingerprint}.json")
+        if memo is not None:
+            return CorpusScan(files, *memo, fingerprint=fingerprint, memoizable=settled)
     h = hashlib.sha256()
     documents = chars = 0
-    for doc in read_documents(files):
-        data = doc.encode("utf-8")
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(data)
-        documents += 1
-        chars += len(doc)
+    for path in files:
+        file_hash = hashlib.sha256()
+        for doc in read_file_documents(path, file_hash.update):
+            documents += 1
+            chars += len(doc)
+        h.update(file_kind(path).encode() + b"\0" + file_hash.digest())
     if documents == 0:
         where = files[0] if len(files) == 1 else f"{len(files)} files"
         raise CorpusError(f"{label} {where} is empty (no non-blank documents); add text to it")
-    return CorpusScan(files, h.hexdigest(), documents, chars)
+    return CorpusScan(files, h.hexdigest(), documents, chars, fingerprint, settled)
+
+
+def _read_memo(path: Path) -> tuple[str, int, int] | None:
+    try:
+        memo = json.loads(path.read_text(encoding="utf-8"))
+        content_hash, documents, chars = memo["content_hash"], memo["documents"], memo["chars"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if memo.get("version") != CACHE_VERSION or not isinstance(content_hash, str):
+        return None
+    return content_hash, int(documents), int(chars)
+
+
+def remember_scan(scan: CorpusScan, memo_dir: Path) -> None:
+    """Record a scan whose corpus served a run (its token cache entry exists), keyed by
+    the files' identity: the next scan of the same unchanged files skips reading them."""
+    if not (scan.fingerprint and scan.memoizable):
+        return
+    memo_dir.mkdir(parents=True, exist_ok=True)
+    memo = {
+        "version": CACHE_VERSION,
+        "content_hash": scan.content_hash,
+        "documents": scan.documents,
+        "chars": scan.chars,
+        "files": [str(f) for f in scan.files[:100]],
+    }
+    atomic_write_text(memo_dir / f"{scan.fingerprint}.json", json.dumps(memo, indent=2) + "\n")
 
 
 def tokenizer_fingerprint(tokenizer: Any, model_path: Path) -> str:

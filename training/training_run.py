@@ -21,7 +21,14 @@ import mlx.core as mx
 from training import checkpoints
 from training.blas import blas_in_use
 from training.config import ConfigError, FieldError
-from training.data import RunData, build_run_data, fixed_batches, format_report, iterate_batches
+from training.data import (
+    RunData,
+    build_run_data,
+    fixed_batches,
+    format_report,
+    iterate_batches,
+    scan_memo_dir,
+)
 from training.data import plan_total_steps as plan_steps
 from training.errors import InputError, StopRequested
 from training.metrics_logger import (
@@ -38,11 +45,12 @@ from training.model_setup import adapter_config, parameter_counts, prepare_train
 from training.optimization import build_optimizer
 from training.progress import Progress
 from training.run_session import SessionContext, StopFlag, TrainingSession
-from training.token_cache import default_progress, load_or_tokenize
+from training.token_cache import default_progress, load_or_tokenize, remember_scan
 from training.trainer_loop import EvalBatches, LoopArgs, LoopState, train
 
 if TYPE_CHECKING:
     from training.continued_pretraining import Plan
+
 
 EXIT_OK, EXIT_FAILED, EXIT_DIVERGED = 0, 1, 3
 
@@ -110,7 +118,7 @@ def prepare(plan: Plan, stop: StopFlag) -> Prepared:
     should_stop = stop if plan.world == 1 else None
 
     def tokenized(scan: Any, label: str) -> Any:
-        return load_or_tokenize(
+        entry = load_or_tokenize(
             scan,
             loaded.tokenizer,
             plan.tokenizer_fp,
@@ -119,6 +127,9 @@ def prepare(plan: Plan, stop: StopFlag) -> Prepared:
             should_stop=should_stop,
             label=label,
         )
+        if plan.rank == 0:  # the next scan of these unchanged files reads nothing
+            remember_scan(scan, scan_memo_dir(plan.workspace))
+        return entry
 
     inputs = plan.inputs
     try:

@@ -398,3 +398,36 @@ def test_compare_untick_during_load_leaves_no_follower(server: LiveServer, page:
     box.uncheck()
     wait_js(page, f"!('{run_id}' in window.cpt.followedRuns())")
     assert_no_js_errors(page)
+
+
+def test_live_rows_stay_bounded_without_gaps(server: LiveServer, page: Page) -> None:
+    """A long live run: past 4x the history's points the page fetches the downsampled
+    history again and rebuilds, keeping every row that came after it."""
+    run_id = "20260406-000000-remote"
+    seq = iter(range(1, 10_000))
+
+    def report(count: int, event: str = "train", **extra: object) -> int:
+        rows = []
+        for _ in range(count):
+            s = next(seq)
+            rows.append({"v": 1, "seq": s, "event": event, "time": time.time(), "step": s,
+                         "train_loss": 1.0 + (s * 37 % 11) / 10, **extra})  # fmt: skip
+        assert server.post(f"/api/callbacks/{run_id}", {"events": rows}).status_code == 200
+        return rows[-1]["seq"]
+
+    report(1, event="status", state="running")
+    report(9)
+    signed_in(page, server)
+    page.evaluate("localStorage.setItem('cpt.settings', JSON.stringify({maxPoints: 20}))")
+    page.goto(f"{server.base_url}runs/{run_id}")
+    wait_js(page, "window.cpt.run.train.n === 9")
+    for _ in range(30):
+        last = report(10)
+    wait_js(page, f"window.cpt.run.lastSeq === {last} && window.cpt.run.train.n <= 100")
+    last = report(10)
+    wait_js(page, f"window.cpt.run.lastSeq === {last}")
+    steps = chart_steps(page)
+    assert len(steps) <= 110 and steps == sorted(set(steps))  # bounded, no duplicate
+    assert steps[-10:] == list(range(last - 9, last + 1)) and steps[0] == 2  # no gap at the end
+    page.evaluate("localStorage.removeItem('cpt.settings')")
+    assert_no_js_errors(page)

@@ -10,6 +10,8 @@
  *
  *   const run = new RunData();  run.ingest(rows)        // metrics.jsonl objects, any order of events
  *   run.setSmoothing(0.6)                               // EMA of train_loss into column "smooth"
+ *   run.rebuild(historyRows, lastSeq, liveRowsSince)    // start over from a downsampled history
+ *   const onRows = liveIngest(run, {maxPoints, fetchHistory})  // live rows; compacts itself
  *   const c = new MetricChart(el, {series: [{source: run, table: "train", key: "train_loss",
  *             label, color, width, dash, points}], x: "step" | "tokens", logY, height, yFormat})
  *   c.setX(x); c.setLogY(bool); c.resetZoom(); c.flush(); c.destroy()
@@ -342,6 +344,25 @@ export class RunData {
     for (const fn of this.listeners) fn({ newSets: false });
   }
 
+  /**
+   * Start over from a downsampled history (rows up to `lastSeq`, as GET
+   * /metrics?max_points= answers it) plus the live rows received since it was asked for:
+   * those up to lastSeq are in the history already (sampled), the newer ones go on top, so
+   * nothing is lost or repeated. Charts keep their reference to this RunData.
+   */
+  rebuild(rows, lastSeq, liveRows = []) {
+    const sets = this.evalSets.length;
+    this.train = new Table(TRAIN_KEYS);
+    this.eval = new Table(["step", "tokens", "val_loss"]);
+    this.evalSets = [];
+    this.ema = 0;
+    this.emaCount = 0;
+    this.lastSeq = 0;
+    this.ingest([...rows, ...liveRows.filter((r) => r.seq > lastSeq)]);
+    this.lastSeq = Math.max(this.lastSeq, lastSeq);
+    if (this.evalSets.length !== sets) for (const fn of this.listeners) fn({ newSets: true });
+  }
+
   /** Last value of a column (NaN if none). */
   last(table, key) {
     const t = this[table];
@@ -353,6 +374,35 @@ export class RunData {
 
 function num(x) {
   return typeof x === "number" ? x : NaN;
+}
+
+/**
+ * Live rows for a RunData that stays small: rows are ingested at full resolution, and once
+ * the train table holds more than `factor` × maxPoints() rows, the downsampled history is
+ * fetched again (fetchHistory() -> {rows, last_seq}) and the run rebuilt from it plus the
+ * rows that arrived meanwhile. Returns the onRows(rows) function to feed the live stream to.
+ */
+export function liveIngest(run, { maxPoints, fetchHistory, factor = 4 }) {
+  let pending = null; // rows received while a history request is out
+  let retryAt = 0; // after a failed fetch, wait for this many rows before trying again
+  return (rows) => {
+    if (pending) pending.push(...rows);
+    run.ingest(rows);
+    const limit = Math.max(factor * maxPoints(), retryAt);
+    if (pending || run.train.n <= limit) return;
+    const live = (pending = []);
+    fetchHistory()
+      .then((res) => {
+        run.rebuild(res.rows || [], res.last_seq || 0, live);
+        retryAt = 0;
+      })
+      .catch(() => {
+        retryAt = run.train.n * 2;
+      })
+      .finally(() => {
+        pending = null;
+      });
+  };
 }
 
 /** Extra held-out sets of an eval event: {name: loss}, from `val_<name>_loss` / `<name>_loss`

@@ -3,7 +3,7 @@
 import { h, $, replace, fmt } from "./dom.js";
 import { api, reportError, runUrl } from "./api.js";
 import { followRun, followedRuns } from "./live.js";
-import { RunData, MetricChart, seriesColor } from "./chart.js";
+import { RunData, MetricChart, seriesColor, liveIngest } from "./chart.js";
 import { settings } from "./settings.js";
 import { badge, isActive } from "./run_actions.js";
 
@@ -98,7 +98,9 @@ async function load(runId) {
     state.configs.set(runId, config.config || {});
     const meta = state.runs.find((r) => r.run_id === runId);
     if (meta && isActive(meta.state)) {
-      entry.follower = followRun(runId, { afterSeq: run.lastSeq, onRows: (rows) => run.ingest(rows) });
+      const fetchHistory = () => api.get(runUrl(runId, `/metrics?max_points=${settings.get("maxPoints")}`));
+      const onRows = liveIngest(run, { maxPoints: () => settings.get("maxPoints"), fetchHistory });
+      entry.follower = followRun(runId, { afterSeq: run.lastSeq, onRows });
     }
   } catch (err) {
     reportError(err, `Cannot load ${runId}`);

@@ -3,7 +3,7 @@
 import { h, $, replace, fmt } from "./dom.js";
 import { api, reportError, runUrl } from "./api.js";
 import { followRun, onConnection } from "./live.js";
-import { RunData, MetricChart, seriesColor } from "./chart.js";
+import { RunData, MetricChart, seriesColor, liveIngest } from "./chart.js";
 import { settings } from "./settings.js";
 import { toast } from "./toast.js";
 import { noteRunState } from "./notify.js";
@@ -27,10 +27,13 @@ async function main() {
   wireActions();
   renderRecord();
   await loadHistory();
+  // Live rows at full resolution; past 4x the history's points, the history is fetched
+  // again downsampled and the run rebuilt from it (memory and redraws stay bounded).
+  const ingest = liveIngest(run, { maxPoints: () => settings.get("maxPoints"), fetchHistory });
   page.follower = followRun(runId, {
     afterSeq: run.lastSeq,
     onRows: (rows) => {
-      run.ingest(rows);
+      ingest(rows);
       noteRows(rows, true);
       renderLive();
     },
@@ -46,10 +49,13 @@ async function main() {
 
 // -- data ------------------------------------------------------------------------------------
 
+function fetchHistory() {
+  return api.get(runUrl(runId, `/metrics?max_points=${settings.get("maxPoints")}`));
+}
+
 async function loadHistory() {
-  const maxPoints = settings.get("maxPoints");
   try {
-    const res = await api.get(runUrl(runId, `/metrics?max_points=${maxPoints}`));
+    const res = await fetchHistory();
     const rows = res.rows || [];
     run.ingest(rows);
     if (typeof res.last_seq === "number" && res.last_seq > run.lastSeq) run.lastSeq = res.last_seq;

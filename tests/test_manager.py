@@ -399,3 +399,27 @@ def test_remote_reports_notify_only_on_first_contact_and_status(manager):
     assert notified == [run_id, run_id]
     assert report(16, 1, event="status", state="finished")[0] == 0  # a retry: nothing new
     assert notified == [run_id, run_id]
+
+
+def test_start_up_reads_each_run_once_and_nothing_without_autodetect(workspace, monkeypatch):
+    first = make_manager(workspace)
+    first.queue_pause()
+    queued = first.create_run(fake_config(), queue=True)
+    created = [first.create_run(fake_config(iters=i), start=False) for i in (5, 6)]
+    first.close()
+
+    import training.manager as manager_module
+
+    reads = []
+    real = manager_module.RunStore.read_record
+    monkeypatch.setattr(
+        manager_module.RunStore, "read_record", lambda self, r: reads.append(r) or real(self, r)
+    )
+    scanning = make_manager(workspace)
+    assert {d.run_id for d in scanning.detect(autodetect=True)} == {queued, *created}
+    assert sorted(reads) == sorted([queued, *created])  # one read of each run.json
+    reads.clear()
+    quiet = make_manager(workspace)
+    assert quiet.detect(autodetect=False) == [] and reads == []  # no start-up scan at all
+    queue = quiet.queue_state()  # the queue comes back (paused) when first asked for
+    assert queue["paused"] and queue["run_ids"] == [queued]

@@ -105,16 +105,18 @@ class TrainingManager:
     # -- start-up detection (read-only) --
 
     def detect(self, autodetect: bool = True) -> list[Detection]:
-        """Scan the runs at console start: log one line per run and adopt verified live
-        trainers. With autodetect off, nothing is scanned or logged."""
-        self._load_queue_orphans()
+        """Scan the runs at console start, reading each run.json once: log one line per
+        run, adopt verified live trainers and bring back the waiting queue (paused). With
+        autodetect off nothing is scanned or logged: the queue is read when first asked
+        for, and a live trainer adopted when its run is opened."""
         if not autodetect:
             return []
         found: list[Detection] = []
+        records: dict[str, RunRecord] = {}
         for run_id in self.store.run_ids():
             try:
                 paths = self.store.paths(run_id)
-                record = self.store.read_record(run_id)
+                record = records[run_id] = self.store.read_record(run_id)
                 # The file's tail holds any final status: no full index at start-up.
                 status = current_status(self.store.summary(run_id), record)
                 detection = detect_run(record, paths, status)
@@ -127,21 +129,29 @@ class TrainingManager:
                 # its whole metrics file before the console even listens.
                 self._adopt(run_id, detection.process, notify=False)
             found.append(detection)
+        self._load_queue_orphans(records)
         return found
 
-    def _load_queue_orphans(self) -> None:
+    def _load_queue_orphans(self, records: Mapping[str, RunRecord] | None = None) -> None:
+        """Once: queue.json's order, kept to the runs whose run.json says queued (and
+        never started), plus queued runs queue.json lost. `records`: run.json of every
+        run, when the caller has read them already."""
         with self._lock:
             if self._queued_orphans_checked:
                 return
             self._queued_orphans_checked = True
-            queued = []
-            for run_id in self.store.run_ids():
-                try:
-                    record = self.store.read_record(run_id)
-                except RunNotFound:
-                    continue
-                if record.state == "queued" and record.pid is None:
-                    queued.append(run_id)
+            if records is None:
+                records = {}
+                for run_id in self.store.run_ids():
+                    try:
+                        records[run_id] = self.store.read_record(run_id)
+                    except RunNotFound:
+                        continue
+            queued = [
+                run_id
+                for run_id, record in records.items()
+                if record.state == "queued" and record.pid is None
+            ]
             self.queue.order = [r for r in self.queue.order if r in queued]
             self.queue.adopt_orphans(queued)
 
@@ -435,8 +445,7 @@ class TrainingManager:
                 raise RunConflict(
                     f"run {run_id}: pid {active.pid} failed verification; not signalled"
                 )
-            record.stop_requested = True
-            record.state = "stopping"
+            record.stop_requested = True  # derive_state reads this (no "stopping" state)
             self.store.write_record(record)
             active.send_signal(signal.SIGTERM)
             active.kill_after(self.settings.stop_grace_seconds, self._kill)

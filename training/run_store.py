@@ -179,7 +179,10 @@ class RunRecord:
     run_id: str
     name: str
     created: float
-    # The console's last intent: created, queued, starting (spawned), stopping (signalled).
+    # The console's last intent before a trainer runs: created, queued, or starting (spawned:
+    # set before the process starts, so a crash before its pid is recorded still reads as
+    # started, never as a run to start or queue again). Stopping is stop_requested; the
+    # rest is derived (derive_state). Older consoles also wrote "stopping" here.
     state: str = "created"
     pid: int | None = None
     pid_create_time: float | None = None

@@ -111,8 +111,12 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
 
 
 def _expected_console_error(text: str) -> bool:
-    # A console that is killed on purpose makes the socket and fetches fail while it is away.
-    return "ERR_CONNECTION_REFUSED" in text or "Failed to load resource" in text
+    # A console that is killed on purpose makes the socket and fetches fail while it is away
+    # (refused once it is gone, reset when it dies mid-handshake).
+    return any(
+        sign in text
+        for sign in ("ERR_CONNECTION_REFUSED", "ERR_CONNECTION_RESET", "Failed to load resource")
+    )
 
 
 def assert_no_js_errors(page: Page) -> None:

@@ -160,12 +160,19 @@ def test_a_generation_survives_a_socket_reconnect(page: Page, server: LiveServer
     page.click("button[name=generate]")
     lane = page.locator(".pg-lane[data-lane='0'] .pg-text")
     expect(lane).not_to_be_empty(timeout=30_000)
-    page.evaluate(
-        "() => { window.cptSocket.once('connect', () => { window.reconnected = true; });"
-        " window.cptSocket.io.engine.close(); }"  # the connection drops
+    dropped_mid_generation = page.evaluate(
+        "() => { if (document.querySelector('#playground').dataset.done) return false;"
+        " window.cptSocket.once('connect', () => { window.reconnected = true; });"
+        " window.cptSocket.io.engine.close(); return true; }"  # the connection drops
     )
+    assert dropped_mid_generation, "the generation ended before the connection could drop"
     page.wait_for_function("() => window.reconnected === true", timeout=15_000)
-    page.click("button[name=stop]")
+    # The worker keeps generating while the page is away and may finish (the context limit or
+    # an EOS) before it is back: stop it only if it still runs, in one step in the page.
+    page.evaluate(
+        "() => { const stop = document.querySelector('button[name=stop]');"
+        " if (!stop.disabled) stop.click(); }"
+    )
     expect(root).to_have_attribute("data-done", "true", timeout=30_000)
     job_id = root.get_attribute("data-job-id")
     job = server.get(f"/api/eval/jobs/{job_id}").json()["job"]

@@ -161,3 +161,45 @@ def test_a_remote_trainer_reports_over_http(tiny_assets, tmp_path):
         assert run["remote"] and run["state"] == "finished" and run["step"] == 4
         rows = server.get(f"/api/runs/{run_id}/metrics").json()["rows"]
         assert [r["seq"] for r in rows] == expected
+
+
+def test_a_trainer_started_from_the_command_line_is_live_and_stoppable(tiny_assets, tmp_path):
+    """The trainer's own command line in the console's workspace (default run folder, no
+    run.json): the console lists it as running, stops it with a checkpoint, and sees it
+    stopped at once, not after a silence."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.live_server import ROOT
+
+    config_path = tmp_path / "cli.yaml"
+    config_path.write_text(yaml.safe_dump(real_config(tiny_assets)))
+    with LiveServer(tmp_path / "ws") as server:
+        env = {k: v for k, v in os.environ.items() if k != "MLX_CPT_TOKEN"}
+        env.update(MLX_CPT_HOME=str(server.workspace), PYTHONPATH=str(ROOT))
+        trainer = subprocess.Popen(
+            [sys.executable, "-m", "training.continued_pretraining", "-c", str(config_path)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            runs = wait_until(
+                lambda: [r for r in server.get("/api/runs").json()["runs"] if r["step"]],
+                timeout=180,
+                message="the command-line run to train",
+            )
+            [run] = runs
+            assert run["state"] == "running" and not run["remote"]
+            assert not (server.workspace / "runs" / run["run_id"] / "run.json").exists()
+            assert server.post(f"/api/runs/{run['run_id']}/stop").status_code == 202
+            assert trainer.wait(timeout=180) == 0
+            stopped = server.wait_for_state(run["run_id"], "stopped", timeout=30)
+            assert stopped["checkpoints"] >= 1 and stopped["resumable"]
+        finally:
+            trainer.kill()
+            trainer.wait()

@@ -9,8 +9,21 @@ import sys
 import psutil
 import pytest
 
-from training.detection import cmdline_names_run, detect_run, log_detection, verify_process
+from tests.helpers import wait_until
+from training.detection import (
+    TrainerTable,
+    cmdline_names_run,
+    detect_run,
+    log_detection,
+    verify_process,
+)
 from training.run_store import RunRecord, Workspace
+
+# A process the process table takes for a trainer: it names the trainer module, and may
+# hold a file of its run folder open, as the trainer holds metrics.jsonl.
+HOLDS_OPEN = (
+    "import sys, time; f = open(sys.argv[1], 'a'); print('ready', flush=True); time.sleep(60)"
+)
 
 
 @pytest.fixture
@@ -90,3 +103,80 @@ def test_detect_decisions_and_one_log_line_each(paths, trainer_like, caplog):
         log_detection(d)
     assert len(caplog.records) == 4
     assert all(paths.run_id in r.getMessage() for r in caplog.records)
+
+
+def _spawn(argv, cwd=None):
+    return subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def procs():
+    started = []
+    yield started
+    for proc in started:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+def test_the_process_table_finds_trainers_run_json_does_not_name(paths, procs, tmp_path):
+    runs_dir = paths.root.parent
+    other = runs_dir / "20260101-000000-bbbbbb"
+    other.mkdir()
+    third = runs_dir / "20260101-000000-cccccc"
+    third.mkdir()
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    module = "training.continued_pretraining"
+    # Named by --run-dir (absolute), by a --run-dir relative to its working folder, by the
+    # metrics file it holds open; and two that are not trainers of this workspace.
+    procs.append(_spawn([*sleep, module, "--run-dir", str(paths.root)]))
+    procs.append(_spawn([*sleep, module, f"--run-dir=runs/{other.name}"], cwd=runs_dir.parent))
+    holder = _spawn([sys.executable, "-c", HOLDS_OPEN, str(third / "metrics.jsonl"), module])
+    procs.append(holder)
+    assert holder.stdout.readline().strip() == "ready"
+    procs.append(_spawn([*sleep, "--run-dir", str(third)]))  # not the trainer
+    procs.append(_spawn([*sleep, module, "--run-dir", str(tmp_path / "elsewhere" / "x")]))
+
+    table = TrainerTable(runs_dir, ttl=0.0)
+    found = wait_until(lambda: len(table.trainers()) == 3 and table.trainers(), 10)
+    assert {run_id: p.pid for run_id, p in found.items()} == {
+        paths.run_id: procs[0].pid,
+        other.name: procs[1].pid,
+        third.name: holder.pid,
+    }
+    procs[0].kill()
+    procs[0].wait()
+    assert table.get(paths.run_id) is None  # an ended trainer drops out before a re-read
+
+
+def test_the_table_is_read_again_only_after_its_ttl(paths, procs):
+    now = [0.0]
+    table = TrainerTable(paths.root.parent, ttl=2.0, clock=lambda: now[0])
+    assert table.trainers() == {}
+    procs.append(
+        _spawn(
+            [
+                sys.executable,
+                "-c",
+                "import time; time.sleep(60)",
+                "training.continued_pretraining",
+                "--run-dir",
+                str(paths.root),
+            ]
+        )
+    )
+    wait_until(lambda: psutil.Process(procs[0].pid).cmdline()[-1] == str(paths.root), 10)
+    assert table.trainers() == {}  # cached
+    now[0] = 2.0
+    assert table.get(paths.run_id).pid == procs[0].pid
+
+
+def test_a_trainer_run_json_does_not_name_is_adopted(paths, trainer_like):
+    # The console died between spawning the trainer and recording its pid.
+    record = RunRecord(paths.run_id, "r", 1.0, state="starting")
+    found = psutil.Process(trainer_like.pid)
+    detection = detect_run(record, paths, None, found)
+    assert detection.decision == "adopt" and detection.process is found
+    assert "process table" in detection.reason and "no pid" in detection.reason
+    assert detect_run(record, paths, None).decision == "interrupted"
+    assert detect_run(record, paths, {"state": "stopped"}, found).decision == "final"

@@ -17,7 +17,7 @@ from tests.console_helpers import fake_config, make_manager, make_workspace, set
 from tests.helpers import wait_until
 from training.config import ConfigError, build_config
 from training.manager import ConfirmRequired, RunConflict
-from training.run_store import write_record
+from training.run_store import Workspace, write_record
 
 
 @pytest.fixture
@@ -423,3 +423,66 @@ def test_start_up_reads_each_run_once_and_nothing_without_autodetect(workspace, 
     assert quiet.detect(autodetect=False) == [] and reads == []  # no start-up scan at all
     queue = quiet.queue_state()  # the queue comes back (paused) when first asked for
     assert queue["paused"] and queue["run_ids"] == [queued]
+
+
+def _trainer_like(run_dir):
+    """A process the process table takes for the run's trainer; SIGTERM ends it (code 0)."""
+    code = (
+        "import signal, sys, time;"
+        " signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(60)"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "training.continued_pretraining", "--run-dir", str(run_dir)]
+    )
+
+
+def test_a_trainer_whose_pid_was_never_recorded_is_adopted_and_stoppable(workspace):
+    """The console died between spawning the trainer and recording its pid: the next one
+    finds the trainer in the process table, follows it and can stop it."""
+    first = make_manager(workspace)
+    run_id = first.create_run(fake_config(), start=False)
+    first.close()
+    paths = first.store.paths(run_id)
+    record = first.store.read_record(run_id)
+    record.state = "starting"  # written before the spawn; the crash came before the pid
+    first.store.write_record(record)
+    trainer = _trainer_like(paths.root)
+    try:
+        console = make_manager(workspace)
+        wait_until(lambda: console.trainers.get(run_id), 10, message="the trainer in the table")
+        console.trainers.forget()
+        [detection] = console.detect()
+        assert detection.decision == "adopt" and "process table" in detection.reason
+        assert state(console, run_id) == "starting"
+        with pytest.raises(RunConflict):  # not resumable: it runs
+            console.resume(run_id, confirm=True)
+        assert console.stop(run_id) == "stopping"
+        assert trainer.wait(timeout=10) == 0
+        console.close()
+    finally:
+        trainer.kill()
+        trainer.wait()
+
+
+def test_a_command_line_trainer_counts_against_capacity_without_autodetect(workspace):
+    """A trainer started from its own command line (no run.json) is listed as live and
+    holds the machine: the console starts no second run beside it, even unscanned."""
+    cli_run = Workspace(workspace).run("20260303-000000-cliiii")
+    cli_run.root.mkdir(parents=True)
+    trainer = _trainer_like(cli_run.root)
+    try:
+        console = make_manager(workspace)
+        assert console.detect(autodetect=False) == []
+        wait_until(lambda: console.trainers.get(cli_run.run_id), 10, message="the CLI trainer")
+        console.trainers.forget()
+        assert state(console, cli_run.run_id) == "starting"
+        with pytest.raises(RunConflict, match=cli_run.run_id):
+            console.create_run(fake_config())
+        assert not (cli_run.run_json).exists()  # reading wrote nothing
+        trainer.kill()
+        trainer.wait()
+        wait_until(lambda: state(console, cli_run.run_id) == "interrupted", 10)
+        console.close()
+    finally:
+        trainer.kill()
+        trainer.wait()

@@ -57,7 +57,10 @@ def test_corrupt_or_missing_run_json_still_lists_the_run(store):
     assert read_record(paths).run_id == paths.run_id
     paths.run_json.unlink()
     rec = read_record(paths)
-    assert rec.remote  # judged by its events: launched outside the console
+    # Launched from the trainer's command line: started, no pid; not a remote trainer.
+    assert (rec.state, rec.pid, rec.remote) == ("starting", None, False)
+    assert derive_state(rec, None, alive=False)[0] == "interrupted"
+    assert derive_state(rec, {"state": "running"}, alive=True)[0] == "running"
 
 
 def test_write_record_is_atomic(store):

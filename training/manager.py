@@ -22,13 +22,20 @@ from typing import Any
 import psutil
 
 from training.config import ConfigError, FieldError, build_config
-from training.detection import Detection, detect_run, log_detection, verify_process
+from training.detection import (
+    Detection,
+    TrainerTable,
+    detect_run,
+    log_detection,
+    verify_process,
+)
 from training.errors import ConfirmRequired, RunConflict
 from training.remote_runs import append_remote_events, check_events
 from training.run_description import current_status, describe_run, recorded_trainer_alive
 from training.run_queue import QueueError, RunQueue
 from training.run_store import (
     ACTIVE_STATES,
+    FINAL_STATES,
     MAX_NAME_LENGTH,
     RESUMABLE_STATES,
     RunNotFound,
@@ -76,6 +83,9 @@ class TrainingManager:
         self.workspace = Workspace(settings.workspace)
         self.store = store or RunStore(self.workspace)
         self.queue = RunQueue(self.workspace.queue_json)
+        # Trainers run.json does not name (started from the command line, or spawned by a
+        # console that died before recording the pid), from the process table.
+        self.trainers = TrainerTable(self.workspace.runs_dir)
         self._lock = threading.RLock()
         self._active: dict[str, TrainerProcess] = {}
         self._listeners: list[Callable[[str], None]] = []
@@ -119,7 +129,7 @@ class TrainingManager:
                 record = records[run_id] = self.store.read_record(run_id)
                 # The file's tail holds any final status: no full index at start-up.
                 status = current_status(self.store.summary(run_id), record)
-                detection = detect_run(record, paths, status)
+                detection = detect_run(record, paths, status, self.trainers.get(run_id))
             except (RunNotFound, OSError) as exc:
                 log.info("run %s: skipped (%s)", run_id, exc)
                 continue
@@ -157,19 +167,30 @@ class TrainingManager:
 
     def adopt_if_alive(self, run_id: str) -> bool:
         """Follow a verified live trainer this console does not know yet (a run opened
-        with --no-autodetect, or one started before this console)."""
+        with --no-autodetect, one started before this console or from the command line)."""
         with self._lock:
             if run_id in self._active:
                 return True
             record = self.store.read_record(run_id)
-            if record.pid is None or record.exit is not None or record.remote:
+            if record.exit is not None:
                 return False
-            verdict = verify_process(record, self.store.paths(run_id))
-            if not verdict.alive or verdict.process is None:
+            proc, reason = self._live_trainer(record)
+            if proc is None:
                 return False
-            log.info("run %s: adopted: live trainer, following it (%s)", run_id, verdict.reason)
-            self._adopt(run_id, verdict.process)
+            log.info("run %s: adopted: live trainer, following it (%s)", run_id, reason)
+            self._adopt(run_id, proc)
             return True
+
+    def _live_trainer(self, record: RunRecord) -> tuple[psutil.Process | None, str]:
+        """The run's live trainer: run.json's verified pid, else one in the process table."""
+        if record.pid is not None:
+            verdict = verify_process(record, self.store.paths(record.run_id))
+            if verdict.alive:
+                return verdict.process, verdict.reason
+        found = self.trainers.get(record.run_id)
+        if found is None:
+            return None, "no live trainer"
+        return found, f"pid {found.pid} runs its trainer, found in the process table"
 
     def _adopt(self, run_id: str, proc: psutil.Process, notify: bool = True) -> None:
         active = adopt_trainer(run_id, proc)
@@ -185,7 +206,10 @@ class TrainingManager:
         active = self._active.get(record.run_id)
         if active is not None:
             return active.running()
-        return recorded_trainer_alive(record, paths, last_status)
+        if recorded_trainer_alive(record, paths, last_status):
+            return True
+        final = last_status and last_status.get("state") in FINAL_STATES
+        return record.exit is None and not final and self.trainers.get(record.run_id) is not None
 
     def state(self, run_id: str) -> tuple[str, str]:
         record = self.store.read_record(run_id)
@@ -322,7 +346,9 @@ class TrainingManager:
         self._notify(run_id)
 
     def _check_capacity(self, config_yaml: str | None) -> None:
-        active = self.active_run_ids()
+        # Trainers nobody follows (started from the command line, or not yet adopted with
+        # --no-autodetect) share the machine's memory too.
+        active = list(dict.fromkeys([*self.active_run_ids(), *self.trainers.trainers()]))
         if config_yaml is not None:
             for run_id in active:
                 if self.store.config_text(run_id) == config_yaml:
@@ -359,6 +385,7 @@ class TrainingManager:
         record.state, record.started, record.exit = "starting", now, None
         record.pid = record.pid_create_time = record.cmdline = None
         record.stop_requested = False
+        record.remote = False  # from now on a trainer of this console's (a resumed remote run)
         record.start_seq = self.store.summary(run_id).last_seq
         self.store.write_record(record)
         argv = self.trainer_argv(paths, resume)
@@ -441,10 +468,6 @@ class TrainingManager:
             record = self.store.read_record(run_id)
             if record.stop_requested:
                 return "stopping"
-            if not active.verified(record, self.store.paths):
-                raise RunConflict(
-                    f"run {run_id}: pid {active.pid} failed verification; not signalled"
-                )
             record.stop_requested = True  # derive_state reads this (no "stopping" state)
             self.store.write_record(record)
             active.send_signal(signal.SIGTERM)
@@ -456,12 +479,6 @@ class TrainingManager:
     def _kill(self, active: TrainerProcess) -> None:
         with self._lock:
             if self._active.get(active.run_id) is not active or not active.running():
-                return
-            try:
-                record = self.store.read_record(active.run_id)
-            except RunNotFound:
-                return
-            if not active.verified(record, self.store.paths):
                 return
             log.warning(
                 "run %s: did not stop within %.0f s; sending SIGKILL",

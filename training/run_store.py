@@ -236,11 +236,9 @@ def read_record(paths: RunPaths) -> RunRecord:
     except FileNotFoundError:
         if not paths.root.is_dir():
             raise RunNotFound(paths.run_id) from None
-        # Launched outside the console (the trainer's own command line): judge it by its
-        # events, like a remote trainer.
-        return RunRecord(
-            paths.run_id, paths.run_id, _folder_time(paths.root), state="running", remote=True
-        )
+        # Launched from the trainer's own command line: started, with no pid recorded; its
+        # process is found in the process table (detection.TrainerTable) while it lives.
+        return RunRecord(paths.run_id, paths.run_id, _folder_time(paths.root), state="starting")
     except (OSError, ValueError):
         # A corrupt record must not hide the run: list it, derived from its files.
         return RunRecord(paths.run_id, paths.run_id, _folder_time(paths.root), state="running")
@@ -301,7 +299,7 @@ def derive_state(
             return status or "running", "reported by a remote trainer"
         return "interrupted", "the remote trainer stopped reporting without a final status"
     if record.pid is None:
-        return "interrupted", "no trainer process was recorded for this run"
+        return "interrupted", "no trainer process runs it and it reported no final status"
     return "interrupted", "the trainer process is gone and never reported a final status"
 
 

@@ -21,8 +21,7 @@ from typing import Any
 
 import psutil
 
-from training.detection import verify_process
-from training.run_store import TOKEN_ENV, RunPaths, RunRecord, exit_reason
+from training.run_store import TOKEN_ENV, RunPaths, exit_reason
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +67,12 @@ class TrainerProcess:
     kill_timer: threading.Timer | None = None
 
     def running(self) -> bool:
+        """Alive and still this run's trainer, so a signal cannot reach a reused pid: our
+        unreaped child cannot be reused; an adopted process was verified when adopted and
+        psutil checks its start time before any signal."""
         if self.popen is not None:
             return self.popen.poll() is None
         return self.adopted is not None and _psutil_running(self.adopted)
-
-    def verified(self, record: RunRecord, paths: Callable[[str], RunPaths]) -> bool:
-        """Still this run's trainer, so a signal cannot reach a reused pid."""
-        if self.popen is not None:
-            # Our own unreaped child: its pid cannot have been reused.
-            return self.popen.poll() is None
-        return verify_process(record, paths(self.run_id)).alive
 
     def send_signal(self, sig: signal.Signals) -> None:
         if self.popen is not None:

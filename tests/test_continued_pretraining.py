@@ -186,30 +186,38 @@ BAD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", BAD_CASES)
-def test_bad_input_exits_2_and_creates_nothing(
-    case: str,
-    tiny_assets: dict[str, Path],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+@pytest.fixture
+def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The trainer's workspace (MLX_CPT_HOME), also its working folder."""
     ws = tmp_path / "ws"
     ws.mkdir()
-    write_config(ws / "config.yaml", tiny_assets, iters=2)
-    args, fragment = _bad_case(case, ws, tiny_assets)
     monkeypatch.chdir(ws)
     monkeypatch.setenv("MLX_CPT_HOME", str(ws))
+    return ws
+
+
+def bad_input(argv: list[str], ws: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the trainer on bad input: exit 2, nothing in `ws` created or changed; stderr."""
     before = snapshot(ws)
-    assert main(["-c", str(ws / "config.yaml"), *args]) == 2
-    err = capsys.readouterr().err
-    assert "nothing was created" in err and fragment in err
+    capsys.readouterr()
+    assert main(argv) == 2
     assert snapshot(ws) == before
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_exits_2_and_creates_nothing(
+    case: str, tiny_assets: dict[str, Path], ws: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config(ws / "config.yaml", tiny_assets, iters=2)
+    args, fragment = _bad_case(case, ws, tiny_assets)
+    err = bad_input(["-c", str(ws / "config.yaml"), *args], ws, capsys)
+    assert "nothing was created" in err and fragment in err
 
 
 def test_too_many_layers_for_a_hub_model_is_bad_input(
     tiny_assets: dict[str, Path],
-    tmp_path: Path,
+    ws: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -221,15 +229,9 @@ def test_too_many_layers_for_a_hub_model_is_bad_input(
         "_download",
         lambda repo, *a, **k: tiny_assets["model"] if repo == "org/tiny" else real(repo, *a, **k),
     )
-    ws = tmp_path / "ws"
-    ws.mkdir()
     write_config(ws / "config.yaml", tiny_assets, iters=2, model="org/tiny")
-    monkeypatch.chdir(ws)
-    monkeypatch.setenv("MLX_CPT_HOME", str(ws))
-    before = snapshot(ws)
-    assert main(["-c", str(ws / "config.yaml"), "--num-layers", "3"]) == 2
-    assert "num_layers: 3 is more than the model's 2 blocks" in capsys.readouterr().err
-    assert snapshot(ws) == before
+    err = bad_input(["-c", str(ws / "config.yaml"), "--num-layers", "3"], ws, capsys)
+    assert "num_layers: 3 is more than the model's 2 blocks" in err
 
 
 def test_resume_refuses_another_model_or_data_and_needs_no_config_flag(
@@ -276,26 +278,19 @@ def test_resume_refuses_another_model_or_data_and_needs_no_config_flag(
 
 
 def test_a_run_folder_in_use_by_another_trainer_is_refused(
-    tiny_assets: dict[str, Path],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tiny_assets: dict[str, Path], ws: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from training.run_folder import lock_run_folder
 
-    ws = tmp_path / "ws"
     run_dir = ws / "runs" / "busy"
     run_dir.mkdir(parents=True)
     config = write_config(ws / "config.yaml", tiny_assets, iters=2)
-    monkeypatch.chdir(ws)
-    monkeypatch.setenv("MLX_CPT_HOME", str(ws))
     held = lock_run_folder(run_dir)  # what a live trainer holds
     try:
-        assert main(["-c", str(config), "--run-dir", str(run_dir)]) == 2
+        err = bad_input(["-c", str(config), "--run-dir", str(run_dir)], ws, capsys)
     finally:
         os.close(held)
-    assert "in use by another trainer" in capsys.readouterr().err
-    assert list(run_dir.iterdir()) == []
+    assert "in use by another trainer" in err
 
 
 # A trainer whose model load or tokenization receives SIGTERM (sent from inside, at that

@@ -18,9 +18,10 @@ from typing import Any
 from flask import Flask
 
 from training.broadcaster import Broadcaster
+from training.eval_jobs import EvalJobs
 from training.manager import ManagerSettings, TrainingManager
 from training.run_store import RunStore, Workspace, default_workspace
-from web import security
+from web import evaluation, security
 from web.console import Console
 from web.errors import register_error_handlers
 from web.extensions import socketio
@@ -70,7 +71,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     security.init_app(app)
     # live and evaluation register Socket.IO handlers on import.
-    from web import api, evaluation, live, pages, runs  # noqa: F401
+    from web import api, live, pages, runs  # noqa: F401
 
     app.register_blueprint(api.bp)
     app.register_blueprint(runs.bp)
@@ -129,6 +130,7 @@ def _build_console(app: Flask, workspace: Workspace) -> Console:
         broadcaster=broadcaster,
         browse_roots=[Path(r) for r in app.config["BROWSE_ROOTS"]],
         demo_state="building" if app.config["DEMO"] else None,
+        eval_jobs=EvalJobs(evaluation.forward),
     )
 
 

@@ -187,21 +187,34 @@ class EvalJobs:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             if job.finished.wait(STOP_GRACE_SECONDS):
                 return
-            if job.process.poll() is None:
-                try:
-                    job.process.send_signal(sig)
-                except ProcessLookupError:
-                    return
+            self._signal(job, sig)
 
-    def shutdown(self, timeout: float = 5.0) -> None:
-        """Stop every running worker (the console is exiting)."""
-        for job in self.list_jobs():
-            self.stop(job.job_id)
+    def shutdown(self, timeout: float = 3.0) -> None:
+        """Stop every running worker (the console is exiting): SIGTERM (the worker stops
+        at its next token or batch), up to `timeout` seconds, then SIGKILL. Each job ends
+        "stopped" before this returns, so no worker outlives the console."""
+        running = [job for job in self.list_jobs() if not job.finished.is_set()]
+        for job in running:
+            job.stop_requested = True
+            self._signal(job, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for job in self.list_jobs():
-            job.finished.wait(max(0.0, deadline - time.monotonic()))
-            if job.process.poll() is None:
-                job.process.kill()
+        for job in running:
+            if not job.finished.wait(max(0.0, deadline - time.monotonic())):
+                self._signal(job, signal.SIGKILL)
+        for job in running:
+            # The reader records the end (the worker's own last word, or a death notice).
+            job.finished.wait(timeout)
+            with job.lock:
+                if job.state == "running":
+                    job.state = "stopped"
+
+    @staticmethod
+    def _signal(job: EvalJob, sig: signal.Signals) -> None:
+        if job.process.poll() is None:
+            try:
+                job.process.send_signal(sig)
+            except ProcessLookupError:
+                pass
 
     # -- reader threads --
 

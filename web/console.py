@@ -14,6 +14,7 @@ from flask import current_app
 
 from training.broadcaster import Broadcaster
 from training.browse import load_presets
+from training.eval_jobs import EvalJobs
 from training.manager import TrainingManager
 from training.run_store import RunStore, Workspace
 from training.trainer_process import PROJECT_ROOT
@@ -26,6 +27,8 @@ class Console:
     manager: TrainingManager
     broadcaster: Broadcaster
     browse_roots: list[Path]
+    # The console's own evaluation workers (Playground, perplexity, export).
+    eval_jobs: EvalJobs = field(default_factory=EvalJobs)
     # --demo: "building", "ready" or "failed: <why>"; None without --demo.
     demo_state: str | None = None
     examples_dir: Path | None = PROJECT_ROOT / "examples"
@@ -50,7 +53,10 @@ class Console:
         return presets
 
     def close(self) -> list[str]:
-        """Stop following trainers (they keep running); returns the live run_ids."""
+        """Stop the evaluation workers (the console's helpers, gone with it) and stop
+        following trainers (they keep running: a new console adopts them); returns the
+        live run_ids."""
+        self.eval_jobs.shutdown()
         self.broadcaster.close()
         return self.manager.close()
 

@@ -50,7 +50,6 @@ from web.security import json_body
 
 bp = Blueprint("evaluation", __name__, url_prefix="/api")
 
-EXTENSION = "eval_jobs"
 JOB_KINDS = {"generate": generate_job, "perplexity": perplexity_job, "export": export_job}
 
 
@@ -58,27 +57,17 @@ def room_of(job_id: str) -> str:
     return f"eval:{job_id}"
 
 
-def _forward(job: EvalJob, event: dict[str, Any]) -> None:
-    """Worker event → Socket.IO, to the clients following this job."""
+def forward(job: EvalJob, event: dict[str, Any]) -> None:
+    """Worker event → Socket.IO, to the clients following this job (EvalJobs' on_event)."""
     name = event.get("event")
     if isinstance(name, str) and name.isidentifier():
         socketio.emit(f"eval_{name}", event, to=room_of(job.job_id))
 
 
 def eval_jobs(app: Flask | None = None) -> EvalJobs:
-    """This app's EvalJobs, created on first use (tests build several apps side by side)."""
+    """This app's EvalJobs (its Console's: closing the console stops the workers)."""
     app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    jobs = app.extensions.get(EXTENSION)
-    if jobs is None:
-        jobs = app.extensions[EXTENSION] = EvalJobs(_forward)
-    return jobs
-
-
-def shutdown(app: Flask) -> None:
-    """Stop this app's evaluation workers (the console is exiting)."""
-    jobs = app.extensions.get(EXTENSION)
-    if jobs is not None:
-        jobs.shutdown()
+    return app.extensions["console"].eval_jobs
 
 
 def busy_reason(app: Flask, run_id: str) -> str | None:

@@ -115,6 +115,43 @@ def test_run_page_carries_its_run_id_as_data_not_code(client) -> None:
     assert 'data-run-id="20260101-000000-abcdef"' in html
 
 
+def _make_run(client, run_id: str) -> None:
+    from training.run_store import RunRecord
+
+    store = client.application.extensions["console"].store
+    store.create_run(RunRecord(run_id, run_id, 1.0), "iters: 5\n")
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "says"),
+    [
+        ("run_id=20260101-000000-abcdef", 404, "No run &#39;20260101-000000-abcdef&#39;"),
+        ("run_id=%3Cscript%3Ealert(1)%3C/script%3E", 404, "&lt;script&gt;alert(1)&lt;/script&gt;"),
+        ("run_id=../../etc", 404, "No run &#39;../../etc&#39;"),
+        ("run_id=20260101-000000-aaaaaa&checkpoint=%3Cb%3Ebest", 400, "unknown checkpoint"),
+    ],
+)
+def test_playground_refuses_unknown_model_params_as_text(
+    client, query: str, status: int, says: str
+) -> None:
+    _make_run(client, "20260101-000000-aaaaaa")
+    response = client.get(f"/playground?{query}", headers=AUTH)
+    html = response.get_data(as_text=True)
+    assert response.status_code == status, html
+    assert says in html
+    assert "<script>alert" not in html and "<b>best" not in html
+
+
+def test_playground_preselects_a_known_run(client) -> None:
+    _make_run(client, "20260101-000000-aaaaaa")
+    for query in (
+        "",
+        "?run_id=20260101-000000-aaaaaa",
+        "?run_id=20260101-000000-aaaaaa&checkpoint=5",
+    ):
+        assert client.get(f"/playground{query}", headers=AUTH).status_code == 200, query
+
+
 def test_static_modules_exist_and_never_assign_html() -> None:
     """Run-provided text must stay text: no innerHTML/outerHTML/insertAdjacentHTML writes,
     no document.write, no eval in our own modules."""

@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, abort, current_app, render_template
+from flask import Blueprint, abort, current_app, render_template, request
 
-from training.run_store import is_valid_run_id
+from training.model_source import SourceError, normalize_checkpoint
+from training.run_store import RunNotFound, is_valid_run_id
 from web import ui_api
+from web.console import console
 
 bp = Blueprint("pages", __name__)
 # The pages' own small endpoints (/api/ui/...) travel with the pages blueprint.
@@ -81,4 +83,23 @@ def playground() -> str:
     # The Evaluation part owns templates/playground.html and static/js/playground.js.
     if not _has_template("playground.html"):
         abort(404)
+    _check_model_params(request.args.get("run_id"), request.args.get("checkpoint"))
     return _render("playground.html", "playground", "Playground")
+
+
+def _check_model_params(run_id: str | None, checkpoint: str | None) -> None:
+    """?run_id=&checkpoint= preselect a run's model: a run that is not there is a 404 page
+    and a checkpoint name that cannot be one a 400, each saying why (Werkzeug's error
+    pages escape the message)."""
+    if run_id:
+        try:
+            console().store.paths(run_id)
+        except RunNotFound:
+            abort(
+                404, f"No run {run_id!r} in this workspace: open the Playground from the runs list."
+            )
+    if checkpoint:
+        try:
+            normalize_checkpoint(checkpoint)
+        except SourceError as exc:
+            abort(400, f"{exc}.")

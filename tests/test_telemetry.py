@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import wait_until
 from training.telemetry import mlx_device, process_stats, system_snapshot
 
 
@@ -26,6 +27,25 @@ def test_process_stats():
     stats = process_stats(os.getpid())
     assert stats["rss"] > 0 and stats["pid"] == os.getpid()
     assert process_stats(2**22 + 12345) is None
+
+
+def test_a_busy_process_reports_its_cpu_on_later_samples():
+    """Each call compares with the previous one for the same pid (a fresh psutil.Process
+    per call would always say 0.0)."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        first = process_stats(busy.pid)
+        assert first is not None and first["cpu_percent"] >= 0
+        stats = wait_until(
+            lambda: (s := process_stats(busy.pid)) and s["cpu_percent"] > 0 and s,
+            20,
+            message="a busy process to report its CPU use",
+        )
+        assert stats["pid"] == busy.pid
+    finally:
+        busy.kill()
+        busy.wait()
+    assert process_stats(busy.pid) is None
 
 
 def test_mlx_device_is_inferred_without_importing_mlx(tmp_path):

@@ -11,6 +11,7 @@ import importlib.metadata
 import os
 import platform
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,12 @@ import psutil
 
 # cpu_percent(interval=None) compares with the previous call: prime it once at import.
 psutil.cpu_percent(interval=None)
+
+# A process's cpu_percent(interval=None) compares with the previous call on the same
+# psutil.Process object (a new one always says 0.0), so trainers' objects are kept.
+MAX_TRACKED_PROCESSES = 64
+_processes: dict[int, psutil.Process] = {}
+_processes_lock = threading.Lock()
 
 
 def _version(package: str) -> str | None:
@@ -40,14 +47,38 @@ def mlx_device() -> dict[str, Any]:
     return {"device": kind, "versions": versions}
 
 
-def process_stats(pid: int) -> dict[str, Any] | None:
-    try:
+def _tracked(pid: int) -> tuple[psutil.Process, bool]:
+    """The kept psutil.Process for `pid` and whether it is new (a reused pid is a new
+    process: is_running() compares start times)."""
+    with _processes_lock:
+        proc = _processes.get(pid)
+        if proc is not None and proc.is_running():
+            return proc, False
         proc = psutil.Process(pid)
+        if len(_processes) >= MAX_TRACKED_PROCESSES:
+            for old in [p for p, known in _processes.items() if not known.is_running()]:
+                del _processes[old]
+            while len(_processes) >= MAX_TRACKED_PROCESSES:
+                del _processes[next(iter(_processes))]
+        _processes[pid] = proc
+        return proc, True
+
+
+def process_stats(pid: int) -> dict[str, Any] | None:
+    """Memory and CPU of one process. `cpu_percent` is its use since the previous call
+    for this pid (100 is one core busy); on the first call, its average since it started."""
+    try:
+        proc, new = _tracked(pid)
         with proc.oneshot():
+            cpu = proc.cpu_percent(interval=None)  # on a new object: 0.0, and primes it
+            if new:
+                times = proc.cpu_times()
+                lifetime = time.time() - proc.create_time()
+                cpu = 100.0 * (times.user + times.system) / lifetime if lifetime > 0 else 0.0
             return {
                 "pid": pid,
                 "rss": proc.memory_info().rss,
-                "cpu_percent": proc.cpu_percent(interval=None),
+                "cpu_percent": round(cpu, 1),
                 "threads": proc.num_threads(),
             }
     except psutil.Error:

@@ -266,6 +266,9 @@ def test_queue_endpoints(client, workspace):
     queue = api(client, "post", "/api/queue/reorder", {"run_ids": [b, a]}).get_json()["queue"]
     assert queue["run_ids"] == [b, a]
     assert_error(api(client, "post", "/api/queue/reorder", {"run_ids": [a]}), 400, "run_ids")
+    for bad, says in (([a, b, "nope"], "not queued: nope"), ([a, b, a], f"listed twice: {a}")):
+        error = assert_error(api(client, "post", "/api/queue/reorder", {"run_ids": bad}), 400)
+        assert error["field"] == "run_ids" and says in error["error"], error
     assert_error(api(client, "post", "/api/queue/reorder", {"run_ids": "x"}), 400, "run_ids")
     assert_error(api(client, "post", "/api/queue/add", {}), 400, "run_id")
     assert_error(api(client, "post", "/api/queue/remove", {"run_id": "nope"}), 409)

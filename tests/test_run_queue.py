@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from training.errors import InputError
 from training.run_queue import QueueError, RunQueue
 
 
@@ -35,9 +36,15 @@ def test_reorder_must_be_a_permutation(tmp_path):
         queue.add(run_id)
     queue.reorder(["c", "a", "b"])
     assert queue.order == ["c", "a", "b"]
-    for bad in (["a", "b"], ["a", "b", "c", "c"], ["a", "b", "x"]):
-        with pytest.raises(QueueError):
+    for bad, says in (
+        (["a", "b"], "missing: c"),
+        (["a", "b", "c", "c"], "listed twice: c"),
+        (["a", "b", "x"], "not queued: x"),
+    ):
+        with pytest.raises(QueueError, match=says) as caught:
             queue.reorder(bad)
+        assert isinstance(caught.value, InputError) and caught.value.field == "run_ids"
+    assert queue.order == ["c", "a", "b"]
 
 
 def test_orphans_join_in_memory_only(tmp_path):

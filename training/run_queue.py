@@ -10,11 +10,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from training.errors import InputError
 from training.run_store import atomic_write_text
 
 
-class QueueError(ValueError):
-    """A queue operation that does not fit the queue (unknown run, not a permutation)."""
+class QueueError(InputError):
+    """A queue operation that does not fit the queue (unknown run, not a permutation):
+    bad input about `run_ids` (the API maps InputError once, 400 with the field)."""
+
+    default_field = "run_ids"
 
 
 class RunQueue:
@@ -58,10 +62,22 @@ class RunQueue:
         return True
 
     def reorder(self, run_ids: list[str]) -> None:
-        if sorted(run_ids) != sorted(self.order) or len(set(run_ids)) != len(run_ids):
+        twice = sorted({r for r in run_ids if run_ids.count(r) > 1})
+        unknown = [r for r in dict.fromkeys(run_ids) if r not in self.order]
+        missing = [r for r in self.order if r not in run_ids]
+        problems = [
+            f"{what}: {', '.join(ids)}"
+            for what, ids in (
+                ("listed twice", twice),
+                ("not queued", unknown),
+                ("missing", missing),
+            )
+            if ids
+        ]
+        if problems:
             raise QueueError(
                 "run_ids must list every queued run exactly once, in the new order "
-                f"(queued now: {', '.join(self.order) or 'none'})"
+                f"({'; '.join(problems)}; queued now: {', '.join(self.order) or 'none'})"
             )
         self.order = list(run_ids)
         self.save()

@@ -13,7 +13,6 @@ from werkzeug.exceptions import HTTPException
 
 from training.config import ConfigError
 from training.errors import ConfirmRequired, InputError, RunConflict
-from training.run_queue import QueueError
 from training.run_store import RunNotFound
 
 
@@ -57,7 +56,6 @@ def register_error_handlers(app: Flask) -> None:
             getattr(e, "status", 400), str(e), e.field, **getattr(e, "extra", {})
         ),
     )
-    app.register_error_handler(QueueError, lambda e: error_response(400, str(e), "run_ids"))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -91,3 +91,16 @@ def test_perplexity_run_id_is_checked(ctx: EvalContext, run_id: object, status: 
     with pytest.raises(RequestError) as err:
         perplexity_job(ctx, body)
     assert err.value.status == status and err.value.field == "run_id"
+
+
+def test_a_run_linked_out_of_the_workspace_is_not_found(ctx: EvalContext, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(ctx.workspace.run(RUN_ID).root, outside)
+    (ctx.workspace.runs_dir / "linked-out").symlink_to(outside)
+    for body in (
+        {"model": {"run_id": "linked-out", "checkpoint": "base"}, "data": {"set": "val"}},
+        {"model": {"path": "models/tiny"}, "data": {"set": "val"}, "run_id": "linked-out"},
+    ):
+        with pytest.raises(RequestError) as err:
+            perplexity_job(ctx, body)
+        assert err.value.status == 404 and "no run 'linked-out'" in str(err.value)

@@ -10,6 +10,7 @@ import pytest
 
 from training.run_store import (
     RunNotFound,
+    RunPaths,
     RunRecord,
     RunStore,
     Workspace,
@@ -89,6 +90,33 @@ def test_delete_run(store):
     store.delete_run(paths.run_id)
     assert not paths.root.exists()
     assert store.run_ids() == []
+
+
+def test_a_symlinked_run_folder_is_no_run(store, tmp_path):
+    """A symlink in runs/ (to a folder outside the workspace, or even to another run) is
+    never listed, read or deleted; a runs/ that is itself a link is fine."""
+    kept = store.create_run(record("20260101-000000-aaaaaa"), "iters: 5\n")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    write_record(RunPaths(outside), record("20260102-000000-bbbbbb"))
+    (outside / "precious.txt").write_text("not the console's\n")
+    runs = store.workspace.runs_dir
+    (runs / "20260102-000000-bbbbbb").symlink_to(outside)
+    (runs / "20260103-000000-cccccc").symlink_to(kept.root)
+
+    assert store.run_ids() == [kept.run_id]
+    for linked in ("20260102-000000-bbbbbb", "20260103-000000-cccccc"):
+        for call in (store.paths, store.read_record, store.delete_run):
+            with pytest.raises(RunNotFound):
+                call(linked)
+    assert (outside / "precious.txt").read_text() == "not the console's\n"
+    assert store.read_record(kept.run_id).name == "a run"
+
+    elsewhere = RunStore(Workspace(tmp_path / "linked"))
+    elsewhere.workspace.root.mkdir()
+    elsewhere.workspace.runs_dir.symlink_to(runs)
+    assert elsewhere.run_ids() == [kept.run_id]
+    assert elsewhere.read_record(kept.run_id).name == "a run"
 
 
 STATUS = {"seq": 9, "event": "status", "state": "running"}

@@ -30,7 +30,7 @@ from training.model_source import (
     run_choices,
     run_config,
 )
-from training.run_store import Workspace, is_valid_run_id
+from training.run_store import RunNotFound, Workspace, is_valid_run_id
 
 MAX_PROMPT_CHARS = 100_000
 MAX_GENERATION_TOKENS = 4096
@@ -71,8 +71,7 @@ def model_source(ctx: EvalContext, ref: Any, field: str = "model") -> ModelSourc
         run_id = ref["run_id"]
         if not isinstance(run_id, str) or not is_valid_run_id(run_id):
             raise RequestError(f"invalid run_id {run_id!r}", field)
-        if not ctx.workspace.run(run_id).root.is_dir():
-            raise RequestError(f"no run {run_id!r} in the workspace", field, 404)
+        _existing_run(ctx, run_id, field)
         try:
             return resolve_source(ctx.workspace, run_id, ref.get("checkpoint"))
         except SourceError as exc:
@@ -212,9 +211,16 @@ def _run_id(ctx: EvalContext, run_id: Any) -> str:
     """A run_id a request names: valid (400) and in the workspace (404)."""
     if not isinstance(run_id, str) or not is_valid_run_id(run_id):
         raise RequestError(f"invalid run_id {run_id!r}", "run_id")
-    if not ctx.workspace.run(run_id).root.is_dir():
-        raise RequestError(f"no run {run_id!r} in the workspace", "run_id", 404)
+    _existing_run(ctx, run_id, "run_id")
     return run_id
+
+
+def _existing_run(ctx: EvalContext, run_id: str, field: str) -> None:
+    """404 unless the run folder is there, inside the runs folder (not a symlink out)."""
+    try:
+        ctx.workspace.existing_run(run_id)
+    except RunNotFound:
+        raise RequestError(f"no run {run_id!r} in the workspace", field, 404) from None
 
 
 def perplexity_job(ctx: EvalContext, body: dict[str, Any]) -> dict[str, Any]:

@@ -147,6 +147,18 @@ class Workspace:
             raise ValueError(f"invalid run_id {run_id!r}")
         return RunPaths(self.runs_dir / run_id)
 
+    def existing_run(self, run_id: str) -> RunPaths:
+        """A run that is there: a real folder directly in the runs folder, so its real path
+        is inside the real runs folder (runs/ itself may be a link). A symlinked run folder
+        could point anywhere: it is no run, never read, served or deleted. RunNotFound for
+        it, an invalid run_id or a missing folder."""
+        if not isinstance(run_id, str) or not is_valid_run_id(run_id):
+            raise RunNotFound(str(run_id))
+        paths = self.run(run_id)
+        if paths.root.is_symlink() or not paths.root.is_dir():
+            raise RunNotFound(run_id)
+        return paths
+
 
 # -- run.json and run states ----------------------------------------------------------------
 
@@ -357,13 +369,9 @@ class RunStore:
         self._config_cache: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
 
     def paths(self, run_id: str) -> RunPaths:
-        """The run's paths; RunNotFound for an invalid run_id or a missing folder."""
-        if not isinstance(run_id, str) or not is_valid_run_id(run_id):
-            raise RunNotFound(str(run_id))
-        paths = self.workspace.run(run_id)
-        if not paths.root.is_dir():
-            raise RunNotFound(run_id)
-        return paths
+        """The run's paths; RunNotFound for an invalid run_id, a missing folder or a
+        symlinked one (Workspace.existing_run)."""
+        return self.workspace.existing_run(run_id)
 
     def run_ids(self) -> list[str]:
         """Every run folder, newest first (run_ids sort by creation time)."""
@@ -371,7 +379,10 @@ class RunStore:
             entries = list(os.scandir(self.workspace.runs_dir))
         except FileNotFoundError:
             return []
-        ids = [e.name for e in entries if e.is_dir() and is_valid_run_id(e.name)]
+        # Symlinked folders are no runs (Workspace.existing_run).
+        ids = [
+            e.name for e in entries if e.is_dir(follow_symlinks=False) and is_valid_run_id(e.name)
+        ]
         return sorted(ids, reverse=True)
 
     def read_record(self, run_id: str) -> RunRecord:

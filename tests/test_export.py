@@ -84,17 +84,30 @@ def test_adapter_export_of_a_checkpoint(workspace: Workspace) -> None:
 
 def test_never_overwrites_without_confirmation(workspace: Workspace) -> None:
     dest = workspace.root / "mine"
-    dest.mkdir()
-    (dest / "keep.txt").write_text("precious")
+    export_run(workspace, LORA_RUN_ID, "final", fmt="adapter", dest=dest)
+    (dest / "keep.txt").write_text("an earlier export")
     with pytest.raises(ExportError) as err:
         export_run(workspace, LORA_RUN_ID, "final", fmt="adapter", dest=dest)
     assert err.value.field == "overwrite"
-    assert (dest / "keep.txt").read_text() == "precious"
+    assert (dest / "keep.txt").read_text() == "an earlier export"
     assert [p.name for p in workspace.root.iterdir() if p.name.startswith(".mine")] == []
 
     export_run(workspace, LORA_RUN_ID, "final", fmt="adapter", dest=dest, overwrite=True)
     assert not (dest / "keep.txt").exists() and (dest / "adapters.safetensors").is_file()
     assert [p.name for p in workspace.root.iterdir() if p.name.startswith(".mine")] == []
+
+
+def test_never_replaces_a_folder_that_is_not_an_export(workspace: Workspace) -> None:
+    dest = workspace.root / "notes"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("precious")
+    for overwrite in (False, True):
+        with pytest.raises(ExportError, match="not an earlier export") as err:
+            export_run(
+                workspace, LORA_RUN_ID, "final", fmt="adapter", dest=dest, overwrite=overwrite
+            )
+        assert err.value.field == "dest"
+    assert [p.name for p in dest.iterdir()] == ["keep.txt"]
 
 
 @pytest.mark.parametrize(
@@ -199,3 +212,28 @@ def test_cli_exports_a_run_folder_outside_any_workspace(
     assert (exported / "adapters.safetensors").is_file()
     assert "## Final losses" in (exported / "README.md").read_text()  # the run's own metrics
     assert main(["--run", str(elsewhere), "--out", str(elsewhere / "x")]) == 2
+
+
+def test_cli_refuses_to_replace_the_workspace_home_or_a_non_export_folder(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """The command line applies the console's guard (export.check_replaceable): exit 2,
+    a message naming the folder, nothing touched."""
+    from training.export import main
+
+    home = tmp_path / "home"
+    (home / "notes").mkdir(parents=True)
+    (home / "notes" / "todo.txt").write_text("precious")
+    monkeypatch.setenv("HOME", str(home))
+    run = ["--run", LORA_RUN_ID, "--workspace", str(workspace.root), "--format", "adapter"]
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    for out, says in (
+        (workspace.root, "is the workspace"),
+        (workspace.root.parent, "contains the workspace"),
+        (home, "is your home folder"),
+        (home / "notes", "is not an earlier export"),
+    ):
+        assert main([*run, "--out", str(out), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error (dest): ") and says in err, err
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before

@@ -34,8 +34,6 @@ from training.run_store import RunNotFound, Workspace, is_valid_run_id
 
 MAX_PROMPT_CHARS = 100_000
 MAX_GENERATION_TOKENS = 4096
-# Besides a model card (README.md), an export holds one of these (model or adapter format).
-EXPORT_MARKERS = ("config.json", "adapter_config.json")
 
 
 class RequestError(InputError):
@@ -284,9 +282,8 @@ def export_job(ctx: EvalContext, body: dict[str, Any]) -> dict[str, Any]:
     else:
         dest = default_destination(ctx.workspace, source, fmt)
     dest = Path(os.path.realpath(dest.expanduser()))
-    check_export_destination(ctx, dest)
     try:
-        dest = check_destination(dest, source, ctx.workspace, overwrite)
+        dest = check_destination(dest, source, ctx.workspace, overwrite, ctx.roots)
     except ExportError as exc:
         # An existing export is a conflict the person resolves by confirming (409); the
         # response names the folder, so the dialog can say what it replaces.
@@ -301,47 +298,3 @@ def export_job(ctx: EvalContext, body: dict[str, Any]) -> dict[str, Any]:
         "overwrite": overwrite,
         "run_id": source.run_id,
     }
-
-
-def looks_like_export(folder: Path) -> bool:
-    """An export of this project: a model card (README.md whose front matter carries our
-    `continued-pretraining` tag) next to config.json (a model) or adapter_config.json."""
-    try:
-        with (folder / "README.md").open(encoding="utf-8", errors="replace") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    card = head.startswith("---") and "continued-pretraining" in head.split("\n---", 1)[0]
-    return card and any((folder / name).is_file() for name in EXPORT_MARKERS)
-
-
-def check_export_destination(ctx: EvalContext, dest: Path) -> None:
-    """An export replaces its destination folder (renamed aside, then deleted): refuse a
-    destination that is or holds the workspace, its runs, a browse root or the home
-    folder, and an existing non-empty folder that is not an earlier export. 400, `dest`."""
-    real = Path(os.path.realpath(dest))
-    protected = [
-        ("the workspace", ctx.workspace.root),
-        ("the workspace's runs folder", ctx.workspace.runs_dir),
-        ("your home folder", Path.home()),
-        *(("a folder the console may read", root) for root in ctx.roots),
-    ]
-    for what, folder in protected:
-        folder = Path(os.path.realpath(folder))
-        if real == folder or folder.is_relative_to(real):
-            shown = "is" if real == folder else "contains"
-            raise RequestError(
-                f"{dest} {shown} {what} ({folder}): an export replaces its destination "
-                f"folder; choose a new folder, e.g. {ctx.workspace.exports_dir / 'my-model'}",
-                "dest",
-            )
-    try:
-        occupied = real.is_dir() and any(real.iterdir())
-    except OSError as exc:
-        raise RequestError(f"{dest}: {exc.strerror or exc}", "dest") from exc
-    if occupied and not looks_like_export(real):
-        raise RequestError(
-            f"{dest} is not empty and is not an earlier export (no model card README.md with "
-            "config.json or adapter_config.json): it is never replaced; choose a new folder",
-            "dest",
-        )

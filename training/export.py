@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ from training.model_source import (
 from training.run_store import RunPaths, Workspace, is_valid_run_id
 
 FORMATS = ("model", "adapter")
+# Next to a model card, one of these makes a folder an earlier export (looks_like_export).
+EXPORT_MARKERS = ("config.json", "adapter_config.json")
 Progress = Callable[[str], None]
 
 
@@ -68,12 +70,62 @@ def default_destination(workspace: Workspace, source: ModelSource, fmt: str) -> 
     return workspace.exports_dir / (name + ("-adapter" if fmt == "adapter" else ""))
 
 
+def looks_like_export(folder: Path) -> bool:
+    """An export of this project: a model card (README.md whose front matter carries our
+    `continued-pretraining` tag) next to config.json (a model) or adapter_config.json."""
+    try:
+        with (folder / "README.md").open(encoding="utf-8", errors="replace") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    card = head.startswith("---") and "continued-pretraining" in head.split("\n---", 1)[0]
+    return card and any((folder / name).is_file() for name in EXPORT_MARKERS)
+
+
+def check_replaceable(dest: Path, workspace: Workspace, roots: Sequence[Path] = ()) -> None:
+    """An export replaces its destination folder (renamed aside, then deleted): refuse a
+    destination that is or holds the workspace, its runs, the home folder or one of
+    `roots` (the console's browse roots), and an existing non-empty folder that is not an
+    earlier export. The console and the command line share this guard."""
+    real = Path(os.path.realpath(dest))
+    protected = [
+        ("the workspace", workspace.root),
+        ("the workspace's runs folder", workspace.runs_dir),
+        ("your home folder", Path.home()),
+        *(("a folder the console may read", root) for root in roots),
+    ]
+    for what, folder in protected:
+        folder = Path(os.path.realpath(folder))
+        if real == folder or folder.is_relative_to(real):
+            shown = "is" if real == folder else "contains"
+            raise ExportError(
+                f"{dest} {shown} {what} ({folder}): an export replaces its destination "
+                f"folder; choose a new folder, e.g. {workspace.exports_dir / 'my-model'}",
+                "dest",
+            )
+    try:
+        occupied = real.is_dir() and any(real.iterdir())
+    except OSError as exc:
+        raise ExportError(f"{dest}: {exc.strerror or exc}", "dest") from exc
+    if occupied and not looks_like_export(real):
+        raise ExportError(
+            f"{dest} is not empty and is not an earlier export (no model card README.md with "
+            "config.json or adapter_config.json): it is never replaced; choose a new folder",
+            "dest",
+        )
+
+
 def check_destination(
-    dest: Path, source: ModelSource, workspace: Workspace, overwrite: bool
+    dest: Path,
+    source: ModelSource,
+    workspace: Workspace,
+    overwrite: bool,
+    roots: Sequence[Path] = (),
 ) -> Path:
-    """Refuse a destination that would clobber something: an existing folder without
-    `overwrite`, anything inside the workspace's runs (checkpoints are never touched), or
-    the folders being exported."""
+    """Refuse a destination that would clobber something: what check_replaceable
+    refuses, anything inside the workspace's runs (checkpoints are never touched), the
+    folders being exported, and an existing export without `overwrite`."""
+    check_replaceable(dest.expanduser(), workspace, roots)
     dest = dest.expanduser().resolve()
     runs = workspace.runs_dir.resolve()
     if dest == runs or runs in dest.parents:

@@ -17,6 +17,7 @@ from tests.console_helpers import fake_config, make_manager, make_workspace, set
 from tests.helpers import wait_until
 from training.config import ConfigError, build_config
 from training.manager import ConfirmRequired, RunConflict
+from training.run_queue import QueueError
 from training.run_store import Workspace, write_record
 
 
@@ -199,7 +200,7 @@ def test_queue_runs_one_after_another_and_failures_do_not_block(manager, workspa
     manager.queue_reorder([c, a, b])
     manager.queue_remove(b)
     assert state(manager, b) == "created"
-    with pytest.raises(ConfigError):
+    with pytest.raises(QueueError, match="missing"):
         manager.queue_reorder([a])
     set_fake_mode(workspace, mode="fail", fail_at=2, rate=500)
     manager.queue_start()
@@ -478,10 +479,15 @@ def test_a_command_line_trainer_counts_against_capacity_without_autodetect(works
         assert state(console, cli_run.run_id) == "starting"
         with pytest.raises(RunConflict, match=cli_run.run_id):
             console.create_run(fake_config())
+        queued = console.create_run(fake_config(), queue=True)
+        assert state(console, queued) == "queued"  # waits for the machine
         assert not (cli_run.run_json).exists()  # reading wrote nothing
         trainer.kill()
         trainer.wait()
         wait_until(lambda: state(console, cli_run.run_id) == "interrupted", 10)
+        wait_until(lambda: state(console, queued) in ("starting", "running"), 10)
+        assert console.stop(queued) == "stopping"
+        wait_until(lambda: state(console, queued) == "stopped", 20)
         console.close()
     finally:
         trainer.kill()

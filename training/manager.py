@@ -32,7 +32,7 @@ from training.detection import (
 from training.errors import ConfirmRequired, RunConflict
 from training.remote_runs import append_remote_events, check_events
 from training.run_description import current_status, describe_run, recorded_trainer_alive
-from training.run_queue import QueueError, RunQueue
+from training.run_queue import RunQueue
 from training.run_store import (
     ACTIVE_STATES,
     FINAL_STATES,
@@ -92,6 +92,7 @@ class TrainingManager:
         # Other owners of a run's files (evaluation jobs): each says why a run is busy.
         self._busy_checks: list[Callable[[str], str | None]] = []
         self._queued_orphans_checked = False
+        self._closed = False
         self._unreadable_logged: dict[str, str] = {}
 
     # -- observers --
@@ -345,10 +346,23 @@ class TrainingManager:
             self._spawn(run_id, resume=True, from_state=state)
         self._notify(run_id)
 
+    def training_now(self) -> list[str]:
+        """Runs whose trainer runs on this machine. Trainers nobody follows yet (started
+        from the command line, or not adopted with --no-autodetect) share its memory too:
+        they are adopted here, so their end lets the queue go on."""
+        with self._lock:
+            for run_id, proc in self.trainers.trainers().items():
+                if run_id not in self._active:
+                    log.info(
+                        "run %s: adopted: live trainer found in the process table (pid %d)",
+                        run_id,
+                        proc.pid,
+                    )
+                    self._adopt(run_id, proc)
+            return self.active_run_ids()
+
     def _check_capacity(self, config_yaml: str | None) -> None:
-        # Trainers nobody follows (started from the command line, or not yet adopted with
-        # --no-autodetect) share the machine's memory too.
-        active = list(dict.fromkeys([*self.active_run_ids(), *self.trainers.trainers()]))
+        active = self.training_now()
         if config_yaml is not None:
             for run_id in active:
                 if self.store.config_text(run_id) == config_yaml:
@@ -440,7 +454,8 @@ class TrainingManager:
             )
         else:
             log.info("run %s: trainer ended: %s", active.run_id, ended.reason)
-        self._after_exit(active)
+        if not self._closed:  # a closed console notifies nobody and starts nothing
+            self._after_exit(active)
 
     def _after_exit(self, active: TrainerProcess) -> None:
         self._notify(active.run_id)
@@ -564,7 +579,7 @@ class TrainingManager:
         """Start queued runs while there is capacity and the queue is not paused."""
         while True:
             with self._lock:
-                if len(self.active_run_ids()) >= self.settings.max_concurrent_runs:
+                if len(self.training_now()) >= self.settings.max_concurrent_runs:
                     return
                 run_id = self.queue.pop_next()
                 if run_id is None:
@@ -608,10 +623,7 @@ class TrainingManager:
 
     def queue_reorder(self, run_ids: list[str]) -> None:
         with self._lock:
-            try:
-                self.queue.reorder(run_ids)
-            except QueueError as exc:
-                raise ConfigError([FieldError("run_ids", str(exc))]) from None
+            self.queue.reorder(run_ids)  # QueueError: an InputError naming run_ids
 
     def queue_pause(self) -> None:
         with self._lock:
@@ -631,6 +643,7 @@ class TrainingManager:
     def close(self) -> list[str]:
         """Stop following trainers (they keep running); returns their run_ids."""
         with self._lock:
+            self._closed = True
             running = self.active_run_ids()
             for active in self._active.values():
                 active.cancel_kill()

@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             iterations_per_second=rate,
             trained_tokens=step * 512,
             peak_memory=0.1,
+            elapsed_seconds=step / rate,
         )
         print(f"step {step}: loss {loss:.4f}", flush=True)
         if mode in ("fail", "oom") and step >= int(knobs.get("fail_at", 5)):

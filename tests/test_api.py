@@ -132,6 +132,8 @@ def test_create_start_stop_and_describe(client, workspace):
         lambda: api(client, "get", f"/api/runs/{run_id}").get_json()["run"]["state"] == "stopped"
     )
     assert_error(api(client, "post", f"/api/runs/{run_id}/stop", {}), 409)
+    stopped = api(client, "get", f"/api/runs/{run_id}").get_json()["run"]
+    assert stopped["elapsed_seconds"] == stopped["step"] / 200  # the trainer's own count
     checkpoints = api(client, "get", f"/api/runs/{run_id}/checkpoints").get_json()["checkpoints"]
     assert checkpoints and checkpoints[-1]["latest"]
     logs = api(client, "get", f"/api/runs/{run_id}/logs?tail=2").get_json()["lines"]

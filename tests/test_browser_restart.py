@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -132,6 +133,8 @@ def test_killed_console_shows_interrupted_run_and_resumes_only_on_confirm(
         expect(card).to_contain_text("survives a crash")
         expect(card).to_contain_text("Last checkpoint")
         expect(row.locator(".badge")).to_have_text("interrupted")
+        # Its training time, from the trainer's own count (no exit was seen).
+        expect(row.locator("td").nth(5)).to_have_text(re.compile(r"\d+s$"))
         assert trainers_of(run_dir) == [], "a trainer started without the person's consent"
         save_screenshot(page, "runs")
 

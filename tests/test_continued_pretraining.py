@@ -405,6 +405,8 @@ def test_run_learns_reports_checkpoints_and_final_generates(
     assert train[-1]["trained_tokens"] == 30 * 2 * 64
     for key in ("learning_rate", "tokens_per_second", "iterations_per_second", "peak_memory"):
         assert isinstance(train[-1][key], float)
+    elapsed = [r["elapsed_seconds"] for r in train]
+    assert 0 < elapsed[0] and elapsed == sorted(elapsed)
     evals = [r for r in rows if r["event"] == "eval"]
     assert [r["step"] for r in evals] == [0, 15, 30]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]

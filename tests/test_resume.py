@@ -90,6 +90,9 @@ def test_sigterm_checkpoints_and_resume_equals_uninterrupted(
         events(stopped, "train")[-1]["trained_tokens"]
         == events(straight, "train")[-1]["trained_tokens"]
     )
+    # Training seconds carry over the resume: they never go back.
+    elapsed = [r["elapsed_seconds"] for r in events(stopped, "train")]
+    assert elapsed == sorted(elapsed)
 
 
 def test_killed_trainer_resumes_from_the_last_complete_bundle(

@@ -85,6 +85,8 @@ def describe_run(
         "tokens_per_second": (train or {}).get("tokens_per_second"),
         "peak_memory": (train or {}).get("peak_memory"),
         "eta_seconds": eta,
+        # Training wall seconds across resumes, as of the last train event.
+        "elapsed_seconds": (train or {}).get("elapsed_seconds"),
         "last_seq": metrics.last_seq,
         "model": config.get("model"),
         "data": config.get("data"),

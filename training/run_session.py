@@ -129,7 +129,8 @@ class TrainingSession:
     def on_train_loss_report(self, info: dict[str, Any]) -> None:
         step = int(info.pop("iteration"))
         eta = self.progress.eta_seconds(step)
-        event = self.logger.emit(TRAIN, step, **info, eta_seconds=eta)
+        elapsed = round(self.elapsed_seconds(), 3)
+        event = self.logger.emit(TRAIN, step, **info, eta_seconds=eta, elapsed_seconds=elapsed)
         self.progress.train(event, eta)
         self._check_memory(step)
 

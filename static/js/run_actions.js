@@ -52,7 +52,11 @@ export function summary(run) {
   const totalTokens = pick(run.total_tokens, start.total_tokens);
   const started = toEpoch(run.started) ?? toEpoch(run.created);
   const ended = toEpoch(run.ended) ?? toEpoch(run.last_event_time);
-  const elapsed = pick(run.elapsed, started && (isActive(run.state) ? Date.now() / 1000 - started : ended ? ended - started : null));
+  // A run that is over: the trainer's own count of training seconds (across resumes);
+  // one that trains: the clock since this attempt started.
+  const elapsed = isActive(run.state)
+    ? pick(run.elapsed, started && Date.now() / 1000 - started)
+    : pick(run.elapsed, run.elapsed_seconds, started && ended ? ended - started : null);
   let eta = pick(run.eta, run.eta_seconds);
   if (eta === null && isActive(run.state) && step && total && elapsed) {
     const base = pick(run.start_step) || 0;

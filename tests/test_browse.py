@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from training.browse import (
@@ -79,6 +81,25 @@ def test_caches(tmp_path):
         delete_caches(ws, ["../../runs"])
     assert delete_caches(ws, None) == ["one", "two.npy"]
     assert list_caches(ws) == []
+
+
+def test_a_cache_says_what_it_holds_and_one_being_written_is_not_listed(tmp_path):
+    ws = Workspace(tmp_path)
+    entry = ws.token_cache_dir / "abc123"
+    entry.mkdir(parents=True)
+    corpus = [str(tmp_path / "corpora" / "a.txt"), str(tmp_path / "corpora" / "b.txt")]
+    (entry / "meta.json").write_text(json.dumps({"files": corpus, "documents": 7}))
+    (ws.token_cache_dir / ".tmp-def456-4242").mkdir()  # a tokenization in progress
+    [cache] = list_caches(ws)
+    assert (cache["name"], cache["corpus"], cache["files"], cache["documents"]) == (
+        "abc123",
+        "corpora/a.txt",
+        2,
+        7,
+    )
+    with pytest.raises(PathError, match="no such cache"):
+        delete_caches(ws, [".tmp-def456-4242"])
+    assert (ws.token_cache_dir / ".tmp-def456-4242").is_dir()
 
 
 def test_presets(tmp_path):

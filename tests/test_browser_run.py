@@ -325,6 +325,38 @@ def test_settings_persist_across_reloads(server: LiveServer, page: Page) -> None
     assert_no_js_errors(page)
 
 
+def test_caches_are_listed_and_deleted_only_after_confirmation(
+    server: LiveServer, page: Page
+) -> None:
+    tokens = server.workspace / "cache" / "tokens"
+    for name, corpus in (("feedc0de01", "corpora/one.txt"), ("feedc0de02", "corpora/two.txt")):
+        (tokens / name).mkdir(parents=True)
+        meta = {"files": [str(server.workspace / corpus)], "documents": 3}
+        (tokens / name / "meta.json").write_text(json.dumps(meta))
+        (tokens / name / "tokens.bin").write_bytes(b"\0" * 4096)
+    before = {p.name for p in tokens.iterdir()}
+    create_run(server, "keeps its folder", start=False)
+    runs = sorted(p.name for p in (server.workspace / "runs").iterdir())
+    signed_in(page, server)
+    page.goto(server.base_url + "settings")
+    row = page.locator('#caches-body tr[data-cache="feedc0de01"]')
+    expect(row).to_contain_text("corpora/one.txt")
+    expect(row.locator("td").nth(2)).to_have_text(re.compile(r"^4\.\d KB$"))
+
+    page.get_by_role("button", name="Clear all…").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("Runs, checkpoints and exports are not touched")
+    dialog.get_by_role("button", name="Cancel").click()
+    row.get_by_role("button", name="Delete the cache of corpora/one.txt").click()
+    expect(dialog).to_contain_text("corpora/one.txt")
+    dialog.get_by_role("button", name="Delete").click()
+    expect(row).to_have_count(0)
+    expect(page.locator('#caches-body tr[data-cache="feedc0de02"]')).to_have_count(1)
+    assert {p.name for p in tokens.iterdir()} == before - {"feedc0de01"}
+    assert sorted(p.name for p in (server.workspace / "runs").iterdir()) == runs
+    assert_no_js_errors(page)
+
+
 def test_remote_reports_refresh_the_run_page_once_per_status(
     server: LiveServer, page: Page
 ) -> None:

@@ -4,6 +4,7 @@ tokenization caches. Every path is confined to allowed roots after resolving sym
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -13,7 +14,7 @@ from typing import Any
 
 from training.corpus import CorpusError, find_corpus, read_documents
 from training.errors import InputError
-from training.run_store import Workspace
+from training.run_store import TOKEN_CACHE_META, Workspace
 
 MAX_ENTRIES = 2000
 PREVIEW_CHARS = 2000
@@ -163,10 +164,12 @@ def _tree_size(path: Path) -> int:
 
 
 def list_caches(workspace: Workspace) -> list[dict[str, Any]]:
-    """The tokenization caches (one entry per cached corpus+tokenizer), largest first."""
+    """The tokenization caches (one entry per cached corpus+tokenizer), largest first,
+    with what each holds (from its meta.json). Entries still being written (hidden temp
+    folders of a tokenization in progress) are not listed, so never deleted."""
     root = workspace.token_cache_dir
     try:
-        entries = list(os.scandir(root))
+        entries = [e for e in os.scandir(root) if not e.name.startswith(".")]
     except FileNotFoundError:
         return []
     out = []
@@ -183,9 +186,22 @@ def list_caches(workspace: Workspace) -> list[dict[str, Any]]:
                 "size": _tree_size(path),
                 "modified": mtime,
                 "age_seconds": max(0.0, time.time() - mtime),
+                **_cache_contents(path, workspace.root),
             }
         )
     return sorted(out, key=lambda c: -c["size"])
+
+
+def _cache_contents(entry: Path, workspace: Path) -> dict[str, Any]:
+    """The corpus an entry tokenized (its first file, how many files and documents)."""
+    try:
+        meta = json.loads((entry / TOKEN_CACHE_META).read_text(encoding="utf-8"))
+        files = [str(f) for f in meta["files"]]
+        documents = int(meta["documents"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return {"corpus": None, "files": None, "documents": None}
+    corpus = display_path(Path(files[0]), workspace) if files else None
+    return {"corpus": corpus, "files": len(files), "documents": documents}
 
 
 def delete_caches(workspace: Workspace, names: Sequence[str] | None) -> list[str]:

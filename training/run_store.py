@@ -103,6 +103,10 @@ class RunPaths:
         return self.root / "evaluations"
 
 
+# What a token cache entry holds (training/token_cache.py writes it; the console lists it).
+TOKEN_CACHE_META = "meta.json"
+
+
 @dataclass(frozen=True)
 class Workspace:
     """The console's and trainer's working folder: runs, caches, models, exports."""
@@ -123,6 +127,7 @@ class Workspace:
 
     @property
     def token_cache_dir(self) -> Path:
+        """One folder per tokenized corpus + tokenizer, each with a TOKEN_CACHE_META file."""
         return self.cache_dir / "tokens"
 
     @property

@@ -38,12 +38,12 @@ from training.corpus import (
     read_file_documents,
 )
 from training.errors import StopRequested
-from training.run_store import atomic_write_text
+from training.run_store import TOKEN_CACHE_META, atomic_write_text
 
 CACHE_VERSION = 2  # 2: corpora hashed from their files' bytes
 TOKENS_FILE = "tokens.bin"
 OFFSETS_FILE = "doc_offsets.npy"
-META_FILE = "meta.json"
+META_FILE = TOKEN_CACHE_META
 # Files that define a tokenizer's behaviour (whatever of them a model folder has).
 TOKENIZER_FILES = (
     "tokenizer.json",

@@ -1,6 +1,7 @@
-// The Settings page: theme, chart defaults and notifications, saved as they change.
-import { h, $, replace } from "./dom.js";
-import { api } from "./api.js";
+// The Settings page: theme, chart defaults and notifications, saved as they change; the
+// workspace's tokenization caches, listed and cleared (with a confirmation).
+import { h, $, replace, fmt } from "./dom.js";
+import { api, reportError } from "./api.js";
 import { settings } from "./settings.js";
 import { permission, requestPermission } from "./notify.js";
 import { toast } from "./toast.js";
@@ -73,3 +74,74 @@ load();
   }
   replace($("#about"), rows.map(([k, v]) => [h("dt", { text: k }), h("dd", { class: k === "Workspace" ? "mono" : "", text: v ?? "–" })]));
 })();
+
+// -- tokenization caches --
+
+function cacheLabel(c) {
+  if (!c.corpus) return c.name;
+  return c.files > 1 ? `${c.corpus} and ${fmt.int(c.files - 1)} more` : c.corpus;
+}
+
+async function clearCaches(names, label) {
+  const ok = await confirmDialog({
+    title: names ? "Delete this cache?" : "Clear all caches?",
+    body: [
+      names ? `The tokenized ${label} is deleted.` : `Every tokenized corpus (${label}) is deleted.`,
+      "Runs, checkpoints and exports are not touched; the next run on a deleted corpus tokenizes it again.",
+    ],
+    confirmLabel: names ? "Delete" : "Clear all",
+    danger: true,
+  });
+  if (!ok) return;
+  try {
+    const { removed } = await api.del("/api/caches", names ? { confirm: true, names } : { confirm: true });
+    toast(`Removed ${removed.length} cache${removed.length === 1 ? "" : "s"}.`, { kind: "success", timeout: 4000 });
+  } catch (err) {
+    reportError(err, "Could not clear the caches");
+  }
+  $("#clear-caches").addEventListener("click", (e) => clearCaches(null, e.currentTarget.dataset.total));
+loadCaches();
+}
+
+async function loadCaches() {
+  let data;
+  try {
+    data = await api.get("/api/caches");
+  } catch (err) {
+    reportError(err, "Could not list the caches");
+    return;
+  }
+  const caches = data.caches || [];
+  $("#caches-total").textContent = caches.length ? `${fmt.int(caches.length)} · ${fmt.bytes(data.total_size)}` : "";
+  $("#caches-empty").hidden = caches.length > 0;
+  $("#caches-table").hidden = caches.length === 0;
+  const clearAll = $("#clear-caches");
+  clearAll.disabled = caches.length === 0;
+  clearAll.dataset.total = fmt.bytes(data.total_size);
+  replace(
+    $("#caches-body"),
+    caches.map((c) =>
+      h(
+        "tr",
+        { dataset: { cache: c.name } },
+        h("td", null, h("div", { class: "mono", text: cacheLabel(c) }), h("div", { class: "faint mono", text: c.name.slice(0, 16), title: c.name })),
+        h("td", { class: "right num", text: fmt.int(c.documents) }),
+        h("td", { class: "right num", text: fmt.bytes(c.size) }),
+        h("td", { class: "right", text: fmt.ago(c.modified) }),
+        h(
+          "td",
+          { class: "right" },
+          h("button", {
+            class: "btn btn-sm",
+            type: "button",
+            text: "Delete…",
+            "aria-label": `Delete the cache of ${cacheLabel(c)}`,
+            on: { click: () => clearCaches([c.name], `${cacheLabel(c)} (${fmt.bytes(c.size)})`) },
+          })
+        )
+      )
+    )
+  );
+}
+$("#clear-caches").addEventListener("click", (e) => clearCaches(null, e.currentTarget.dataset.total));
+loadCaches();

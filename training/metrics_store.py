@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from training.metrics_snapshot import read_snapshot, remove_snapshot, snapshot_file, write_snapshot
 from training.tailer import JsonlTailer, decode_event
 
 EVENT_CODES: dict[str, int] = {
@@ -35,6 +36,9 @@ EVENT_CODES: dict[str, int] = {
 ENVELOPE_KEYS: dict[int, str] = {1: "train_loss", 2: "val_loss"}
 # seq is stored as a signed 64-bit integer; a line with a larger one is malformed.
 MAX_INDEX_SEQ = 2**63 - 1
+# Indexes this large are saved (metrics_snapshot), again after this many more rows and when
+# closed: a console that starts again then reads only what was appended meanwhile.
+SNAPSHOT_MIN_ROWS = 100_000
 
 
 class _Fields(msgspec.Struct):
@@ -70,9 +74,11 @@ def _number(value: int | float | None) -> float:
 
 
 class RunMetrics:
-    """The index of one metrics.jsonl. Thread-safe; refresh() reads only what is new."""
+    """The index of one metrics.jsonl. Thread-safe; refresh() reads only what is new.
+    With `snapshot_dir`, a large index is saved there and picked up again by the next
+    index of the same file (metrics_snapshot)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, snapshot_dir: Path | None = None):
         self.path = Path(path)
         self._lock = threading.RLock()
         self._tailer = JsonlTailer(self.path)
@@ -80,7 +86,11 @@ class RunMetrics:
         # forgets an index on eviction but never closes it under a reader.
         self._finalizer = weakref.finalize(self, self._tailer.close)
         self.malformed = 0
+        self._snapshot = None if snapshot_dir is None else snapshot_file(snapshot_dir, self.path)
+        self._saved_count = 0
         self._clear()
+        if self._snapshot is not None:
+            self._load_snapshot(self._snapshot)
 
     def _clear(self) -> None:
         self._offsets = array("q")
@@ -104,9 +114,77 @@ class RunMetrics:
                 if reset:
                     # Truncated or replaced: the new file is the truth; offsets restart.
                     self._clear()
+                    self._saved_count = 0
                 if not block:
-                    return added
+                    break
                 added += self._index_block(start, block)
+            if self.count >= SNAPSHOT_MIN_ROWS + self._saved_count:
+                self._save_snapshot()
+            return added
+
+    # -- the saved copy --
+
+    def _load_snapshot(self, file: Path) -> None:
+        """Start from a saved index of this very file, if there is a valid one."""
+        loaded = read_snapshot(file)
+        if loaded is None:
+            return
+        header, columns = loaded
+        try:
+            n, end = int(header["count"]), int(header["end"])
+            ident = (int(header["ident"][0]), int(header["ident"][1]))
+            head = bytes.fromhex(header["head"])
+            last = {int(code): int(i) for code, i in header["last"].items()}
+            malformed = int(header["malformed"])
+        except (KeyError, TypeError, ValueError, IndexError):
+            return
+        if not n or any(len(c) != n for c in columns) or len(columns) != len(self._columns()):
+            return
+        offsets, lengths, seqs = columns[0], columns[1], columns[2]
+        # The last indexed line must still be where it was, byte for byte the same row.
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            line = os.pread(fd, lengths[-1] + 1, offsets[-1])
+        finally:
+            os.close(fd)
+        row = decode_event(line[:-1]) if line.endswith(b"\n") else None
+        if row is None or row.get("seq") != seqs[-1] or offsets[-1] + lengths[-1] >= end:
+            return
+        if not self._tailer.resume(ident, end, head):
+            return
+        (
+            self._offsets,
+            self._lengths,
+            self._seqs,
+            self._codes,
+            self._steps,
+            self._values,
+            self._times,
+        ) = columns
+        self._last, self.malformed, self._saved_count = last, malformed, n
+
+    def _save_snapshot(self) -> None:
+        identity = self._tailer.identity
+        if self._snapshot is None or identity is None or not self.count:
+            return
+        (dev, ino), head = identity
+        header = {
+            "path": str(self.path),
+            "ident": [dev, ino],
+            "head": head.hex(),
+            "end": self._tailer.offset,
+            "count": self.count,
+            "last": {str(code): i for code, i in self._last.items()},
+            "malformed": self.malformed,
+        }
+        try:
+            write_snapshot(self._snapshot, header, self._columns())
+        except OSError:
+            return  # only a shortcut: the index itself is whole
+        self._saved_count = self.count
 
     def _index_block(self, start: int, block: bytes) -> int:
         lines = block.split(b"\n")[:-1]
@@ -348,6 +426,8 @@ class RunMetrics:
 
     def close(self) -> None:
         with self._lock:
+            if self.count >= SNAPSHOT_MIN_ROWS and self.count > self._saved_count:
+                self._save_snapshot()
             self._finalizer()
 
 
@@ -359,8 +439,9 @@ class MetricsCache:
     same index rather than building a second one. An index nobody holds is closed by the
     garbage collector."""
 
-    def __init__(self, capacity: int = 16):
+    def __init__(self, capacity: int = 16, snapshot_dir: Path | None = None):
         self.capacity = capacity
+        self.snapshot_dir = snapshot_dir  # where large indexes are saved (metrics_snapshot)
         self._lock = threading.Lock()
         self._runs: OrderedDict[Path, RunMetrics] = OrderedDict()
         self._evicted: weakref.WeakValueDictionary[Path, RunMetrics] = weakref.WeakValueDictionary()
@@ -370,7 +451,7 @@ class MetricsCache:
         with self._lock:
             metrics = self._runs.get(path)
             if metrics is None:
-                metrics = self._evicted.pop(path, None) or RunMetrics(path)
+                metrics = self._evicted.pop(path, None) or RunMetrics(path, self.snapshot_dir)
                 self._runs[path] = metrics
             self._runs.move_to_end(path)
             while len(self._runs) > self.capacity:
@@ -380,10 +461,13 @@ class MetricsCache:
         return metrics
 
     def drop(self, path: Path) -> None:
-        """Forget a file's index (its run was deleted); holders keep what they have."""
+        """Forget a file's index and its saved copy (its run was deleted); holders keep
+        what they have."""
         with self._lock:
             self._runs.pop(path, None)
             self._evicted.pop(path, None)
+        if self.snapshot_dir is not None:
+            remove_snapshot(self.snapshot_dir, path)
 
     def close(self) -> None:
         """The console is exiting: close every index."""

@@ -126,6 +126,12 @@ class Workspace:
         return self.root / "cache"
 
     @property
+    def metrics_index_dir(self) -> Path:
+        """Saved indexes of large metrics files (metrics_snapshot), so a restarted console
+        does not read them from the start."""
+        return self.cache_dir / "metrics"
+
+    @property
     def token_cache_dir(self) -> Path:
         """One folder per tokenized corpus + tokenizer, each with a TOKEN_CACHE_META file."""
         return self.cache_dir / "tokens"
@@ -368,7 +374,7 @@ class RunStore:
         from training.metrics_store import MetricsCache
 
         self.workspace = workspace
-        self.metrics_cache = MetricsCache(metrics_capacity)
+        self.metrics_cache = MetricsCache(metrics_capacity, workspace.metrics_index_dir)
         self._summaries: dict[Path, MetricsSummary] = {}
         self._summaries_lock = threading.Lock()
         self._config_cache: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}

@@ -92,6 +92,34 @@ class JsonlTailer:
             return b""
         return os.pread(self._fd, length, offset)
 
+    def resume(self, ident: tuple[int, int], offset: int, head: bytes) -> bool:
+        """Continue after `offset` of the file whose (device, inode) and first bytes are
+        these (an index saved earlier): False, and nothing changed, when the file is
+        another one now, shorter, or begins differently."""
+        if self._fd is not None or self._offset:
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return False
+        st = os.fstat(fd)
+        if (
+            (st.st_dev, st.st_ino) != ident
+            or st.st_size < offset
+            or os.pread(fd, len(head), 0) != head
+        ):
+            os.close(fd)
+            return False
+        self._fd, self._ident, self._offset, self._head = fd, ident, offset, head
+        return True
+
+    @property
+    def identity(self) -> tuple[tuple[int, int], bytes] | None:
+        """(device, inode) and first bytes of the file being read (None before any)."""
+        if self._ident is None or self._fd is None:
+            return None
+        return self._ident, self._head or os.pread(self._fd, _HEAD_BYTES, 0)
+
     def _check_file(self) -> bool:
         """Open, reopen after replacement, or rewind after truncation; True on a reset."""
         try:

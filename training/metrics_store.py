@@ -39,6 +39,20 @@ MAX_INDEX_SEQ = 2**63 - 1
 # Indexes this large are saved (metrics_snapshot), again after this many more rows and when
 # closed: a console that starts again then reads only what was appended meanwhile.
 SNAPSHOT_MIN_ROWS = 100_000
+# The index's columns, one entry per indexed line: (attribute, array typecode).
+COLUMNS = (
+    ("_offsets", "q"),
+    ("_lengths", "q"),
+    ("_seqs", "q"),
+    ("_codes", "b"),
+    ("_steps", "d"),
+    ("_values", "d"),
+    ("_times", "d"),
+)
+
+
+def _new_columns() -> tuple[array[Any], ...]:
+    return tuple(array(code) for _, code in COLUMNS)
 
 
 class _Fields(msgspec.Struct):
@@ -78,6 +92,14 @@ class RunMetrics:
     With `snapshot_dir`, a large index is saved there and picked up again by the next
     index of the same file (metrics_snapshot)."""
 
+    _offsets: array[int]
+    _lengths: array[int]
+    _seqs: array[int]
+    _codes: array[int]
+    _steps: array[float]
+    _values: array[float]
+    _times: array[float]
+
     def __init__(self, path: str | Path, snapshot_dir: Path | None = None):
         self.path = Path(path)
         self._lock = threading.RLock()
@@ -93,13 +115,7 @@ class RunMetrics:
             self._load_snapshot(self._snapshot)
 
     def _clear(self) -> None:
-        self._offsets = array("q")
-        self._lengths = array("q")
-        self._seqs = array("q")
-        self._codes = array("b")
-        self._steps = array("d")
-        self._values = array("d")
-        self._times = array("d")
+        self._set_columns(_new_columns())
         # Index of the newest row of each event kind (status, train, eval, run_start...).
         self._last: dict[int, int] = {}
 
@@ -138,7 +154,9 @@ class RunMetrics:
             malformed = int(header["malformed"])
         except (KeyError, TypeError, ValueError, IndexError):
             return
-        if not n or any(len(c) != n for c in columns) or len(columns) != len(self._columns()):
+        if [c.typecode for c in columns] != [code for _, code in COLUMNS]:
+            return
+        if not n or any(len(c) != n for c in columns):
             return
         offsets, lengths, seqs = columns[0], columns[1], columns[2]
         # The last indexed line must still be where it was, byte for byte the same row.
@@ -155,15 +173,7 @@ class RunMetrics:
             return
         if not self._tailer.resume(ident, end, head):
             return
-        (
-            self._offsets,
-            self._lengths,
-            self._seqs,
-            self._codes,
-            self._steps,
-            self._values,
-            self._times,
-        ) = columns
+        self._set_columns(columns)
         self._last, self.malformed, self._saved_count = last, malformed, n
 
     def _save_snapshot(self) -> None:
@@ -241,15 +251,11 @@ class RunMetrics:
             column.extend(values)
 
     def _columns(self) -> tuple[array[Any], ...]:
-        return (
-            self._offsets,
-            self._lengths,
-            self._seqs,
-            self._codes,
-            self._steps,
-            self._values,
-            self._times,
-        )
+        return tuple(getattr(self, name) for name, _ in COLUMNS)
+
+    def _set_columns(self, columns: Sequence[array[Any]]) -> None:
+        for (name, _), column in zip(COLUMNS, columns, strict=True):
+            setattr(self, name, column)
 
     def _index_lines(self, start: int, lines: list[bytes]) -> int:
         """Line by line: malformed lines counted, replayed seqs skipped."""
@@ -261,15 +267,7 @@ class RunMetrics:
             except (msgspec.DecodeError, msgspec.ValidationError):
                 parsed.append(_index_fields(line) if line.strip() else None)
         last_seq = self._seqs[-1] if self._seqs else 0
-        columns = (
-            array("q"),
-            array("q"),
-            array("q"),
-            array("b"),
-            array("d"),
-            array("d"),
-            array("d"),
-        )
+        columns = _new_columns()
         offsets, lengths, seqs, codes, steps, values, times = columns
         last: dict[int, int] = {}
         nan = float("nan")

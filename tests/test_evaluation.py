@@ -201,7 +201,8 @@ def test_cli_perplexity_and_generate(
         "5",
     )
     assert gen.returncode == 0, gen.stderr
-    assert gen.stdout.strip() and "tokens" in gen.stderr
+    # A tiny model's greedy continuation may well be blanks: text, all the same.
+    assert gen.stdout.rstrip("\n") and "tokens" in gen.stderr
 
 
 def test_cli_bad_input_exits_2(tmp_path: Path, tiny_assets: dict[str, Path]) -> None:

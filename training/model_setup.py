@@ -48,15 +48,26 @@ def load_base(config: RunConfig, base_dir: Path) -> LoadedModel:
     location = model_location(config, base_dir)
     path = Path(location) if Path(location).exists() else Path(_download(location))
     trust = bool(config.trust_remote_code)
+    # mlx-lm < 0.32 (the last for Python 3.10) has no model-code option: only its tokenizer
+    # could run a model's own code.
+    model_code: dict[str, Any] = (
+        {"trust_remote_code": trust} if _load_takes_trust_flag(load) else {}
+    )
     model, tokenizer, model_config = load(  # type: ignore[misc]
         str(path),
         tokenizer_config={"trust_remote_code": trust},
         return_config=True,
-        trust_remote_code=trust,
+        **model_code,
     )
     if config.dtype in DTYPES:
         model.set_dtype(DTYPES[config.dtype])
     return LoadedModel(model, tokenizer, model_config, path)
+
+
+def _load_takes_trust_flag(load: Any) -> bool:
+    import inspect
+
+    return "trust_remote_code" in inspect.signature(load).parameters
 
 
 def layers_to_train(config: RunConfig, blocks: int) -> int:

@@ -20,7 +20,8 @@ from training.run_store import (
 )
 
 if TYPE_CHECKING:
-    from training.metrics_store import MetricsSummary, RunMetrics
+    from training.metrics_store import RunMetrics
+    from training.metrics_summary import MetricsSummary
 
     Metrics = RunMetrics | MetricsSummary
 

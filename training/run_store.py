@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from training.metrics_store import MetricsSummary, RunMetrics
+    from training.metrics_store import RunMetrics
+    from training.metrics_summary import MetricsSummary
 
 WORKSPACE_ENV = "MLX_CPT_HOME"
 # The console's access token: read by the console (and a reporting trainer), and never
@@ -467,7 +468,7 @@ class RunStore:
     def summary(self, run_id: str) -> MetricsSummary:
         """The newest row of each kind and the last seq, from the tail of metrics.jsonl
         (no index: what the runs list and derived states need)."""
-        from training.metrics_store import MetricsSummary
+        from training.metrics_summary import MetricsSummary
 
         path = self.paths(run_id).metrics
         with self._summaries_lock:

@@ -17,10 +17,11 @@ from typing import Any
 
 from flask import Flask
 
-from training.broadcaster import Broadcaster
-from training.eval_jobs import EvalJobs
-from training.manager import ManagerSettings, TrainingManager
-from training.run_store import RunStore, Workspace, default_workspace
+from training.console.broadcaster import Broadcaster
+from training.console.eval_jobs import EvalJobs
+from training.console.manager import ManagerSettings, TrainingManager
+from training.console.run_store import RunStore
+from training.contract.layout import Workspace, default_workspace
 from web import evaluation, security
 from web.console import Console
 from web.errors import register_error_handlers

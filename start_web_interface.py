@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from training.console_runtime import (
+from training.console.runtime import (
     AlreadyRunning,
     acquire_lock,
     build_demo_async,
@@ -30,7 +30,7 @@ from training.console_runtime import (
     running_console,
     write_console_json,
 )
-from training.run_store import TOKEN_ENV
+from training.contract.protocol import TOKEN_ENV
 
 DEFAULT_PORT = 5055  # not 5000: macOS AirPlay holds it
 PORT_TRIES = 10
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 
         eventlet.monkey_patch()  # before anything creates threads, locks or sockets
 
-    from training.run_store import Workspace, default_workspace
+    from training.contract.layout import Workspace, default_workspace
 
     token = args.token or os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(32)
     setup_logging(args.log_level, token)

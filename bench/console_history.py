@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.live_server import LiveServer  # noqa: E402
-from training.run_store import RunRecord, Workspace, write_record  # noqa: E402
+from training.contract.layout import RunRecord, Workspace, write_record  # noqa: E402
 
 RUN_ID = "20260101-000000-hist00"
 

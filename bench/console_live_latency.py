@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.live_server import LiveServer  # noqa: E402
-from training.run_store import RunRecord, Workspace, write_record  # noqa: E402
-from training.tailer import EventTailer  # noqa: E402
+from training.contract.layout import RunRecord, Workspace, write_record  # noqa: E402
+from training.metrics.tailer import EventTailer  # noqa: E402
 
 RUN_ID = "20260101-000000-bench0"
 

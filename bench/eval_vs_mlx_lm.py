@@ -44,12 +44,17 @@ def _best(fn, repeats: int) -> float:
 def bench_perplexity(model_dir: Path, text: Path, repeats: int) -> None:
     import mlx_lm.perplexity as mlx_ppl
 
-    from training import evaluation as ev
+    from training.evaluate.models import load_model
+    from training.evaluate.perplexity import (
+        evaluate_perplexity,
+        pack_documents,
+        read_eval_documents,
+    )
 
-    loaded = ev.load_model(model_dir)
-    docs = ev.read_eval_documents(text)
-    data = ev.pack_documents(loaded.tokenizer, docs, 256, num_samples=64)
-    ours = _best(lambda: ev.evaluate_perplexity(loaded.model, data, 8, lambda d, t: None), repeats)
+    loaded = load_model(model_dir)
+    docs = read_eval_documents(text)
+    data = pack_documents(loaded.tokenizer, docs, 256, num_samples=64)
+    ours = _best(lambda: evaluate_perplexity(loaded.model, data, 8, lambda d, t: None), repeats)
     theirs = _best(lambda: mlx_ppl.eval_ppl(loaded.model, data, batch_size=8), repeats)
     tokens = data.shape[0] * (data.shape[1] - 1)
     print(f"\nperplexity, {data.shape[0]} rows x {data.shape[1]} tokens, batch 8")
@@ -62,14 +67,15 @@ def bench_generation(model_dir: Path, n_tokens: int, repeats: int) -> float:
     from mlx_lm.generate import stream_generate
     from mlx_lm.sample_utils import make_sampler
 
-    from training import evaluation as ev
+    from training.evaluate.generation import GenerationSettings, generate_tokens
+    from training.evaluate.models import load_model
 
-    loaded = ev.load_model(model_dir)
+    loaded = load_model(model_dir)
     prompt = "def parse(text):\n"
-    settings = ev.GenerationSettings(max_tokens=n_tokens, temp=0.8, seed=1)
+    settings = GenerationSettings(max_tokens=n_tokens, temp=0.8, seed=1)
 
     def ours() -> int:
-        return sum(1 for _ in ev.generate_tokens(loaded, prompt, settings))
+        return sum(1 for _ in generate_tokens(loaded, prompt, settings))
 
     def theirs() -> int:
         sampler = make_sampler(0.8)
@@ -90,8 +96,8 @@ def bench_generation(model_dir: Path, n_tokens: int, repeats: int) -> float:
 
 
 def bench_worker(model_dir: Path, n_tokens: int, repeats: int, in_process_tps: float) -> None:
-    from training.eval_jobs import EvalJobs
-    from training.model_source import folder_source
+    from training.console.eval_jobs import EvalJobs
+    from training.contract.model_source import folder_source
 
     firsts, rates = [], []
     for _ in range(repeats):
@@ -130,7 +136,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from training.blas import blas_in_use
+    from training.contract.blas import blas_in_use
     from training.demo import build_demo
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,7 +149,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from training.blas import reexec_with_openblas
+    from training.contract.blas import reexec_with_openblas
 
     reexec_with_openblas()
     sys.exit(main())

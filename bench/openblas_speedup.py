@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from training.demo import build_demo  # noqa: E402
-from training.metrics_logger import read_events  # noqa: E402
+from training.metrics.tailer import read_events  # noqa: E402
 
 
 def run(ws: Path, args: argparse.Namespace, openblas: str, tag: str) -> tuple[float, str]:
@@ -36,7 +36,7 @@ def run(ws: Path, args: argparse.Namespace, openblas: str, tag: str) -> tuple[fl
     env["MLX_CPT_OPENBLAS"] = openblas
     env.pop("LD_PRELOAD", None)
     subprocess.run(argv, cwd=ws, env=env, check=True, capture_output=True)
-    rows = read_events(run_dir / "metrics.jsonl")
+    rows = list(read_events(run_dir / "metrics.jsonl"))
     rates = [r["tokens_per_second"] for r in rows if r["event"] == "train"][1:]  # warm only
     return statistics.median(rates), rows[0]["versions"]["blas"]
 

@@ -37,9 +37,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from training.blas import find_openblas  # noqa: E402
+from training.contract.blas import find_openblas  # noqa: E402
 from training.demo import stdlib_documents  # noqa: E402
-from training.metrics_logger import read_events  # noqa: E402
+from training.metrics.tailer import read_events  # noqa: E402
 from training.scratch import build_scratch_model  # noqa: E402
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -96,7 +96,7 @@ def run_ours(args: argparse.Namespace, work: Path, data: Path, model: Path) -> d
     wall = time.perf_counter() - tic
     if proc.returncode != 0:
         raise SystemExit(f"this trainer failed:\n{proc.stdout}\n{proc.stderr}")
-    rows = read_events(run_dir / "metrics.jsonl")
+    rows = list(read_events(run_dir / "metrics.jsonl"))
     start = next(r for r in rows if r["event"] == "run_start")
     train = [r for r in rows if r["event"] == "train"]
     val_time = sum(r["val_time"] for r in rows if r["event"] == "eval")

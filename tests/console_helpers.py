@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from training.manager import ManagerSettings, TrainingManager
+from training.console.manager import ManagerSettings, TrainingManager
 
 FAKE_TRAINER = "tests.fake_trainer"
 

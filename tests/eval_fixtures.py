@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training.blas import preload_command
-from training.run_store import Workspace
+from training.contract.blas import preload_command
+from training.contract.layout import Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
 LORA_RUN_ID = "20260101-000000-lora01"
@@ -64,7 +64,7 @@ def reference_texts(
     of the session's one run, so the texts are cached by prompt."""
     key = (prompt, max_tokens)
     if key not in _references:
-        from training.model_source import resolve_source
+        from training.contract.model_source import resolve_source
 
         models = {}
         for checkpoint in ("base", "final"):

@@ -23,12 +23,12 @@ from tests.trainer_helpers import (
     start_trainer,
     write_config,
 )
-from training.blas import find_openblas
-from training.checkpoints import list_checkpoints, read_latest, write_bundle
-from training.config import FIELDS, build_config, cli_values
-from training.continued_pretraining import build_parser, main
-from training.fields import FieldSpec
-from training.metrics_logger import EVENTS
+from training.contract.blas import find_openblas
+from training.contract.checkpoints import list_checkpoints, read_latest, write_bundle
+from training.contract.config import FIELDS, build_config, cli_values
+from training.contract.fields import FieldSpec
+from training.contract.protocol import EVENTS
+from training.trainer.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -280,7 +280,7 @@ def test_resume_refuses_another_model_or_data_and_needs_no_config_flag(
 def test_a_run_folder_in_use_by_another_trainer_is_refused(
     tiny_assets: dict[str, Path], ws: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from training.run_folder import lock_run_folder
+    from training.trainer.run_folder import lock_run_folder
 
     run_dir = ws / "runs" / "busy"
     run_dir.mkdir(parents=True)
@@ -311,7 +311,10 @@ sys.exit(main(sys.argv[3:]))
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "where",
-    [("training.model_setup", "load_base"), ("training.training_run", "load_or_tokenize")],
+    [
+        ("training.trainer.preflight", "load_base"),
+        ("training.trainer.training_run", "load_or_tokenize"),
+    ],
     ids=["model load", "tokenization"],
 )
 def test_sigterm_before_training_exits_0_and_creates_nothing(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.config import build_config, read_yaml
-from training.corpus import load_documents
+from training.contract.config import build_config, read_yaml
+from training.contract.corpus import find_corpus, read_documents
 from training.demo import build_demo
 
 
@@ -15,10 +15,10 @@ def test_demo_assets_make_a_valid_config(tiny_assets):
     )
     assert not warnings
     assert config.eval_sets == {"general": "corpora/general-prose.jsonl"}
-    docs = load_documents(tiny_assets["corpus"])
+    docs = list(read_documents(find_corpus(tiny_assets["corpus"]).train))
     # Long documents (median well over a sequence): the case packing exists for.
     assert sorted(map(len, docs))[len(docs) // 2] > 4 * config.max_seq_length
-    assert load_documents(tiny_assets["general"])
+    assert list(read_documents(find_corpus(tiny_assets["general"]).train))
 
 
 def test_build_demo_keeps_existing_files(tmp_path: Path, tiny_assets):

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from tests.conftest import ROOT
-from training.metrics_logger import read_events
+from training.metrics.tailer import read_events
 
 # Shapes shared with the console's end-to-end test, so MLX's CPU kernels compile once.
 TINY = {
@@ -74,7 +74,7 @@ def start_trainer(workspace: Path, *args: str | Path, log: Path) -> subprocess.P
 
 
 def events(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
-    rows = read_events(run_dir / "metrics.jsonl")
+    rows = list(read_events(run_dir / "metrics.jsonl"))
     return [r for r in rows if kind is None or r["event"] == kind]
 
 

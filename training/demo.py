@@ -11,19 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import sysconfig
 from pathlib import Path
 from typing import Any
 
-DOMAIN_CORPUS = "corpora/python-stdlib.jsonl"
-GENERAL_SET = "corpora/general-prose.jsonl"
-DEMO_CONFIG = "demo.yaml"
-
-
-def model_dir(size: str) -> str:
-    return f"models/scratch-{size}"
+from training.contract.files import write_atomic
+from training.contract.layout import DEMO_CONFIG, DOMAIN_CORPUS, GENERAL_SET, demo_model_dir
 
 
 def stdlib_documents(max_bytes: int) -> list[str]:
@@ -63,11 +57,7 @@ def prose_documents(max_bytes: int) -> list[str]:
 
 def _write_jsonl(path: Path, docs: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for doc in docs:
-            f.write(json.dumps({"text": doc}) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps({"text": d}) + "\n" for d in docs))
 
 
 def demo_config(size: str) -> dict[str, Any]:
@@ -75,7 +65,7 @@ def demo_config(size: str) -> dict[str, Any]:
     about ten on a 2-core CPU (small model, 300 steps of 8 x 256 tokens; seconds on Metal)."""
     tiny = size == "tiny"
     return {
-        "model": model_dir(size),
+        "model": demo_model_dir(size),
         "fine_tune_type": "full",
         "data": DOMAIN_CORPUS,
         "eval_sets": {"general": GENERAL_SET},
@@ -102,12 +92,11 @@ def build_demo(
     """Create whatever of the demo assets is missing; never touches existing files."""
     import yaml
 
-    from training.run_store import atomic_write_text
     from training.scratch import build_scratch_model
 
     ws = Path(workspace)
     corpus, general = ws / DOMAIN_CORPUS, ws / GENERAL_SET
-    model, config = ws / model_dir(size), ws / DEMO_CONFIG
+    model, config = ws / demo_model_dir(size), ws / DEMO_CONFIG
     if not corpus.exists():
         _write_jsonl(corpus, stdlib_documents(domain_bytes))
     if not general.exists():
@@ -115,7 +104,7 @@ def build_demo(
     if not model.exists():
         build_scratch_model(corpus, model, size=size)
     if not config.exists():
-        atomic_write_text(
+        write_atomic(
             config,
             "# The demo: continue pre-training a scratch model on Python source code,\n"
             "# watching a general-prose set for forgetting. Paths are workspace-relative.\n"

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from training.corpus import CorpusError, find_corpus, read_documents
+from training.contract.corpus import CorpusError, find_corpus, read_documents
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"

@@ -12,10 +12,10 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from training import browse, telemetry
-from training.config import ConfigError, build_config
-from training.fields import FIELDS, GROUPS
-from training.run_store import Workspace
+from training.console import browse, telemetry
+from training.contract.config import ConfigError, build_config
+from training.contract.fields import FIELDS, GROUPS
+from training.contract.layout import Workspace
 from web.console import console
 from web.errors import ApiError
 from web.security import json_body

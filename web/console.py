@@ -12,12 +12,12 @@ from typing import Any
 
 from flask import current_app
 
-from training.broadcaster import Broadcaster
-from training.browse import load_presets
-from training.eval_jobs import EvalJobs
-from training.manager import TrainingManager
-from training.run_store import RunStore, Workspace
-from training.trainer_process import PROJECT_ROOT
+from training.console.broadcaster import Broadcaster
+from training.console.browse import load_presets
+from training.console.eval_jobs import EvalJobs
+from training.console.manager import TrainingManager
+from training.console.run_store import RunStore
+from training.contract.layout import PROJECT_ROOT, Workspace
 
 
 @dataclass

@@ -11,9 +11,9 @@ from typing import Any
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from training.config import ConfigError
-from training.errors import ConfirmRequired, InputError, RunConflict
-from training.run_store import RunNotFound
+from training.contract.config import ConfigError
+from training.contract.errors import ConfirmRequired, InputError, RunConflict
+from training.contract.layout import RunNotFound
 
 
 class ApiError(Exception):

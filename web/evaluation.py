@@ -33,8 +33,8 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify, request
 from flask_socketio import join_room, leave_room
 
-from training.eval_jobs import EvalJob, EvalJobs, JobLimitError
-from training.eval_requests import (
+from training.console.eval_jobs import EvalJob, EvalJobs, JobLimitError
+from training.console.eval_requests import (
     EvalContext,
     RequestError,
     export_job,
@@ -42,7 +42,7 @@ from training.eval_requests import (
     model_choices,
     perplexity_job,
 )
-from training.run_summary import checkpoint_table
+from training.metrics.checkpoint_table import checkpoint_table
 from web.console import console
 from web.errors import ApiError
 from web.extensions import socketio

@@ -12,8 +12,8 @@ from typing import Any
 from flask import request
 from flask_socketio import ConnectionRefusedError, join_room, leave_room
 
-from training.broadcaster import room_of
-from training.run_store import RunNotFound, is_valid_run_id
+from training.console.broadcaster import room_of
+from training.contract.layout import RunNotFound, is_valid_run_id
 from web.console import console
 from web.extensions import socketio
 from web.security import socket_authorized

@@ -11,8 +11,8 @@ from typing import Any
 
 from flask import Blueprint, abort, current_app, render_template, request
 
-from training.model_source import SourceError, normalize_checkpoint
-from training.run_store import RunNotFound, is_valid_run_id
+from training.contract.layout import RunNotFound, is_valid_run_id
+from training.contract.model_source import SourceError, normalize_checkpoint
 from web import ui_api
 from web.console import console
 

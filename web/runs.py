@@ -10,8 +10,8 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
-from training.config import parse_yaml_text
-from training.run_store import RUN_STATES
+from training.contract.config import parse_yaml_text
+from training.contract.protocol import RUN_STATES
 from web.console import console
 from web.errors import ApiError
 from web.security import json_body

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from training.config import ConfigError, flatten, parse_yaml_text
+from training.contract.config import ConfigError, flatten, parse_yaml_text
 from web.errors import ApiError
 from web.security import json_body
 

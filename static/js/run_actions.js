@@ -87,7 +87,7 @@ export function canResume(run) {
 async function latestCheckpoint(run) {
   try {
     const { checkpoints } = await api.get(runUrl(run.run_id, "/checkpoints"));
-    return checkpoints.find((c) => c.latest) || checkpoints[checkpoints.length - 1] || null;
+    return checkpoints.find((c) => c.is_latest) || checkpoints[checkpoints.length - 1] || null;
   } catch {
     return summary(run).checkpoint;
   }

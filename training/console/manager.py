@@ -1,0 +1,654 @@
+"""TrainingManager: the only owner of trainer processes, and the console's one facade
+for acting on runs.
+
+It validates and creates runs, starts, stops and resumes their trainers (the processes
+themselves: trainer_process.py), records why each ended, and runs the queue. States are
+derived when read (run_description.py); nothing here writes a run's state at console
+start-up. Remote trainers report through remote_runs.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from training.console.detection import (
+    Detection,
+    TrainerTable,
+    detect_run,
+    log_detection,
+    verify_process,
+)
+from training.console.remote_runs import append_remote_events, check_events
+from training.console.run_description import current_status, describe_run, recorded_trainer_alive
+from training.console.run_queue import RunQueue
+from training.console.run_state import derive_state
+from training.console.run_store import MAX_NAME_LENGTH, RunStore
+from training.console.trainer_process import (
+    TrainerExit,
+    TrainerProcess,
+    adopt_trainer,
+    create_time,
+    keep_awake,
+    spawn_trainer,
+    trainer_argv,
+)
+from training.contract.checkpoints import has_checkpoint
+from training.contract.config import ConfigError, FieldError, build_config
+from training.contract.errors import ConfirmRequired, RunConflict
+from training.contract.layout import RunNotFound, RunPaths, RunRecord, Workspace, new_run_id
+from training.contract.protocol import ACTIVE_STATES, FINAL_STATES, RESUMABLE_STATES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRAINER_MODULE = "training.continued_pretraining"
+
+
+@dataclass
+class ManagerSettings:
+    workspace: Path
+    trainer_module: str = DEFAULT_TRAINER_MODULE
+    python: str = sys.executable
+    # Seconds between SIGTERM and SIGKILL: a large model's checkpoint takes a while.
+    stop_grace_seconds: float = 120.0
+    # Runs training at once; 1 by default because unified memory is shared.
+    max_concurrent_runs: int = 1
+    # macOS: hold `caffeinate -i -w <pid>` while a run trains.
+    keep_awake: bool = True
+    platform: str = sys.platform
+    log_tail_lines: int = 20
+
+
+class TrainingManager:
+    def __init__(self, settings: ManagerSettings, store: RunStore | None = None):
+        self.settings = settings
+        self.workspace = Workspace(settings.workspace)
+        self.store = store or RunStore(self.workspace)
+        self.queue = RunQueue(self.workspace.queue_json)
+        # Trainers run.json does not name (started from the command line, or spawned by a
+        # console that died before recording the pid), from the process table.
+        self.trainers = TrainerTable(self.workspace.runs_dir)
+        self._lock = threading.RLock()
+        self._active: dict[str, TrainerProcess] = {}
+        self._listeners: list[Callable[[str], None]] = []
+        # Other owners of a run's files (evaluation jobs): each says why a run is busy.
+        self._busy_checks: list[Callable[[str], str | None]] = []
+        self._queued_orphans_checked = False
+        self._closed = False
+        self._unreadable_logged: dict[str, str] = {}
+
+    # -- observers --
+
+    def add_listener(self, listener: Callable[[str], None]) -> None:
+        """Called with a run_id whenever that run's state may have changed."""
+        self._listeners.append(listener)
+
+    def add_busy_check(self, check: Callable[[str], str | None]) -> None:
+        """`check(run_id)` returns why the run is in use elsewhere (None when it is not):
+        a busy run is not deleted."""
+        self._busy_checks.append(check)
+
+    def _notify(self, run_id: str) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(run_id)
+            except Exception:  # a broken observer must not break the process bookkeeping
+                log.exception("run %s: state listener failed", run_id)
+
+    # -- start-up detection (read-only) --
+
+    def detect(self, autodetect: bool = True) -> list[Detection]:
+        """Scan the runs at console start, reading each run.json once: log one line per
+        run, adopt verified live trainers and bring back the waiting queue (paused). With
+        autodetect off nothing is scanned or logged: the queue is read when first asked
+        for, and a live trainer adopted when its run is opened."""
+        if not autodetect:
+            return []
+        found: list[Detection] = []
+        records: dict[str, RunRecord] = {}
+        for run_id in self.store.run_ids():
+            try:
+                paths = self.store.paths(run_id)
+                record = records[run_id] = self.store.read_record(run_id)
+                # The file's tail holds any final status: no full index at start-up.
+                status = current_status(self.store.summary(run_id), record)
+                detection = detect_run(record, paths, status, self.trainers.get(run_id))
+            except (RunNotFound, OSError) as exc:
+                log.info("run %s: skipped (%s)", run_id, exc)
+                continue
+            log_detection(detection)
+            if detection.decision == "adopt" and detection.process is not None:
+                # No notification: nobody listens yet, and describing the run would index
+                # its whole metrics file before the console even listens.
+                self._adopt(run_id, detection.process, notify=False)
+            found.append(detection)
+        self._load_queue_orphans(records)
+        return found
+
+    def _load_queue_orphans(self, records: Mapping[str, RunRecord] | None = None) -> None:
+        """Once: queue.json's order, kept to the runs whose run.json says queued (and
+        never started), plus queued runs queue.json lost. `records`: run.json of every
+        run, when the caller has read them already."""
+        with self._lock:
+            if self._queued_orphans_checked:
+                return
+            self._queued_orphans_checked = True
+            if records is None:
+                records = {}
+                for run_id in self.store.run_ids():
+                    try:
+                        records[run_id] = self.store.read_record(run_id)
+                    except RunNotFound:
+                        continue
+            queued = [
+                run_id
+                for run_id, record in records.items()
+                if record.state == "queued" and record.pid is None
+            ]
+            self.queue.order = [r for r in self.queue.order if r in queued]
+            self.queue.adopt_orphans(queued)
+
+    def adopt_if_alive(self, run_id: str) -> bool:
+        """Follow a verified live trainer this console does not know yet (a run opened
+        with --no-autodetect, one started before this console or from the command line)."""
+        with self._lock:
+            if run_id in self._active:
+                return True
+            record = self.store.read_record(run_id)
+            if record.exit is not None:
+                return False
+            proc, reason = self._live_trainer(record)
+            if proc is None:
+                return False
+            log.info("run %s: adopted: live trainer, following it (%s)", run_id, reason)
+            self._adopt(run_id, proc)
+            return True
+
+    def _live_trainer(self, record: RunRecord) -> tuple[psutil.Process | None, str]:
+        """The run's live trainer: run.json's verified pid, else one in the process table."""
+        if record.pid is not None:
+            verdict = verify_process(record, self.store.paths(record.run_id))
+            if verdict.alive:
+                return verdict.process, verdict.reason
+        found = self.trainers.get(record.run_id)
+        if found is None:
+            return None, "no live trainer"
+        return found, f"pid {found.pid} runs its trainer, found in the process table"
+
+    def _adopt(self, run_id: str, proc: psutil.Process, notify: bool = True) -> None:
+        active = adopt_trainer(run_id, proc)
+        with self._lock:
+            self._active[run_id] = active
+        active.watch(self._trainer_ended)
+        if notify:
+            self._notify(run_id)
+
+    # -- reading state --
+
+    def _alive(self, record: RunRecord, paths: RunPaths, last_status: Any) -> bool:
+        active = self._active.get(record.run_id)
+        if active is not None:
+            return active.running()
+        if recorded_trainer_alive(record, paths, last_status):
+            return True
+        final = last_status and last_status.get("state") in FINAL_STATES
+        return record.exit is None and not final and self.trainers.get(record.run_id) is not None
+
+    def state(self, run_id: str) -> tuple[str, str]:
+        record = self.store.read_record(run_id)
+        paths = self.store.paths(run_id)
+        summary = self.store.summary(run_id)  # the file's tail: no index
+        status = current_status(summary, record)
+        return derive_state(
+            record, status, self._alive(record, paths, status), last_event_time=summary.last_time
+        )
+
+    def describe(self, run_id: str, *, detail: bool = True) -> dict[str, Any]:
+        """The run record with its derived state, progress and last metrics. The runs
+        list's view (detail=False) reads only the tail of metrics.jsonl; the run page's
+        (detail) uses the run's index, which it needs for its charts anyway."""
+        record = self.store.read_record(run_id)
+        paths = self.store.paths(run_id)
+        metrics = self.store.metrics(run_id) if detail else self.store.summary(run_id)
+        status = current_status(metrics, record)
+        alive = self._alive(record, paths, status)
+        with self._lock:
+            position = self.queue.order.index(run_id) if run_id in self.queue else None
+        active = self._active.get(run_id)
+        return describe_run(
+            self.store,
+            record,
+            metrics,
+            status,
+            alive=alive,
+            adopted=bool(active and active.adopted),
+            queue_position=position,
+            detail=detail,
+        )
+
+    def list_runs(self, *, detail: bool = False) -> list[dict[str, Any]]:
+        """Every run folder, newest first, with its derived state."""
+        self._load_queue_orphans()
+        runs = []
+        for run_id in self.store.run_ids():
+            try:
+                runs.append(self.describe(run_id, detail=detail))
+            except RunNotFound:
+                continue  # deleted while listing
+            except Exception as exc:  # noqa: BLE001 - one bad run must not hide the others
+                runs.append(self._unreadable(run_id, exc))
+        return runs
+
+    def _unreadable(self, run_id: str, exc: Exception) -> dict[str, Any]:
+        """A run whose files cannot be read, flagged in the list (logged once per reason)."""
+        reason = f"cannot read this run's files: {type(exc).__name__}: {exc}"
+        if self._unreadable_logged.get(run_id) != reason:
+            self._unreadable_logged[run_id] = reason
+            log.warning("run %s: %s", run_id, reason, exc_info=exc)
+        return {"run_id": run_id, "name": run_id, "state": "unreadable", "reason": reason}
+
+    def active_run_ids(self) -> list[str]:
+        with self._lock:
+            return [r for r, a in self._active.items() if a.running()]
+
+    # -- creating and starting --
+
+    def validate(self, *layers: Mapping[str, Any]) -> tuple[Any, list[str]]:
+        """build_config with path checks against the workspace: ConfigError lists all."""
+        if not all(isinstance(layer, Mapping) for layer in layers):
+            raise ConfigError([FieldError("config", "expected a mapping of settings")])
+        return build_config(*layers, check_paths=True, base_dir=self.workspace.root)
+
+    def create_run(
+        self,
+        values: Mapping[str, Any],
+        *,
+        name: str | None = None,
+        start: bool = True,
+        queue: bool = False,
+        cloned_from: str | None = None,
+        base: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Validate, create the run folder atomically, then start, queue or keep it.
+        `base` is a lower-precedence layer (a cloned run's config under the overrides)."""
+        config, warnings = self.validate(*([base] if base is not None else []), values)
+        for warning in warnings:
+            log.info("config: %s", warning)
+        name = clean_name(name) or default_name(config.model, config.data)
+        with self._lock:
+            if start and not queue:
+                self._check_capacity(config_yaml=config.to_yaml())
+            run_id = new_run_id()
+            while (self.workspace.runs_dir / run_id).exists():
+                run_id = new_run_id()
+            record = RunRecord(
+                run_id,
+                name,
+                time.time(),
+                state="queued" if queue else "created",
+                cloned_from=cloned_from,
+            )
+            self.store.create_run(record, config.to_yaml())
+            log.info("run %s: created%s", run_id, " and queued" if queue else "")
+            if queue:
+                self.queue.add(run_id)
+            elif start:
+                self._spawn(run_id, resume=False)
+        self._notify(run_id)
+        if queue:
+            self.advance_queue()
+        return run_id
+
+    def start(self, run_id: str) -> None:
+        """Start a created or queued run now (an explicit action)."""
+        with self._lock:
+            state, _ = self.state(run_id)
+            if state not in ("created", "queued"):
+                raise RunConflict(f"run {run_id} is {state}; only a new or queued run starts")
+            self._check_capacity(config_yaml=self.store.config_text(run_id))
+            self.queue.remove(run_id)
+            self._spawn(run_id, resume=False)
+        self._notify(run_id)
+
+    def resume(self, run_id: str, *, confirm: bool) -> None:
+        """Continue a stopped, interrupted, failed or diverged run from its checkpoint."""
+        if confirm is not True:
+            raise ConfirmRequired('resuming starts training again: send {"confirm": true}')
+        with self._lock:
+            self.adopt_if_alive(run_id)
+            state, _ = self.state(run_id)
+            if state not in RESUMABLE_STATES:
+                raise RunConflict(
+                    f"run {run_id} is {state}; only {', '.join(RESUMABLE_STATES)} runs resume"
+                )
+            if not has_checkpoint(self.store.paths(run_id).root):
+                raise RunConflict(f"run {run_id} has no checkpoint to resume from")
+            self._check_capacity(config_yaml=None)
+            log.info("run %s: resuming from %s (explicit request)", run_id, state)
+            self._spawn(run_id, resume=True, from_state=state)
+        self._notify(run_id)
+
+    def training_now(self) -> list[str]:
+        """Runs whose trainer runs on this machine. Trainers nobody follows yet (started
+        from the command line, or not adopted with --no-autodetect) share its memory too:
+        they are adopted here, so their end lets the queue go on."""
+        with self._lock:
+            for run_id, proc in self.trainers.trainers().items():
+                if run_id not in self._active:
+                    log.info(
+                        "run %s: adopted: live trainer found in the process table (pid %d)",
+                        run_id,
+                        proc.pid,
+                    )
+                    self._adopt(run_id, proc)
+            return self.active_run_ids()
+
+    def _check_capacity(self, config_yaml: str | None) -> None:
+        active = self.training_now()
+        if config_yaml is not None:
+            for run_id in active:
+                if self.store.config_text(run_id) == config_yaml:
+                    raise RunConflict(f"the same config is already running as run {run_id}")
+        if len(active) >= self.settings.max_concurrent_runs:
+            raise RunConflict(
+                f"run {active[0]} is training and only {self.settings.max_concurrent_runs} "
+                "run may train at once: add this run to the queue, or stop the other first"
+            )
+
+    def trainer_argv(self, paths: RunPaths, resume: bool) -> list[str]:
+        return trainer_argv(self.settings.python, self.settings.trainer_module, paths, resume)
+
+    def _spawn(
+        self, run_id: str, *, resume: bool, from_queue: bool = False, from_state: str = ""
+    ) -> None:
+        """Write run.json, then start the trainer; the caller holds the lock."""
+        paths = self.store.paths(run_id)
+        record = self.store.read_record(run_id)
+        now = time.time()
+        if resume:
+            checkpoints = self.store.checkpoints(run_id)
+            record.resumes.append(
+                {
+                    "time": now,
+                    "from_state": from_state,
+                    "from_step": checkpoints[-1]["step"] if checkpoints else None,
+                    "previous_exit": {
+                        k: v for k, v in (record.exit or {}).items() if k != "log_tail"
+                    }
+                    or None,
+                }
+            )
+        record.state, record.started, record.exit = "starting", now, None
+        record.pid = record.pid_create_time = record.cmdline = None
+        record.stop_requested = False
+        record.remote = False  # from now on a trainer of this console's (a resumed remote run)
+        record.start_seq = self.store.summary(run_id).last_seq
+        self.store.write_record(record)
+        argv = self.trainer_argv(paths, resume)
+        try:
+            active = spawn_trainer(
+                run_id, argv, cwd=self.workspace.root, stdout=paths.stdout, from_queue=from_queue
+            )
+        except OSError as exc:
+            record.exit = {
+                "code": None,
+                "signal": None,
+                "reason": f"could not start the trainer: {exc}",
+                "time": time.time(),
+                "log_tail": [],
+            }
+            self.store.write_record(record)
+            log.error("run %s: could not start the trainer: %s", run_id, exc)
+            raise RunConflict(f"could not start the trainer: {exc}") from exc
+        record.pid, record.cmdline = active.pid, argv
+        record.pid_create_time = create_time(active.pid)
+        self.store.write_record(record)
+        self._active[run_id] = active
+        log.info(
+            "run %s: trainer started, pid %d%s", run_id, active.pid, " (resume)" if resume else ""
+        )
+        active.watch(self._trainer_ended)
+        if self.settings.keep_awake:
+            keep_awake(run_id, active.pid, self.settings.platform)
+
+    # -- exits --
+
+    def _trainer_ended(self, active: TrainerProcess, ended: TrainerExit | None) -> None:
+        """Forget the trainer and, for our own child, record how it ended in run.json."""
+        with self._lock:
+            active.cancel_kill()
+            if self._active.get(active.run_id) is active:
+                del self._active[active.run_id]
+            if ended is not None:
+                try:
+                    record = self.store.read_record(active.run_id)
+                    if record.pid == active.pid:
+                        record.exit = ended.to_record(
+                            time.time(),
+                            self.store.log_tail(active.run_id, self.settings.log_tail_lines),
+                        )
+                        self.store.write_record(record)
+                except RunNotFound:
+                    pass
+        if ended is None:
+            log.info(
+                "run %s: adopted trainer ended (its exit code is not ours to see)", active.run_id
+            )
+        else:
+            log.info("run %s: trainer ended: %s", active.run_id, ended.reason)
+        if not self._closed:  # a closed console notifies nobody and starts nothing
+            self._after_exit(active)
+
+    def _after_exit(self, active: TrainerProcess) -> None:
+        self._notify(active.run_id)
+        try:
+            state, _ = self.state(active.run_id)
+        except RunNotFound:
+            state = "deleted"
+        with self._lock:
+            if active.from_queue and state in ("failed", "diverged") and self.queue.stop_on_failure:
+                self.queue.pause(f"run {active.run_id} {state}: the queue stops on failure")
+                log.info("queue: paused because run %s %s", active.run_id, state)
+        self.advance_queue()
+
+    # -- stopping --
+
+    def stop(self, run_id: str) -> str:
+        """SIGTERM the verified trainer (it checkpoints and exits 0); SIGKILL after the
+        grace period. Returns the new state."""
+        self.adopt_if_alive(run_id)
+        with self._lock:
+            active = self._active.get(run_id)
+            if active is None or not active.running():
+                state, _ = self.state(run_id)
+                raise RunConflict(f"run {run_id} is {state}, not training: nothing to stop")
+            record = self.store.read_record(run_id)
+            if record.stop_requested:
+                return "stopping"
+            record.stop_requested = True  # derive_state reads this (no "stopping" state)
+            self.store.write_record(record)
+            active.send_signal(signal.SIGTERM)
+            active.kill_after(self.settings.stop_grace_seconds, self._kill)
+            log.info("run %s: stop requested (SIGTERM to pid %d)", run_id, active.pid)
+        self._notify(run_id)
+        return "stopping"
+
+    def _kill(self, active: TrainerProcess) -> None:
+        with self._lock:
+            if self._active.get(active.run_id) is not active or not active.running():
+                return
+            log.warning(
+                "run %s: did not stop within %.0f s; sending SIGKILL",
+                active.run_id,
+                self.settings.stop_grace_seconds,
+            )
+            try:
+                active.send_signal(signal.SIGKILL)
+            except (psutil.Error, ProcessLookupError):
+                pass
+
+    # -- other actions --
+
+    def delete(self, run_id: str, *, confirm: bool) -> None:
+        if confirm is not True:
+            raise ConfirmRequired('deleting removes the run folder: send {"confirm": true}')
+        with self._lock:
+            self.adopt_if_alive(run_id)
+            state, _ = self.state(run_id)
+            if state in ACTIVE_STATES or run_id in self.active_run_ids():
+                raise RunConflict(f"run {run_id} is {state}: stop it before deleting")
+            for check in self._busy_checks:
+                reason = check(run_id)
+                if reason:
+                    raise RunConflict(f"run {run_id} {reason}, then delete it")
+            self.queue.remove(run_id)
+            self.store.delete_run(run_id)
+            log.info("run %s: deleted", run_id)
+        self._notify(run_id)
+
+    def rename(self, run_id: str, name: Any) -> None:
+        cleaned = clean_name(name)
+        if not cleaned:
+            raise ConfigError([FieldError("name", "give a name of 1 to 200 characters")])
+        with self._lock:
+            record = self.store.read_record(run_id)
+            record.name = cleaned
+            self.store.write_record(record)
+        self._notify(run_id)
+
+    def clone(
+        self,
+        run_id: str,
+        *,
+        name: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        start: bool = False,
+        queue: bool = False,
+    ) -> str:
+        """A new run with this run's config (plus overrides): a new folder, never a copy
+        of the old run's checkpoints or metrics."""
+        from training.contract.config import parse_yaml_text
+
+        values = parse_yaml_text(self.store.config_text(run_id))
+        source = self.store.read_record(run_id)
+        return self.create_run(
+            overrides or {},
+            base=values,
+            name=name or f"{source.name} (copy)",
+            start=start,
+            queue=queue,
+            cloned_from=run_id,
+        )
+
+    # -- remote trainers --
+
+    def report_events(self, run_id: str, events: list[Any]) -> tuple[int, int, int]:
+        """Append a remote trainer's events to its run's metrics.jsonl (creating a remote
+        run folder on first contact). Events at or below the last seq are retries and are
+        dropped. Returns (accepted, duplicates, last_seq)."""
+        check_events(run_id, events)
+        with self._lock:
+            accepted, duplicates, last_seq, changed = append_remote_events(
+                self.store, run_id, events
+            )
+        if changed:  # a new run or a status change: not every batch of train rows
+            self._notify(run_id)
+        return accepted, duplicates, last_seq
+
+    # -- the queue --
+
+    def advance_queue(self) -> None:
+        """Start queued runs while there is capacity and the queue is not paused."""
+        while True:
+            with self._lock:
+                if len(self.training_now()) >= self.settings.max_concurrent_runs:
+                    return
+                run_id = self.queue.pop_next()
+                if run_id is None:
+                    return
+                try:
+                    self._spawn(run_id, resume=False, from_queue=True)
+                except RunNotFound:
+                    continue
+                except RunConflict as exc:
+                    if self.queue.stop_on_failure:
+                        self.queue.pause(f"run {run_id} could not start: {exc}")
+            self._notify(run_id)
+
+    def queue_state(self) -> dict[str, Any]:
+        self._load_queue_orphans()
+        with self._lock:
+            return {**self.queue.to_json(), "active": self.active_run_ids()}
+
+    def queue_add(self, run_id: str) -> None:
+        with self._lock:
+            state, _ = self.state(run_id)
+            if state not in ("created", "queued"):
+                raise RunConflict(f"run {run_id} is {state}; only a new run can be queued")
+            record = self.store.read_record(run_id)
+            record.state = "queued"
+            self.store.write_record(record)
+            self.queue.add(run_id)
+        self._notify(run_id)
+        self.advance_queue()
+
+    def queue_remove(self, run_id: str) -> None:
+        with self._lock:
+            if run_id not in self.queue:
+                raise RunConflict(f"run {run_id} is not in the queue")
+            self.queue.remove(run_id)
+            record = self.store.read_record(run_id)
+            if record.state == "queued":
+                record.state = "created"
+                self.store.write_record(record)
+        self._notify(run_id)
+
+    def queue_reorder(self, run_ids: list[str]) -> None:
+        with self._lock:
+            self.queue.reorder(run_ids)  # QueueError: an InputError naming run_ids
+
+    def queue_pause(self) -> None:
+        with self._lock:
+            self.queue.pause()
+
+    def queue_start(self) -> None:
+        with self._lock:
+            self.queue.resume()
+        self.advance_queue()
+
+    def queue_settings(self, *, stop_on_failure: bool) -> None:
+        with self._lock:
+            self.queue.set_stop_on_failure(stop_on_failure)
+
+    # -- shutdown --
+
+    def close(self) -> list[str]:
+        """Stop following trainers (they keep running); returns their run_ids."""
+        with self._lock:
+            self._closed = True
+            running = self.active_run_ids()
+            for active in self._active.values():
+                active.cancel_kill()
+        self.store.close()
+        return running
+
+
+def clean_name(name: Any) -> str:
+    if not isinstance(name, str):
+        return ""
+    cleaned = " ".join(name.split())
+    return cleaned[:MAX_NAME_LENGTH]
+
+
+def default_name(model: str | None, data: str | None) -> str:
+    parts = [Path(p).name for p in (model, data) if p]
+    return " on ".join(parts) or "run"

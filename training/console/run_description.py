@@ -1,0 +1,110 @@
+"""What a run looks like to the console: its derived state, progress and last metrics.
+
+Read-only: nothing here writes a run or signals a process. Whether a trainer lives is
+the caller's to say for the trainers it follows (TrainingManager); for the others the
+recorded pid is verified here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from training.console.detection import verify_process
+from training.console.run_state import derive_state
+from training.console.run_store import RunStore
+from training.contract.layout import RunPaths, RunRecord
+from training.contract.protocol import FINAL_STATES, RESUMABLE_STATES
+
+if TYPE_CHECKING:
+    from training.metrics.store import RunMetrics
+    from training.metrics.summary import MetricsSummary
+
+    Metrics = RunMetrics | MetricsSummary
+
+
+def current_status(metrics: Metrics, record: RunRecord) -> dict[str, Any] | None:
+    """The last status event of the current attempt (not of a run before a resume), from
+    the run's metrics index or its summary (the file's tail)."""
+    status = metrics.last("status")
+    seq = status.get("seq") if status else None
+    if status is None or not isinstance(seq, int) or seq <= record.start_seq:
+        return None
+    return status
+
+
+def recorded_trainer_alive(record: RunRecord, paths: RunPaths, last_status: Any) -> bool:
+    """Whether run.json's pid is still this run's trainer (for a trainer nobody follows)."""
+    if record.pid is None or record.exit is not None:
+        return False
+    if last_status and last_status.get("state") in FINAL_STATES:
+        return False
+    return verify_process(record, paths).alive
+
+
+def describe_run(
+    store: RunStore,
+    record: RunRecord,
+    metrics: Metrics,
+    status: dict[str, Any] | None,
+    *,
+    alive: bool,
+    adopted: bool,
+    queue_position: int | None,
+    detail: bool = True,
+) -> dict[str, Any]:
+    """The run record with its derived state, progress and last metrics; `detail` adds
+    the process, exit, resumes, checkpoints and last events (the run page's view)."""
+    run_id = record.run_id
+    state, reason = derive_state(record, status, alive, last_event_time=metrics.last_time)
+    train, evaluation = metrics.last("train"), metrics.last("eval")
+    run_start = metrics.last("run_start")
+    config = store.config_values(run_id)
+    total_steps = (run_start or {}).get("total_steps") or config.get("iters")
+    step = (train or {}).get("step") or 0
+    ips = (train or {}).get("iterations_per_second")
+    eta = None
+    if state == "running" and total_steps and ips:
+        eta = max(0.0, (float(total_steps) - float(step)) / float(ips))
+    out: dict[str, Any] = {
+        "run_id": run_id,
+        "name": record.name,
+        "state": state,
+        "reason": reason,
+        "created": record.created,
+        "started": record.started,
+        "ended": (record.exit or {}).get("time"),
+        "step": step,
+        "total_steps": total_steps,
+        "trained_tokens": (train or {}).get("trained_tokens"),
+        "total_tokens": (run_start or {}).get("total_tokens"),
+        "train_loss": (train or {}).get("train_loss"),
+        "val_loss": (evaluation or {}).get("val_loss"),
+        "tokens_per_second": (train or {}).get("tokens_per_second"),
+        "peak_memory": (train or {}).get("peak_memory"),
+        "eta_seconds": eta,
+        # Training wall seconds across resumes, as of the last train event.
+        "elapsed_seconds": (train or {}).get("elapsed_seconds"),
+        "last_seq": metrics.last_seq,
+        "model": config.get("model"),
+        "data": config.get("data"),
+        "fine_tune_type": config.get("fine_tune_type"),
+        "queue_position": queue_position,
+        "remote": record.remote,
+        "cloned_from": record.cloned_from,
+    }
+    if detail:
+        checkpoints = store.checkpoints(run_id)
+        out.update(
+            pid=record.pid if alive else None,
+            alive=alive,
+            adopted=adopted,
+            exit=record.exit,
+            resumes=record.resumes,
+            stop_requested=record.stop_requested,
+            last={"train": train, "eval": evaluation, "status": status, "run_start": run_start},
+            checkpoints=len(checkpoints),
+            latest_checkpoint_step=checkpoints[-1]["step"] if checkpoints else None,
+            resumable=state in RESUMABLE_STATES and bool(checkpoints),
+            malformed_lines=metrics.malformed,
+        )
+    return out

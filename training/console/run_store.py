@@ -1,0 +1,191 @@
+"""RunStore: the console's data provider for run folders (DESIGN.md "Run folder contract").
+
+Web handlers never open a run's files themselves; they ask this store, as TensorBoard
+plugins ask theirs. No MLX here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from training.contract.checkpoints import list_checkpoints
+from training.contract.config import ConfigError, parse_yaml_text
+from training.contract.files import write_atomic
+from training.contract.layout import (
+    RunPaths,
+    RunRecord,
+    Workspace,
+    is_valid_run_id,
+    read_record,
+    write_record,
+)
+from training.metrics.store import MetricsCache, RunMetrics
+from training.metrics.summary import MetricsSummary
+
+MAX_NAME_LENGTH = 200
+
+
+class RunStore:
+    """Everything the console reads or writes in run folders, in one place.
+
+    Web handlers never open files themselves; they ask this store (and the
+    TrainingManager for anything involving processes), as TensorBoard plugins ask
+    their data provider.
+    """
+
+    def __init__(self, workspace: Workspace, metrics_capacity: int = 32):
+        self.workspace = workspace
+        self.metrics_cache = MetricsCache(metrics_capacity, workspace.metrics_index_dir)
+        self._summaries: dict[Path, MetricsSummary] = {}
+        self._summaries_lock = threading.Lock()
+        self._config_cache: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
+
+    def paths(self, run_id: str) -> RunPaths:
+        """The run's paths; RunNotFound for an invalid run_id, a missing folder or a
+        symlinked one (Workspace.existing_run)."""
+        return self.workspace.existing_run(run_id)
+
+    def run_ids(self) -> list[str]:
+        """Every run folder, newest first (run_ids sort by creation time)."""
+        try:
+            entries = list(os.scandir(self.workspace.runs_dir))
+        except FileNotFoundError:
+            return []
+        # Symlinked folders are no runs (Workspace.existing_run).
+        ids = [
+            e.name for e in entries if e.is_dir(follow_symlinks=False) and is_valid_run_id(e.name)
+        ]
+        return sorted(ids, reverse=True)
+
+    def read_record(self, run_id: str) -> RunRecord:
+        return read_record(self.paths(run_id))
+
+    def write_record(self, record: RunRecord) -> None:
+        write_record(self.paths(record.run_id), record)
+
+    def create_run(self, record: RunRecord, config_yaml: str | None) -> RunPaths:
+        """Create the run folder with config.yaml and run.json, all or nothing: written
+        into a hidden temp folder in runs/, then renamed into place. (A remote run has
+        no config.yaml: its trainer holds it.)"""
+        runs = self.workspace.runs_dir
+        runs.mkdir(parents=True, exist_ok=True)
+        final = self.workspace.run(record.run_id)
+        tmp = Path(tempfile.mkdtemp(dir=runs, prefix=f".new-{record.run_id}-"))
+        try:
+            staged = RunPaths(tmp)
+            if config_yaml is not None:
+                write_atomic(staged.config, config_yaml)
+            write_record(staged, record)
+            os.chmod(tmp, 0o755)
+            # rename() refuses to replace a non-empty folder: a clash fails loudly.
+            os.rename(tmp, final.root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove a run folder: renamed away first, so a crash never leaves half a run."""
+        paths = self.paths(run_id)
+        self.metrics_cache.drop(paths.metrics)
+        with self._summaries_lock:
+            self._summaries.pop(paths.metrics, None)
+        trash = Path(tempfile.mkdtemp(dir=self.workspace.runs_dir, prefix=f".deleted-{run_id}-"))
+        os.rename(paths.root, trash / run_id)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def config_text(self, run_id: str) -> str:
+        try:
+            return self.paths(run_id).config.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return ""
+
+    def config_values(self, run_id: str) -> dict[str, Any]:
+        """config.yaml as a raw mapping ({} when missing or unreadable), cached by mtime:
+        the runs list reads every run's model and data names."""
+        path = self.paths(run_id).config
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return {}
+        key = (st.st_mtime_ns, st.st_size)
+        cached = self._config_cache.get(path)
+        if cached and cached[0] == key:
+            return cached[1]
+        try:
+            values = parse_yaml_text(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ConfigError):
+            values = {}
+        self._config_cache[path] = (key, values)
+        return values
+
+    def metrics(self, run_id: str) -> RunMetrics:
+        """The run's metrics index, refreshed to the end of metrics.jsonl."""
+        return self.metrics_cache.get(self.paths(run_id).metrics)
+
+    def summary(self, run_id: str) -> MetricsSummary:
+        """The newest row of each kind and the last seq, from the tail of metrics.jsonl
+        (no index: what the runs list and derived states need)."""
+        path = self.paths(run_id).metrics
+        with self._summaries_lock:
+            summary = self._summaries.get(path)
+            if summary is None:
+                summary = self._summaries[path] = MetricsSummary(path)
+        summary.refresh()
+        return summary
+
+    def append_events(self, run_id: str, events: list[dict[str, Any]]) -> tuple[int, int]:
+        """Append a remote trainer's events (seq above the file's last, in order) as one
+        write. Returns (appended, skipped as already present)."""
+        last = self.summary(run_id).last_seq
+        fresh: list[dict[str, Any]] = []
+        for event in sorted(events, key=lambda e: e["seq"]):
+            if event["seq"] > last:
+                fresh.append(event)
+                last = event["seq"]
+        if fresh:
+            blob = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in fresh)
+            with self.paths(run_id).metrics.open("a", encoding="utf-8") as f:
+                f.write(blob)
+        return len(fresh), len(events) - len(fresh)
+
+    def log_tail(self, run_id: str, lines: int = 100) -> list[str]:
+        return tail_lines(self.paths(run_id).stdout, lines)
+
+    def checkpoints(self, run_id: str) -> list[dict[str, Any]]:
+        return list_checkpoints(self.paths(run_id).root)
+
+    def close(self) -> None:
+        self.metrics_cache.close()
+
+
+def tail_lines(path: Path, lines: int, block: int = 64 * 1024) -> list[str]:
+    """The last `lines` lines of a text file, reading backwards from its end."""
+    if lines <= 0:
+        return []
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            end = pos = f.tell()
+            data = b""
+            while pos > 0 and data.count(b"\n") <= lines:
+                step = min(block, pos)
+                pos -= step
+                f.seek(pos)
+                data = f.read(step) + data
+                if end - pos > 64 * 1024 * 1024:
+                    break
+    except FileNotFoundError:
+        return []
+    text = data.decode("utf-8", errors="replace")
+    # Progress bars rewrite a line with \r: show its last state.
+    if text.endswith("\n"):
+        text = text[:-1]
+    out = [line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n")]
+    return out[-lines:]

@@ -1,0 +1,8 @@
+"""The contract between the processes: what the trainer, the console and the evaluation
+worker all agree on and all import. The settings registry and `RunConfig`, the workspace
+and run-folder layout with run.json, the protocol (event names, run states, exit codes,
+environment variables), durable file writes, corpus discovery and the held-out split,
+the checkpoint format (naming, reading, the atomic bundle write), how a run's models are
+named (model_source), where exports may go, the error types and the BLAS preload.
+Loaded by every process; nothing here imports MLX or Flask, or any other package of
+`training`."""

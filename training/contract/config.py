@@ -1,0 +1,407 @@
+"""RunConfig: the settings of one run, resolved as defaults < YAML < command line / form.
+
+All knowledge of individual settings lives in fields.py; this module only applies
+the registry: coercion by type, validation with a fix hint per problem, YAML that
+round-trips, the argparse bridge and the config hash that guards --resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from training.contract.field_values import check_bounds, coerce
+from training.contract.fields import FIELDS, FIELDS_BY_NAME, IGNORED_MLX_LM_KEYS, FieldSpec
+
+DEFAULT_ITERS = 1000
+DEFAULT_LORA_LAYERS = 16  # mlx-lm's default for lora/dora
+BUDGET_FIELDS = ("iters", "epochs", "train_tokens")
+
+
+class ConfigError(ValueError):
+    """Bad input: every problem found, each with the field it concerns."""
+
+    def __init__(self, errors: list[FieldError]):
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+    def to_json(self) -> dict[str, Any]:
+        return {"field": self.field, "message": self.message}
+
+
+# PyYAML reads `1e-5` as a string (YAML 1.1 wants a dot); read it as a float, as mlx-lm does.
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+# -- the config ------------------------------------------------------------------------------
+
+
+class RunConfig:
+    """Every field of the registry, each set or None; attribute access by field name.
+
+    Dotted fields are reached with `get("lora_parameters.rank")` or as `lora_rank` etc.
+    via `lora_parameters()`.
+    """
+
+    def __init__(self, values: Mapping[str, Any]):
+        self._values = {f.name: values.get(f.name, f.default) for f in FIELDS}
+
+    # Attribute access for plain (undotted) names: cfg.learning_rate.
+    def __getattr__(self, name: str) -> Any:
+        values = self.__dict__.get("_values")
+        if values is not None and name in values:
+            return values[name]
+        raise AttributeError(name)
+
+    def get(self, name: str) -> Any:
+        return self._values[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat {field name: value}, every field present."""
+        return dict(self._values)
+
+    def to_nested(self) -> dict[str, Any]:
+        """YAML/JSON shape: dotted names become nested mappings (mlx-lm's layout)."""
+        out: dict[str, Any] = {}
+        for spec in FIELDS:
+            node = out
+            *parents, leaf = spec.yaml_path
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = self._values[spec.name]
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_nested(), sort_keys=False, default_flow_style=False)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunConfig) and self._values == other._values
+
+    def __repr__(self) -> str:
+        return f"RunConfig({self._values!r})"
+
+    def replace(self, **changes: Any) -> RunConfig:
+        values = dict(self._values)
+        for k, v in changes.items():
+            if k not in values:
+                raise KeyError(k)
+            values[k] = v
+        return RunConfig(values)
+
+    # -- derived values (the stored config keeps None = "not given") --
+
+    @property
+    def effective_num_layers(self) -> int:
+        n = self._values["num_layers"]
+        if n is None:
+            return -1 if self._values["fine_tune_type"] == "full" else DEFAULT_LORA_LAYERS
+        return int(n)
+
+    @property
+    def effective_iters(self) -> int | None:
+        """Steps when the budget is in steps; None when epochs or tokens decide it."""
+        if self._values["epochs"] is not None or self._values["train_tokens"] is not None:
+            return None
+        return self._values["iters"] or DEFAULT_ITERS
+
+    def lora_parameters(self) -> dict[str, Any]:
+        """mlx-lm's `lora_parameters` mapping for linear_to_lora_layers."""
+        out = {
+            "rank": self._values["lora_parameters.rank"],
+            "scale": self._values["lora_parameters.scale"],
+            "dropout": self._values["lora_parameters.dropout"],
+        }
+        if self._values["lora_parameters.keys"]:
+            out["keys"] = list(self._values["lora_parameters.keys"])
+        return out
+
+    def config_hash(self) -> str:
+        """Hash of everything a resume must keep unchanged (fields not marked resumable)."""
+        fixed = {f.name: self._values[f.name] for f in FIELDS if not f.resumable}
+        blob = json.dumps(fixed, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def resume_differences(self, other: RunConfig) -> list[str]:
+        """Names of non-resumable fields whose values differ."""
+        return [
+            f.name
+            for f in FIELDS
+            if not f.resumable and self._values[f.name] != other._values[f.name]
+        ]
+
+
+# -- loading --------------------------------------------------------------------------------
+
+
+def flatten(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[FieldError], list[str]]:
+    """Nested YAML/JSON keys → field names. Returns (values, errors, warnings)."""
+    values: dict[str, Any] = {}
+    errors: list[FieldError] = []
+    warnings: list[str] = []
+    for key, value in raw.items():
+        key = str(key)
+        if key in FIELDS_BY_NAME:
+            values[key] = value
+        elif key in IGNORED_MLX_LM_KEYS:
+            warnings.append(f"ignoring mlx-lm setting '{key}': {IGNORED_MLX_LM_KEYS[key]}")
+        elif any(f.startswith(key + ".") for f in FIELDS_BY_NAME):
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                errors.append(FieldError(key, "expected a mapping"))
+                continue
+            for sub, sub_value in value.items():
+                name = f"{key}.{sub}"
+                if name in FIELDS_BY_NAME:
+                    values[name] = sub_value
+                else:
+                    known = ", ".join(f.split(".", 1)[1] for f in FIELDS_BY_NAME if "." in f)
+                    errors.append(FieldError(name, f"unknown setting; known keys: {known}"))
+        else:
+            errors.append(FieldError(key, f"unknown setting{_suggest(key)}"))
+    return values, errors, warnings
+
+
+def _suggest(key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(FIELDS_BY_NAME), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a config file into its raw mapping; ConfigError on unreadable or non-mapping."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([FieldError("config", f"file not found: {path}")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([FieldError("config", f"cannot read {path}: {exc}")]) from None
+    return parse_yaml_text(text, source=str(path))
+
+
+def parse_yaml_text(text: str, source: str | None = None) -> dict[str, Any]:
+    """Parse YAML text (a file's, or uploaded in the console) into a raw mapping."""
+    where = f" in {source}" if source else ""
+    try:
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError([FieldError("config", f"invalid YAML{where}: {exc}")]) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        what = source or "YAML"
+        raise ConfigError([FieldError("config", f"{what} must hold a mapping of settings")])
+    return raw
+
+
+def build_config(
+    *layers: Mapping[str, Any], check_paths: bool = False, base_dir: Path | None = None
+) -> tuple[RunConfig, list[str]]:
+    """Merge layers (lowest precedence first; each nested or flat), coerce and validate.
+
+    A value of None in a layer means "not given" and never overrides a lower layer.
+    Raises ConfigError listing every problem; returns the config and warnings.
+    """
+    merged: dict[str, Any] = {}
+    errors: list[FieldError] = []
+    warnings: list[str] = []
+    for layer in layers:
+        values, errs, warns = flatten(layer)
+        errors += errs
+        warnings += warns
+        for k, v in values.items():
+            if v is not None and not (isinstance(v, str) and v.strip() == ""):
+                merged[k] = v
+    coerced: dict[str, Any] = {}
+    for name, value in merged.items():
+        spec = FIELDS_BY_NAME[name]
+        try:
+            coerced[name] = coerce(spec, value)
+        except ValueError as exc:
+            errors.append(FieldError(name, f"{exc}. {_hint(spec)}"))
+    config = RunConfig(coerced)
+    errors += validate(
+        config, check_paths=check_paths, base_dir=base_dir, skip=set(e.field for e in errors)
+    )
+    if errors:
+        raise ConfigError(errors)
+    return config, warnings
+
+
+def _hint(spec: FieldSpec) -> str:
+    """The first sentence of the field's help: what it is, so the fix is obvious."""
+    return re.split(r"(?<=[.:])\s", spec.help, maxsplit=1)[0].rstrip(":")
+
+
+def validate(
+    config: RunConfig,
+    *,
+    check_paths: bool = False,
+    base_dir: Path | None = None,
+    skip: Iterable[str | None] = (),
+) -> list[FieldError]:
+    """Every problem with a config, each naming its field and how to fix it."""
+    errors: list[FieldError] = []
+    skipped = set(skip)
+    values = config.to_dict()
+    for spec in FIELDS:
+        if spec.name in skipped:
+            continue
+        value = values[spec.name]
+        if spec.required and value is None:
+            errors.append(FieldError(spec.name, f"is required. {_hint(spec)}"))
+            continue
+        problem = check_bounds(spec, value)
+        if problem:
+            errors.append(FieldError(spec.name, problem))
+    budget = [b for b in BUDGET_FIELDS if values[b] is not None]
+    if len(budget) > 1:
+        errors.append(
+            FieldError(
+                budget[1],
+                f"give only one of {', '.join(BUDGET_FIELDS)} (got {' and '.join(budget)})",
+            )
+        )
+    n_layers = values["num_layers"]
+    if n_layers is not None and n_layers == 0:
+        errors.append(FieldError("num_layers", "must be at least 1, or -1 for all layers"))
+    if check_paths:
+        errors += _check_paths(config, base_dir or Path.cwd())
+    return errors
+
+
+def resolve_path(value: str, base_dir: Path) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base_dir / p
+
+
+def looks_like_hub_id(value: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", value))
+
+
+def _check_paths(config: RunConfig, base_dir: Path) -> list[FieldError]:
+    """Cheap filesystem checks (no MLX): the model and data paths exist and look right."""
+    errors: list[FieldError] = []
+    model = config.model
+    if model:
+        path = resolve_path(model, base_dir)
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                errors.append(FieldError("model", f"{path} has no config.json: not a model folder"))
+            else:
+                errors += _check_seq_length(config, path)
+        elif path.exists():
+            errors.append(FieldError("model", f"{path} is a file; give the model's folder"))
+        elif not looks_like_hub_id(model):
+            errors.append(
+                FieldError(
+                    "model",
+                    f"no model folder at {path}; give a local folder with config.json "
+                    "and weights (or a Hugging Face id like org/name with internet)",
+                )
+            )
+    for name in ("data", "valid_data"):
+        value = config.get(name)
+        if value and not resolve_path(value, base_dir).exists():
+            errors.append(
+                FieldError(
+                    name,
+                    f"not found: {resolve_path(value, base_dir)}; give a text "
+                    "file, a folder of text files or an mlx-lm data folder",
+                )
+            )
+    for set_name, value in (config.eval_sets or {}).items():
+        if not resolve_path(value, base_dir).exists():
+            errors.append(
+                FieldError(
+                    "eval_sets", f"set '{set_name}': not found: {resolve_path(value, base_dir)}"
+                )
+            )
+    return errors
+
+
+def _check_seq_length(config: RunConfig, model_dir: Path) -> list[FieldError]:
+    try:
+        model_cfg = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        return [FieldError("model", f"cannot read {model_dir / 'config.json'}: {exc}")]
+    limit = model_cfg.get("max_position_embeddings")
+    if isinstance(limit, int) and config.max_seq_length > limit:
+        return [
+            FieldError(
+                "max_seq_length",
+                f"{config.max_seq_length} is over the model's limit of {limit} tokens "
+                f"(max_position_embeddings); use at most {limit}",
+            )
+        ]
+    return []
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def add_field_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per field; every default is None so 'not given' never overrides YAML."""
+    groups = {}
+    for spec in FIELDS:
+        if spec.group not in groups:
+            groups[spec.group] = parser.add_argument_group(f"{spec.group} settings")
+        group = groups[spec.group]
+        kwargs: dict[str, Any] = {"dest": spec.name, "default": None, "help": spec.help}
+        if spec.type == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif spec.name == "eval_sets":
+            kwargs.update(action="append", metavar="NAME=PATH")
+        else:
+            kwargs["metavar"] = spec.type.upper() if spec.choices is None else None
+            if spec.choices is not None and spec.type == "choice":
+                kwargs["choices"] = list(spec.choices)
+        group.add_argument(spec.flag, **kwargs)
+
+
+def cli_values(namespace: argparse.Namespace) -> dict[str, Any]:
+    """The field values given on the command line (flat names, None dropped)."""
+    return {
+        spec.name: getattr(namespace, spec.name)
+        for spec in FIELDS
+        if getattr(namespace, spec.name, None) is not None
+    }
+
+
+def load_config_file(path: str | Path) -> RunConfig:
+    """Read a config.yaml written by to_yaml() (a run folder's), strictly."""
+    config, _ = build_config(read_yaml(path))
+    return config

@@ -1,0 +1,33 @@
+"""A run's stored evaluation results: evaluations/perplexity.jsonl, appended by the
+evaluation worker and read by the console's checkpoint table (DESIGN.md "Run folder
+contract")."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from training.contract.layout import RunPaths
+from training.metrics.tailer import read_events
+
+PERPLEXITY_FILE = "perplexity.jsonl"
+
+
+def read_evaluations(run: RunPaths) -> list[dict[str, Any]]:
+    """Stored perplexity results of this run (written by the evaluation worker), oldest first."""
+    path = run.evaluations / PERPLEXITY_FILE
+    return list(read_events(path))
+
+
+def append_evaluation(run: RunPaths, record: dict[str, Any]) -> None:
+    """One result per line, one write each: concurrent jobs never interleave a line. The
+    run folder must exist (FileNotFoundError otherwise): a result never recreates a run
+    deleted while it was measured."""
+    run.evaluations.mkdir(parents=False, exist_ok=True)
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(run.evaluations / PERPLEXITY_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)

@@ -1,0 +1,163 @@
+"""Load the base model, choose what trains (full / LoRA / DoRA), and save the result.
+
+Everything here reuses mlx-lm: `load` for any mlx-lm-loadable folder, its tuner utilities
+for adapters and gradient checkpointing, and `utils.save` for the final model folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from training.contract.config import RunConfig, resolve_path
+from training.contract.files import fsync_path
+from training.trainer.weights import save_trainable
+
+DTYPES: dict[str, mx.Dtype] = {
+    "float32": mx.float32,
+    "bfloat16": mx.bfloat16,
+    "float16": mx.float16,
+}
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Any
+    model_config: dict[str, Any]
+    path: Path  # local folder (a hub id resolved to its download)
+
+
+def model_location(config: RunConfig, base_dir: Path) -> str:
+    """A local folder when the value names one, else the value itself (a hub id)."""
+    local = resolve_path(config.model, base_dir)
+    return str(local) if local.exists() else str(config.model)
+
+
+def load_base(config: RunConfig, base_dir: Path) -> LoadedModel:
+    """The model and tokenizer; a hub id is resolved to its local download once (mlx-lm's
+    own resolver: a local folder is used as is), then loaded from that folder."""
+    from mlx_lm.utils import _download, load
+
+    location = model_location(config, base_dir)
+    path = Path(location) if Path(location).exists() else Path(_download(location))
+    trust = bool(config.trust_remote_code)
+    # mlx-lm < 0.32 (the last for Python 3.10) has no model-code option: only its tokenizer
+    # could run a model's own code.
+    model_code: dict[str, Any] = (
+        {"trust_remote_code": trust} if _load_takes_trust_flag(load) else {}
+    )
+    model, tokenizer, model_config = load(  # type: ignore[misc]
+        str(path),
+        tokenizer_config={"trust_remote_code": trust},
+        return_config=True,
+        **model_code,
+    )
+    if config.dtype in DTYPES:
+        model.set_dtype(DTYPES[config.dtype])
+    return LoadedModel(model, tokenizer, model_config, path)
+
+
+def _load_takes_trust_flag(load: Any) -> bool:
+    import inspect
+
+    return "trust_remote_code" in inspect.signature(load).parameters
+
+
+def layers_to_train(config: RunConfig, blocks: int) -> int:
+    """Blocks to train, counted from the last (-1: all). mlx-lm's LoRA default of 16 is
+    capped at the model's depth; an explicit num_layers over it is an error."""
+    n = config.effective_num_layers
+    if config.num_layers is None and n > blocks:
+        return -1
+    if n > blocks:
+        raise ValueError(f"num_layers {n} is more than the model's {blocks} blocks")
+    return n
+
+
+def prepare_trainable(model: nn.Module, config: RunConfig) -> None:
+    """Freeze the base and unfreeze (full) or add adapters to (lora/dora) the chosen blocks.
+
+    `full` with all blocks trains every weight, embeddings and norms included: continued
+    pre-training adapts the vocabulary's embeddings too (mlx-lm's full trains blocks only).
+    """
+    from mlx_lm.tuner.trainer import grad_checkpoint
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    layers: list[nn.Module] = model.layers
+    n = layers_to_train(config, len(layers))
+    model.freeze()
+    if config.fine_tune_type == "full":
+        if n == -1 or n == len(layers):
+            model.unfreeze()
+        else:
+            for layer in layers[-n:]:
+                layer.unfreeze()
+    else:
+        mx.random.seed(config.seed)  # adapter init is a function of the seed
+        linear_to_lora_layers(
+            model, n, config.lora_parameters(), use_dora=config.fine_tune_type == "dora"
+        )
+    if config.grad_checkpoint:
+        grad_checkpoint(layers[0])
+
+
+def adapter_config(config: RunConfig, base_model: str, blocks: int) -> dict[str, Any]:
+    """adapter_config.json as mlx-lm's load_adapters reads it."""
+    out: dict[str, Any] = {
+        "fine_tune_type": config.fine_tune_type,
+        "num_layers": layers_to_train(config, blocks),
+        "model": base_model,
+    }
+    if config.fine_tune_type != "full":
+        out["lora_parameters"] = config.lora_parameters()
+    return out
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    trainable: Any = tree_flatten(model.trainable_parameters())
+    every: Any = tree_flatten(model.parameters())
+    return sum(v.size for _, v in trainable), sum(v.size for _, v in every)
+
+
+def save_final(final_dir: Path, loaded: LoadedModel, config: RunConfig, base_model: str) -> Path:
+    """final/: a model folder mlx_lm.load reads (full), or an adapter folder for
+    `--adapter-path` (lora/dora). Written aside and renamed, replacing an older final/."""
+    from mlx_lm.utils import save
+
+    tmp = final_dir.with_name(f".tmp-{final_dir.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        if config.fine_tune_type == "full":
+            config_json = dict(loaded.model_config)
+            save(tmp, loaded.path, loaded.model, loaded.tokenizer, config_json, donate_model=False)
+        else:
+            blocks = len(loaded.model.layers)
+            save_trainable(tmp, loaded.model, adapter_config(config, base_model, blocks))
+            (tmp / "README.md").write_text(
+                f"# {config.fine_tune_type} adapters\n\nBase model: `{base_model}`\n\n"
+                f"    mlx_lm.generate --model {base_model} --adapter-path {final_dir} "
+                '--prompt "..."\n'
+            )
+        for p in tmp.iterdir():
+            if p.is_file():
+                fsync_path(p)
+        fsync_path(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final_dir.exists():
+        old = final_dir.with_name(f".tmp-old-{final_dir.name}-{os.getpid()}")
+        os.replace(final_dir, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(tmp, final_dir)
+    fsync_path(final_dir.parent)
+    return final_dir

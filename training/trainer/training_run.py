@@ -1,0 +1,330 @@
+"""Prepare a checked plan (tokenize, pack, make the model trainable, restore a resume),
+then run it: write the run folder, train, save.
+
+preflight checked everything that is cheap to check; prepare() comes
+before the run folder is created, so its problems are still bad input (ConfigError, exit 2,
+nothing created). From run() on, errors are failures (status `failed`, exit 1).
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+
+from training.contract import checkpoints
+from training.contract.blas import blas_in_use
+from training.contract.config import ConfigError, FieldError
+from training.contract.errors import InputError, StopRequested
+from training.contract.files import write_atomic, write_json_atomic
+from training.contract.protocol import (
+    DIVERGED,
+    EXIT_DIVERGED,
+    EXIT_FAILED,
+    EXIT_OK,
+    FAILED,
+    FINISHED,
+    RUN_START,
+    RUNNING,
+    STOPPED,
+)
+from training.metrics.writer import HttpReporter, TrainingMetricsLogger
+from training.trainer.data import (
+    RunData,
+    build_run_data,
+    fixed_batches,
+    format_report,
+    iterate_batches,
+    scan_memo_dir,
+)
+from training.trainer.data import plan_total_steps as plan_steps
+from training.trainer.loop import EvalBatches, LoopArgs, LoopState, train
+from training.trainer.model_setup import (
+    adapter_config,
+    parameter_counts,
+    prepare_trainable,
+    save_final,
+)
+from training.trainer.optimization import build_optimizer
+from training.trainer.preflight import Plan
+from training.trainer.progress import Progress
+from training.trainer.session import SessionContext, StopFlag, TrainingSession
+from training.trainer.token_cache import default_progress, load_or_tokenize, remember_scan
+from training.trainer.weights import load_optimizer, load_trainable
+
+
+def versions() -> dict[str, Any]:
+    import mlx_lm
+
+    return {
+        "mlx": getattr(mx, "__version__", "?"),
+        "mlx_lm": mlx_lm.__version__,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "chip": _chip(),
+        "device": str(mx.default_device()),
+        "blas": blas_in_use(),
+    }
+
+
+def _chip() -> str:
+    if sys.platform == "darwin":
+        import subprocess
+
+        try:
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"],
+                capture_output=True,
+                text=True,
+                timeout=2,
+                check=False,
+            )
+            if out.stdout.strip():
+                return out.stdout.strip()
+        except OSError:
+            pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+@dataclass
+class Prepared:
+    """What the run trains with, built before its folder exists."""
+
+    data: RunData
+    total_steps: int
+    optimizer: Any
+    state: LoopState
+    eval_sets: dict[str, EvalBatches]
+    resumed_from: int | None = None
+    elapsed_before: float = 0.0
+
+
+def prepare(plan: Plan, stop: StopFlag) -> Prepared:
+    """Tokenize into the workspace's cache, split and pack, make the model trainable, build
+    the optimizer, restore a resume. ConfigError for bad data or a checkpoint that does
+    not fit; StopRequested on a stop (a single process; ranks agree afterwards)."""
+    config, loaded = plan.config, plan.loaded
+    cache_dir = plan.workspace.token_cache_dir
+    say = default_progress if plan.rank == 0 else None
+    # Ranks must run the same collectives: only a lone process stops mid-tokenization.
+    should_stop = stop if plan.world == 1 else None
+
+    def tokenized(scan: Any, label: str) -> Any:
+        entry = load_or_tokenize(
+            scan,
+            loaded.tokenizer,
+            plan.tokenizer_fp,
+            cache_dir,
+            progress=say,
+            should_stop=should_stop,
+            label=label,
+        )
+        if plan.rank == 0:  # the next scan of these unchanged files reads nothing
+            remember_scan(scan, scan_memo_dir(plan.workspace))
+        return entry
+
+    inputs = plan.inputs
+    try:
+        data = build_run_data(
+            config,
+            tokenized(inputs.train, "training corpus"),
+            tokenized(inputs.valid, "validation data") if inputs.valid else None,
+            {name: tokenized(scan, f"eval set {name}") for name, scan in inputs.eval_sets.items()},
+            valid_source=inputs.valid_source,
+            world=plan.world,
+        )
+    except InputError as exc:
+        raise ConfigError([FieldError(exc.field or "data", str(exc))]) from None
+    if plan.world == 1 and stop.requested:
+        raise StopRequested("stopped after tokenizing")
+    total_steps = plan_steps(config, data.report)
+    model = loaded.model
+    prepare_trainable(model, config)
+    optimizer = build_optimizer(config, total_steps)  # its settings passed check_optimizer
+    optimizer.init(model.trainable_parameters())
+    state = LoopState()
+    prepared = Prepared(data, total_steps, optimizer, state, {})
+    if plan.folder.mode == "resume":
+        try:
+            saved = _restore(plan.folder.root, model, optimizer, state)
+        except (ValueError, OSError, KeyError, TypeError) as exc:
+            message = f"cannot resume from the latest checkpoint: {exc}"
+            raise ConfigError([FieldError("run_dir", message)]) from None
+        prepared.resumed_from = state.step
+        prepared.elapsed_before = float(saved.get("elapsed_seconds") or 0.0)
+    sets = {"val": data.val} if data.val is not None else {}
+    for name, packed in {**sets, **data.eval_sets}.items():
+        prepared.eval_sets[name] = fixed_batches(
+            packed, config.batch_size, config.val_batches, plan.rank, plan.world
+        )
+    return prepared
+
+
+def run(plan: Plan, prepared: Prepared, stop: StopFlag) -> int:
+    """Train a prepared plan in its (claimed) run folder; the exit code."""
+    writer = plan.rank == 0
+    paths = plan.folder.paths
+    reporter = HttpReporter(plan.report_url) if plan.report_url and writer else None
+    logger = TrainingMetricsLogger(paths.metrics, reporter=reporter, enabled=writer)
+    progress = Progress(total_steps=prepared.total_steps, enabled=writer)
+    state = prepared.state  # a failure reports the step it reached
+    try:
+        if writer:
+            if plan.rewrite_config:  # new runs, resumes that changed the budget or intervals
+                write_atomic(paths.config, plan.config.to_yaml())
+            checkpoints.clean_stale_temp(paths.checkpoints)
+            progress.line(f"run folder: {paths.root}  (BLAS: {blas_in_use()})")
+        for message in plan.warnings:
+            logger.warning(0, "config", message)
+            progress.line(f"warning: {message}")
+        outcome = _train(plan, prepared, logger, progress, stop)
+    except Exception as exc:
+        traceback.print_exc()
+        logger.status(state.step, FAILED, f"{type(exc).__name__}: {exc}")
+        return EXIT_FAILED
+    finally:
+        progress.close()
+        logger.close()
+    return {FINISHED: EXIT_OK, STOPPED: EXIT_OK, DIVERGED: EXIT_DIVERGED}[outcome]
+
+
+def _train(
+    plan: Plan,
+    prepared: Prepared,
+    logger: TrainingMetricsLogger,
+    progress: Progress,
+    stop: StopFlag,
+) -> str:
+    config, loaded, paths = plan.config, plan.loaded, plan.folder.paths
+    data, state, total_steps = prepared.data, prepared.state, prepared.total_steps
+    report = data.report
+    if plan.rank == 0:
+        write_json_atomic(paths.data_report, report)
+        progress.line(format_report(report))
+
+    model, optimizer = loaded.model, prepared.optimizer
+    resumed_from = prepared.resumed_from
+    trainable, total = parameter_counts(model)
+    base_model = str(config.model)
+    logger.emit(
+        RUN_START,
+        state.step,
+        run_id=paths.run_id,
+        config_hash=config.config_hash(),
+        versions=versions(),
+        total_steps=total_steps,
+        total_tokens=total_steps * report["tokens_per_step"],
+        resumed_from=resumed_from,
+        data=report,
+        eval_sets=sorted(data.eval_sets),
+        world_size=plan.world,
+        model=base_model,
+        fine_tune_type=config.fine_tune_type,
+        trainable_parameters=trainable,
+        total_parameters=total,
+    )
+    logger.status(state.step, RUNNING, "resumed" if resumed_from is not None else "started")
+    progress.line(
+        f"training {trainable / 1e6:.2f}M of {total / 1e6:.2f}M parameters "
+        f"({config.fine_tune_type}) for {total_steps} steps"
+        + (f", resuming at step {state.step}" if resumed_from is not None else "")
+    )
+    progress.begin(total_steps, state.step)
+
+    session = TrainingSession(
+        run_dir=paths.root,
+        logger=logger,
+        progress=progress,
+        stop=stop,
+        context=SessionContext(
+            config_hash=config.config_hash(),
+            seed=config.seed,
+            sequences_per_epoch=len(data.train),
+            total_steps=total_steps,
+            fine_tune_type=config.fine_tune_type,
+            adapter_config=adapter_config(config, base_model, len(model.layers)),
+            keep_checkpoints=config.keep_checkpoints,
+            keep_best=config.keep_best,
+            elapsed_before=prepared.elapsed_before,
+            inputs=plan.identity,
+        ),
+        model=model,
+        optimizer=optimizer,
+        writer=plan.rank == 0,
+    )
+    batches = iterate_batches(
+        data.train,
+        config.batch_size,
+        seed=config.seed,
+        start_cursor=state.cursor,
+        rank=plan.rank,
+        world=plan.world,
+    )
+    args = LoopArgs(
+        total_steps=total_steps,
+        grad_accumulation_steps=config.grad_accumulation_steps,
+        steps_per_report=config.steps_per_report,
+        steps_per_eval=config.steps_per_eval,
+        save_every=config.save_every,
+        grad_clip=config.grad_clip,
+        seed=config.seed,
+        clear_cache_threshold=config.clear_cache_threshold,
+        loss_spike_factor=config.loss_spike_factor,
+        eval_at_start=resumed_from is None,
+    )
+    outcome = train(
+        model,
+        optimizer,
+        batches,
+        args,
+        state,
+        session,
+        eval_sets=prepared.eval_sets,
+        group=plan.group,
+    )
+    if outcome == FINISHED:
+        if plan.rank == 0:
+            final = save_final(paths.final, loaded, config, base_model)
+            progress.line(f"final model: {final}")
+        logger.status(state.step, FINISHED, f"trained {total_steps} steps")
+    elif outcome == STOPPED:
+        logger.status(state.step, STOPPED, "stopped on request; resume with --resume")
+    else:
+        latest = checkpoints.read_latest(paths.root)
+        logger.status(
+            state.step,
+            DIVERGED,
+            "loss is not finite; last good checkpoint: " + (latest["bundle"] if latest else "none"),
+        )
+    return outcome
+
+
+def _restore(run_dir: Path, model: Any, optimizer: Any, state: LoopState) -> dict[str, Any]:
+    """Weights, optimizer state and loop position from the latest bundle (preflight checked
+    that it exists and matches the config); returns its state.json."""
+    bundle = checkpoints.latest_bundle(run_dir)
+    if bundle is None:
+        raise ValueError(f"{run_dir} lost its latest checkpoint")
+    saved = checkpoints.read_state(bundle)
+    load_trainable(bundle, model)
+    load_optimizer(bundle, optimizer)
+    mx.eval(model.parameters(), optimizer.state)
+    state.step = state.last_saved_step = int(saved["step"])
+    state.cursor = int(saved["data"]["cursor"])
+    state.trained_tokens = int(saved["trained_tokens"])
+    state.val_loss = saved.get("val_loss")
+    state.val_step = saved.get("val_step")
+    state.best_val_loss = saved.get("best_val_loss")
+    state.best_step = saved.get("best_step")
+    return saved

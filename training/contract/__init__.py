@@ -4,5 +4,5 @@ and run-folder layout with run.json, the protocol (event names, run states, exit
 environment variables), durable file writes, corpus discovery and the held-out split,
 the checkpoint format (naming, reading, the atomic bundle write), how a run's models are
 named (model_source), where exports may go, the error types and the BLAS preload.
-Loaded by every process; nothing here imports MLX or Flask, or any other package of
-`training`."""
+Loaded by every process (trainer, console, evaluation worker); nothing here imports MLX
+or Flask, or any other package of `training`."""

@@ -2,4 +2,5 @@
 followed by the console's `tailer`, indexed by `store`, summarized from its tail by
 `summary`, with saved indexes in `snapshot` and chart downsampling in `downsample`) and
 evaluations/perplexity.jsonl (`evaluations`), joined with the checkpoints into the
-checkpoint table. Loaded by the trainer, the console and the evaluation worker; no MLX."""
+checkpoint table. Loaded by every process: the trainer, the console and the evaluation
+worker; no MLX."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,8 @@ from training.contract.config import (
     read_yaml,
 )
 from training.contract.fields import FIELDS
+
+ROOT = Path(__file__).resolve().parents[2]
 
 BASE = {"model": "org/model", "data": "corpus.txt"}
 
@@ -249,8 +254,50 @@ def test_missing_config_file(tmp_path: Path):
 
 
 def test_replace_keeps_other_values():
-    config = RunConfig({"model": "m", "data": "d"})
+    config = RunConfig.from_values({"model": "m", "data": "d"})
     assert config.replace(iters=5).iters == 5
     assert config.replace(iters=5).model == "m"
-    with pytest.raises(KeyError):
+    with pytest.raises(TypeError):
         config.replace(nonsense=1)
+
+
+# What each field type may hold, as RunConfig annotates it (a None default adds "| None").
+ANNOTATIONS = {
+    "str": {"str"},
+    "path": {"str"},
+    "int": {"int"},
+    "float": {"float"},
+    "bool": {"bool"},
+    "choice": {"str"},
+    "list": {"list[str]"},
+    "dict": {"dict[str, str]", "dict[str, Any]"},
+    "schedule": {"str | dict[str, Any]"},
+}
+
+
+def test_run_config_attributes_are_the_registry_typed() -> None:
+    """RunConfig's typed attributes and the registry are one list: same names, same order,
+    each annotated for its field's type, optional exactly when the field may be unset."""
+    attributes = dataclasses.fields(RunConfig)
+    assert [a.name for a in attributes] == [f.attr for f in FIELDS]
+    for spec, attribute in zip(FIELDS, attributes, strict=True):
+        annotation = str(attribute.type)
+        optional = spec.default is None and not spec.required
+        base = annotation.removesuffix(" | None")
+        assert base in ANNOTATIONS[spec.type], (spec.name, annotation)
+        assert annotation.endswith(" | None") == optional, (spec.name, annotation)
+
+
+def test_a_misspelt_setting_is_a_type_error_for_mypy(tmp_path) -> None:
+    """The reason RunConfig is a dataclass: mypy catches config.learing_rate."""
+    code = tmp_path / "typo.py"
+    code.write_text(
+        "from training.contract.config import RunConfig\n"
+        "def rate(config: RunConfig) -> float:\n"
+        "    return config.learing_rate\n"
+    )
+    mypy = [sys.executable, "-m", "mypy", "--no-incremental", "--config-file", "pyproject.toml"]
+    result = subprocess.run(
+        [*mypy, str(code)], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1 and '"RunConfig" has no attribute "learing_rate"' in result.stdout

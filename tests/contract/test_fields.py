@@ -66,12 +66,12 @@ def test_readme_settings_reference_is_generated_from_the_registry():
     readme = (ROOT / "README.md").read_text()
     block = readme.split(README_START, 1)[1].split(README_END, 1)[0]
     assert block.strip() == settings_markdown().strip(), (
-        "README settings reference is stale: run `python -m training.fields`"
+        "README settings reference is stale: run `python -m training.contract.fields`"
     )
     for spec in FIELDS:
         assert f"`{spec.name}`" in block
 
 
 def test_defaults_make_a_config_with_every_field():
-    config = RunConfig({})
+    config = RunConfig.from_values({})
     assert set(config.to_dict()) == set(FIELDS_BY_NAME)

@@ -8,6 +8,7 @@ round-trips, the argparse bridge and the config hash that guards --resume.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import re
@@ -68,29 +69,67 @@ _Loader.add_implicit_resolver(
 # -- the config ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
 class RunConfig:
-    """Every field of the registry, each set or None; attribute access by field name.
+    """Every field of the registry as a typed attribute (a dotted name's dots become
+    underscores: `lora_parameters.rank` is `lora_parameters_rank`), so mypy catches a
+    misspelt setting. tests/contract/test_config.py holds the attributes against the
+    registry: the same names in the same order, each typed for its field's type.
 
-    Dotted fields are reached with `get("lora_parameters.rank")` or as `lora_rank` etc.
-    via `lora_parameters()`.
+    Build one with `RunConfig.from_values` (registry names, defaults filled in) or
+    `build_config` (merged, coerced and validated); `get(name)` reads by registry name.
     """
 
-    def __init__(self, values: Mapping[str, Any]):
-        self._values = {f.name: values.get(f.name, f.default) for f in FIELDS}
+    model: str
+    fine_tune_type: str
+    num_layers: int | None
+    lora_parameters_rank: int
+    lora_parameters_scale: float
+    lora_parameters_dropout: float
+    lora_parameters_keys: list[str] | None
+    dtype: str
+    trust_remote_code: bool
+    data: str
+    max_seq_length: int
+    valid_data: str | None
+    val_fraction: float
+    eval_sets: dict[str, str] | None
+    iters: int | None
+    epochs: float | None
+    train_tokens: int | None
+    batch_size: int
+    learning_rate: float
+    lr_schedule: str | dict[str, Any]
+    warmup_steps: int
+    min_learning_rate: float
+    optimizer: str
+    weight_decay: float
+    optimizer_config: dict[str, Any] | None
+    grad_accumulation_steps: int
+    grad_clip: float
+    grad_checkpoint: bool
+    seed: int
+    clear_cache_threshold: int
+    loss_spike_factor: float
+    steps_per_report: int
+    steps_per_eval: int
+    val_batches: int
+    save_every: int
+    keep_checkpoints: int
+    keep_best: bool
 
-    # Attribute access for plain (undotted) names: cfg.learning_rate.
-    def __getattr__(self, name: str) -> Any:
-        values = self.__dict__.get("_values")
-        if values is not None and name in values:
-            return values[name]
-        raise AttributeError(name)
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> RunConfig:
+        """From {registry name: value}; a missing field takes its registry default."""
+        return cls(**{f.attr: values.get(f.name, f.default) for f in FIELDS})
 
     def get(self, name: str) -> Any:
-        return self._values[name]
+        """A value by registry name (`lora_parameters.rank`)."""
+        return getattr(self, FIELDS_BY_NAME[name].attr)
 
     def to_dict(self) -> dict[str, Any]:
-        """Flat {field name: value}, every field present."""
-        return dict(self._values)
+        """Flat {registry name: value}, every field present."""
+        return {f.name: getattr(self, f.attr) for f in FIELDS}
 
     def to_nested(self) -> dict[str, Any]:
         """YAML/JSON shape: dotted names become nested mappings (mlx-lm's layout)."""
@@ -100,56 +139,45 @@ class RunConfig:
             *parents, leaf = spec.yaml_path
             for p in parents:
                 node = node.setdefault(p, {})
-            node[leaf] = self._values[spec.name]
+            node[leaf] = getattr(self, spec.attr)
         return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_nested(), sort_keys=False, default_flow_style=False)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RunConfig) and self._values == other._values
-
-    def __repr__(self) -> str:
-        return f"RunConfig({self._values!r})"
-
     def replace(self, **changes: Any) -> RunConfig:
-        values = dict(self._values)
-        for k, v in changes.items():
-            if k not in values:
-                raise KeyError(k)
-            values[k] = v
-        return RunConfig(values)
+        """A copy with some attributes changed (by attribute name)."""
+        return dataclasses.replace(self, **changes)
 
     # -- derived values (the stored config keeps None = "not given") --
 
     @property
     def effective_num_layers(self) -> int:
-        n = self._values["num_layers"]
-        if n is None:
-            return -1 if self._values["fine_tune_type"] == "full" else DEFAULT_LORA_LAYERS
-        return int(n)
+        if self.num_layers is None:
+            return -1 if self.fine_tune_type == "full" else DEFAULT_LORA_LAYERS
+        return int(self.num_layers)
 
     @property
     def effective_iters(self) -> int | None:
         """Steps when the budget is in steps; None when epochs or tokens decide it."""
-        if self._values["epochs"] is not None or self._values["train_tokens"] is not None:
+        if self.epochs is not None or self.train_tokens is not None:
             return None
-        return self._values["iters"] or DEFAULT_ITERS
+        return self.iters or DEFAULT_ITERS
 
     def lora_parameters(self) -> dict[str, Any]:
         """mlx-lm's `lora_parameters` mapping for linear_to_lora_layers."""
-        out = {
-            "rank": self._values["lora_parameters.rank"],
-            "scale": self._values["lora_parameters.scale"],
-            "dropout": self._values["lora_parameters.dropout"],
+        out: dict[str, Any] = {
+            "rank": self.lora_parameters_rank,
+            "scale": self.lora_parameters_scale,
+            "dropout": self.lora_parameters_dropout,
         }
-        if self._values["lora_parameters.keys"]:
-            out["keys"] = list(self._values["lora_parameters.keys"])
+        if self.lora_parameters_keys:
+            out["keys"] = list(self.lora_parameters_keys)
         return out
 
     def config_hash(self) -> str:
         """Hash of everything a resume must keep unchanged (fields not marked resumable)."""
-        fixed = {f.name: self._values[f.name] for f in FIELDS if not f.resumable}
+        fixed = {f.name: getattr(self, f.attr) for f in FIELDS if not f.resumable}
         blob = json.dumps(fixed, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -158,7 +186,7 @@ class RunConfig:
         return [
             f.name
             for f in FIELDS
-            if not f.resumable and self._values[f.name] != other._values[f.name]
+            if not f.resumable and getattr(self, f.attr) != getattr(other, f.attr)
         ]
 
 
@@ -252,7 +280,7 @@ def build_config(
             coerced[name] = coerce(spec, value)
         except ValueError as exc:
             errors.append(FieldError(name, f"{exc}. {_hint(spec)}"))
-    config = RunConfig(coerced)
+    config = RunConfig.from_values(coerced)
     errors += validate(
         config, check_paths=check_paths, base_dir=base_dir, skip=set(e.field for e in errors)
     )

@@ -68,6 +68,7 @@ def console(ws: Path, config: dict, clients: int, cpu: list[float]) -> float:
             sio = server.socket()
             sio.on("run_metrics", lambda d, i=i: received.__setitem__(i, received[i] + 1))
             sockets.append(sio)
+        assert server.process is not None
         proc = psutil.Process(server.process.pid)
         proc.cpu_percent(None)
         run_id = server.post("/api/runs", {"config": config}).json()["run_id"]

@@ -15,7 +15,7 @@ in one run:
     .venv/bin/python bench/eval_vs_mlx_lm.py [--size tiny|small] [--tokens 200] [--repeats 3]
 
 Like the trainer and the workers, this process runs on OpenBLAS on Linux when it is
-installed (training/blas.py), so in-process and worker figures use the same BLAS.
+installed (training/contract/blas.py), so in-process and worker figures use the same BLAS.
 """
 
 from __future__ import annotations

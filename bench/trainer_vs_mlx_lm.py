@@ -165,7 +165,8 @@ def mlx_lm_trained_tokens(
             # last of them targets padding: the real tokens are min(n, width - 1) - 1 or so.
             real = int(min(n, width - 1) - (1 if n <= width - 1 else 0))
             in_loss += real
-            seen[(int(n), *row[:48].tolist())] = real  # a repeated document counts once
+            key = (int(n), *row[:48].tolist())
+            seen[key] = real  # a repeated document counts once
     return in_loss, sum(seen.values()), share
 
 

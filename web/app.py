@@ -3,13 +3,12 @@
     app = create_app({"WORKSPACE": "/path", "TOKEN": "..."})
 
 Nothing here imports MLX or scans runs: building an app is fast and has no side effect
-on any run folder. The command line (start_web_interface.py) adds the start-up scan,
-the workspace lock and the server.
+on any run folder. The command line (web/cli.py, run as start_web_interface.py) adds the
+start-up scan, the workspace lock and the server.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +20,7 @@ from training.console.broadcaster import Broadcaster
 from training.console.eval_jobs import EvalJobs
 from training.console.manager import ManagerSettings, TrainingManager
 from training.console.run_store import RunStore
-from training.contract.layout import Workspace, default_workspace
+from training.contract.layout import PROJECT_ROOT, Workspace, default_workspace
 from web import evaluation, security
 from web.console import Console
 from web.errors import register_error_handlers
@@ -51,7 +50,12 @@ DEFAULTS: dict[str, Any] = {
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    app = Flask(__name__, static_folder="static", template_folder="templates")
+    app = Flask(
+        __name__,
+        root_path=str(PROJECT_ROOT),
+        static_folder="static",
+        template_folder="templates",
+    )
     app.config.from_mapping(DEFAULTS)
     app.config.update(config or {})
     app.config["TOKEN"] = app.config["TOKEN"] or secrets.token_urlsafe(32)
@@ -132,10 +136,4 @@ def _build_console(app: Flask, workspace: Workspace) -> Console:
         browse_roots=[Path(r) for r in app.config["BROWSE_ROOTS"]],
         demo_state="building" if app.config["DEMO"] else None,
         eval_jobs=EvalJobs(evaluation.forward),
-    )
-
-
-if __name__ == "__main__":  # pragma: no cover - the command line lives elsewhere
-    raise SystemExit(
-        f"run: python {os.path.join(os.path.dirname(__file__), 'start_web_interface.py')}"
     )

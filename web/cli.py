@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     port = sock.getsockname()[1]
 
-    from app import create_app
+    from web.app import create_app
 
     app = create_app(
         {

@@ -2,7 +2,7 @@
 
 The console never imports MLX: each job runs in a worker process (training/eval_worker.py)
 owned by EvalJobs, whose events are forwarded here to Socket.IO rooms `eval:<job_id>`.
-Requests are checked by training/eval_requests.py before anything starts; the app-wide
+Requests are checked by training/console/eval_requests.py before anything starts; the app-wide
 guards of web/security.py (token, Host, Origin, JSON-only mutations) cover every route
 and the Socket.IO handshake, and paths are confined to the console's browse roots.
 

@@ -2,7 +2,7 @@
 
 Client → server: `join_run {run_id, after_seq}` (ack: {ok, last_seq} or {ok: false,
 error}), `leave_run {run_id}`. Server → client: `run_metrics {run_id, rows, last_seq}`
-and `run_status {run_id, state, ...}` (see training/broadcaster.py).
+and `run_status {run_id, state, ...}` (see training/console/broadcaster.py).
 """
 
 from __future__ import annotations

@@ -406,7 +406,7 @@ export function liveIngest(run, { maxPoints, fetchHistory, factor = 4 }) {
 }
 
 /** Extra held-out sets of an eval event: {name: loss}, from `val_<name>_loss` / `<name>_loss`
- * keys or a nested `eval_sets` mapping (as training/run_summary.eval_losses reads them). */
+ * keys or a nested `eval_sets` mapping (as training/metrics/checkpoint_table.py eval_losses reads them). */
 function extraSets(row) {
   const out = {};
   const nested = row.sets || row.eval_sets;
@@ -416,7 +416,7 @@ function extraSets(row) {
       if (typeof loss === "number") out[name] = loss;
     }
   }
-  // The trainer writes an extra set as val_<name>_loss (metrics_logger.eval_set_keys).
+  // The trainer writes an extra set as val_<name>_loss (contract/protocol.py eval_set_keys).
   for (const [key, value] of Object.entries(row)) {
     if (key.endsWith("_loss") && !RESERVED_EVAL.has(key) && typeof value === "number") {
       const name = key.slice(0, -5);

@@ -16,7 +16,7 @@ const EP = {
   parseYaml: "/api/ui/parse_yaml",
   runs: "/api/runs",
 };
-const DEFAULT_ITERS = 1000; // training/config.py DEFAULT_ITERS: the budget when none is given
+const DEFAULT_ITERS = 1000; // training/contract/config.py DEFAULT_ITERS: the budget when none is given
 
 const state = {
   form: null,

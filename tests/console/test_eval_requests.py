@@ -1,4 +1,4 @@
-"""The console's checks of evaluation requests (training/eval_requests.py), without a
+"""The console's checks of evaluation requests (training/console/eval_requests.py), without a
 worker: what an export may replace, which run a perplexity job names."""
 
 from __future__ import annotations

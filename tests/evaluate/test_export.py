@@ -169,7 +169,7 @@ def test_full_run_exports_its_model_folder(
     assert err.value.field == "format"
 
     # A full run's checkpoint is an mlx-lm adapter folder holding the trained weights
-    # (fine_tune_type full, training/checkpoints.py): exported as a standalone model.
+    # (fine_tune_type full, contract/checkpoints.py): exported as a standalone model.
     import mlx.core as mx
 
     bundle = run.checkpoints / "step-00000002"

@@ -15,7 +15,7 @@ from training.metrics.evaluations import append_evaluation
 
 
 def test_eval_losses_name_every_held_out_set() -> None:
-    # The trainer's keys: metrics_logger.eval_set_keys("general") = val_general_loss/_ppl.
+    # The trainer's keys: protocol.eval_set_keys("general") = val_general_loss/_ppl.
     trainer = {
         "event": "eval",
         "step": 5,
@@ -76,7 +76,7 @@ def test_checkpoint_table_from_the_runs_index_reads_no_metrics_line(
 ) -> None:
     """GET /api/runs/<id>/evaluations comes on every checkpoint, eval and status row of an
     open run page: it takes the eval and status rows from the run's index."""
-    import training.metrics.checkpoint_table as run_summary
+    import training.metrics.checkpoint_table as checkpoint_table
     from training.console.run_store import RunStore
 
     shutil.copytree(lora_workspace.root, tmp_path / "ws")
@@ -84,11 +84,11 @@ def test_checkpoint_table_from_the_runs_index_reads_no_metrics_line(
     run = ws.run(LORA_RUN_ID)
     expected = checkpoint_table(run)
     metrics = RunStore(ws).metrics(LORA_RUN_ID)
-    real = run_summary.read_events
+    real = checkpoint_table.read_events
 
     def no_metrics_file(path: Path):
         assert path != run.metrics, "the whole metrics.jsonl was parsed"
         return real(path)
 
-    monkeypatch.setattr(run_summary, "read_events", no_metrics_file)
+    monkeypatch.setattr(checkpoint_table, "read_events", no_metrics_file)
     assert checkpoint_table(run, metrics) == expected

@@ -8,10 +8,10 @@ import os
 
 import pytest
 
-from app import create_app
 from tests.console_helpers import fake_config, make_workspace, set_fake_mode
 from tests.helpers import wait_until
 from training.contract.fields import FIELDS
+from web.app import create_app
 
 TOKEN = "api-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

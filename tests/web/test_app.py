@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app import create_app
+from web.app import create_app
 
 
 def test_defaults_and_independent_apps(tmp_path):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from app import create_app
 from tests.console_helpers import fake_config, make_workspace, set_fake_mode
 from tests.helpers import wait_until
+from web.app import create_app
 
 TOKEN = "console-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

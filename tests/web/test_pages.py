@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app import create_app
+from web.app import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "pages-test-token"

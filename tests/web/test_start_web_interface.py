@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-import start_web_interface as cli
+import web.cli as cli
 from tests.console_helpers import fake_config, make_workspace, set_fake_mode, snapshot
 from tests.helpers import wait_until
 from tests.live_server import ROOT, LiveServer
@@ -58,7 +58,7 @@ def test_no_mlx_in_the_console_process():
     code = (
         "import sys, tempfile\n"
         "import start_web_interface\n"
-        "from app import create_app\n"
+        "from web.app import create_app\n"
         "app = create_app({'WORKSPACE': tempfile.mkdtemp()})\n"
         "app.test_client().get('/api/health')\n"
         "bad = sorted(m for m in sys.modules if m == 'mlx' or m.startswith(('mlx.', 'mlx_lm')))\n"

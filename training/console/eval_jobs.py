@@ -113,7 +113,7 @@ class EvalJobs:
             env.setdefault("HF_HUB_OFFLINE", "1")
             # argv holds no user input: the job goes in on stdin.
             argv = [self.python, "-m", "training.eval_worker"]
-            # OpenBLAS preloaded on Linux, as for the trainer (training/blas.py): perplexity
+            # OpenBLAS preloaded on Linux, as for the trainer (contract/blas.py): perplexity
             # on the CPU wheel is several times faster. MLX_CPT_OPENBLAS=0 turns it off.
             preload = preload_command(argv, env)
             if preload is not None:

@@ -101,7 +101,7 @@ class RunPaths:
         return self.root / "evaluations"
 
 
-# What a token cache entry holds (training/token_cache.py writes it; the console lists it).
+# What a token cache entry holds (trainer/token_cache.py writes it; the console lists it).
 TOKEN_CACHE_META = "meta.json"
 
 
@@ -125,7 +125,7 @@ class Workspace:
 
     @property
     def metrics_index_dir(self) -> Path:
-        """Saved indexes of large metrics files (metrics_snapshot), so a restarted console
+        """Saved indexes of large metrics files (metrics/snapshot.py), so a restarted console
         does not read them from the start."""
         return self.cache_dir / "metrics"
 

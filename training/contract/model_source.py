@@ -5,7 +5,7 @@ evaluation worker and the exporter resolve a choice into folders to load. A run'
 `config.yaml` names its base model; its checkpoints and `final/` hold either a complete
 model folder (a full run's final/) or an mlx-lm adapter folder over the base model:
 LoRA/DoRA adapters, or for a full run's checkpoints the trained weights themselves
-(training/checkpoints.py writes every bundle that way).
+(contract/checkpoints.py writes every bundle that way).
 """
 
 from __future__ import annotations

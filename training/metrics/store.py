@@ -36,7 +36,7 @@ EVENT_CODES: dict[str, int] = {
 ENVELOPE_KEYS: dict[int, str] = {1: "train_loss", 2: "val_loss"}
 # seq is stored as a signed 64-bit integer; a line with a larger one is malformed.
 MAX_INDEX_SEQ = 2**63 - 1
-# Indexes this large are saved (metrics_snapshot), again after this many more rows and when
+# Indexes this large are saved (metrics/snapshot.py), again after this many more rows and when
 # closed: a console that starts again then reads only what was appended meanwhile.
 SNAPSHOT_MIN_ROWS = 100_000
 # The index's columns, one entry per indexed line: (attribute, array typecode).
@@ -90,7 +90,7 @@ def _number(value: int | float | None) -> float:
 class RunMetrics:
     """The index of one metrics.jsonl. Thread-safe; refresh() reads only what is new.
     With `snapshot_dir`, a large index is saved there and picked up again by the next
-    index of the same file (metrics_snapshot)."""
+    index of the same file (metrics/snapshot.py)."""
 
     _offsets: array[int]
     _lengths: array[int]
@@ -439,7 +439,7 @@ class MetricsCache:
 
     def __init__(self, capacity: int = 16, snapshot_dir: Path | None = None):
         self.capacity = capacity
-        self.snapshot_dir = snapshot_dir  # where large indexes are saved (metrics_snapshot)
+        self.snapshot_dir = snapshot_dir  # where large indexes are saved (metrics/snapshot.py)
         self._lock = threading.Lock()
         self._runs: OrderedDict[Path, RunMetrics] = OrderedDict()
         self._evicted: weakref.WeakValueDictionary[Path, RunMetrics] = weakref.WeakValueDictionary()

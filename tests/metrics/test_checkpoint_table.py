@@ -76,7 +76,7 @@ def test_checkpoint_table_from_the_runs_index_reads_no_metrics_line(
 ) -> None:
     """GET /api/runs/<id>/evaluations comes on every checkpoint, eval and status row of an
     open run page: it takes the eval and status rows from the run's index."""
-    import training.metrics.checkpoint_table as checkpoint_table
+    import training.metrics.checkpoint_table as table_module
     from training.console.run_store import RunStore
 
     shutil.copytree(lora_workspace.root, tmp_path / "ws")
@@ -84,11 +84,11 @@ def test_checkpoint_table_from_the_runs_index_reads_no_metrics_line(
     run = ws.run(LORA_RUN_ID)
     expected = checkpoint_table(run)
     metrics = RunStore(ws).metrics(LORA_RUN_ID)
-    real = checkpoint_table.read_events
+    real = table_module.read_events
 
     def no_metrics_file(path: Path):
         assert path != run.metrics, "the whole metrics.jsonl was parsed"
         return real(path)
 
-    monkeypatch.setattr(checkpoint_table, "read_events", no_metrics_file)
+    monkeypatch.setattr(table_module, "read_events", no_metrics_file)
     assert checkpoint_table(run, metrics) == expected

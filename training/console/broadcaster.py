@@ -21,6 +21,7 @@ from typing import Any
 
 from training.console.run_store import RunStore
 from training.contract.layout import RunNotFound
+from training.contract.protocol import STATUS
 from training.metrics.store import RunMetrics
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ class Broadcaster:
             if not rows:
                 break
             follower.emitted_seq = rows[-1]["seq"]
-            status_seen = status_seen or any(r.get("event") == "status" for r in rows)
+            status_seen = status_seen or any(r.get("event") == STATUS for r in rows)
             if follower.sids:
                 self.emit(
                     "run_metrics",

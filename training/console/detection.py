@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 
 from training.contract.layout import RunPaths, RunRecord
-from training.contract.protocol import ACTIVE_STATES, FINAL_STATES
+from training.contract.protocol import ACTIVE_STATES, CREATED, FINAL_STATES, QUEUED
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +193,8 @@ def detect_run(
     """What a console starting up should make of one run (decision + reason). `found`:
     a live trainer of this run in the process table (TrainerTable), if any."""
     status = str(last_status.get("state")) if last_status else None
-    if record.pid is None and record.state in ("created", "queued") and not record.remote:
-        if record.state == "queued":
+    if record.pid is None and record.state in (CREATED, QUEUED) and not record.remote:
+        if record.state == QUEUED:
             return Detection(record.run_id, "queued", "waiting in the queue; the queue is paused")
         return Detection(record.run_id, "created", "never started")
     if status in FINAL_STATES:

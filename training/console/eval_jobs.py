@@ -25,12 +25,18 @@ from typing import Any
 from training.console.trainer_process import child_env
 from training.contract.blas import preload_command
 from training.contract.layout import PROJECT_ROOT
+from training.contract.protocol import (
+    JOB_ERROR,
+    JOB_FINAL_EVENTS,
+    JOB_PROGRESS,
+    JOB_RESULT,
+    WORKER_PROTOCOL_VERSION,
+)
 
 # Late joiners (a page reload) get the job's events again; a generation is a few thousand.
 MAX_KEPT_EVENTS = 5000
 MAX_KEPT_JOBS = 50
 STOP_GRACE_SECONDS = 5.0
-FINAL_EVENTS = ("result", "error")
 
 
 class JobLimitError(RuntimeError):
@@ -234,7 +240,7 @@ class EvalJobs:
                     continue
                 if not isinstance(event, dict):
                     continue
-                final_seen = final_seen or event.get("event") in FINAL_EVENTS
+                final_seen = final_seen or event.get("event") in JOB_FINAL_EVENTS
                 self._record(job, event)
         job.exit_code = job.process.wait()
         if not final_seen:
@@ -259,9 +265,9 @@ class EvalJobs:
         tail = "\n".join(list(job.stderr_tail)[-5:])
         message = f"the evaluation worker {why} before reporting a result"
         return {
-            "v": 1,
+            "v": WORKER_PROTOCOL_VERSION,
             "job_id": job.job_id,
-            "event": "error",
+            "event": JOB_ERROR,
             "time": time.time(),
             "error": message + (f":\n{tail}" if tail else ""),
             "field": None,
@@ -283,12 +289,12 @@ class EvalJobs:
         job.last_seq += 1
         event["seq"] = job.last_seq
         kind = event.get("event")
-        if kind == "progress":
+        if kind == JOB_PROGRESS:
             job.progress = event
-        elif kind == "result":
+        elif kind == JOB_RESULT:
             job.result = event
             job.state = "stopped" if event.get("stopped") else "done"
-        elif kind == "error":
+        elif kind == JOB_ERROR:
             job.error = {"error": event.get("error"), "field": event.get("field")}
             if "lane" in event:
                 job.error["lane"] = event["lane"]

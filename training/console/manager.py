@@ -46,7 +46,17 @@ from training.contract.checkpoints import has_checkpoint
 from training.contract.config import ConfigError, FieldError, build_config
 from training.contract.errors import ConfirmRequired, RunConflict
 from training.contract.layout import RunNotFound, RunPaths, RunRecord, Workspace, new_run_id
-from training.contract.protocol import ACTIVE_STATES, FINAL_STATES, RESUMABLE_STATES
+from training.contract.protocol import (
+    ACTIVE_STATES,
+    CREATED,
+    DIVERGED,
+    FAILED,
+    FINAL_STATES,
+    QUEUED,
+    RESUMABLE_STATES,
+    STARTING,
+    STOPPING,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +162,7 @@ class TrainingManager:
             queued = [
                 run_id
                 for run_id, record in records.items()
-                if record.state == "queued" and record.pid is None
+                if record.state == QUEUED and record.pid is None
             ]
             self.queue.order = [r for r in self.queue.order if r in queued]
             self.queue.adopt_orphans(queued)
@@ -294,7 +304,7 @@ class TrainingManager:
                 run_id,
                 name,
                 time.time(),
-                state="queued" if queue else "created",
+                state=QUEUED if queue else CREATED,
                 cloned_from=cloned_from,
             )
             self.store.create_run(record, config.to_yaml())
@@ -312,7 +322,7 @@ class TrainingManager:
         """Start a created or queued run now (an explicit action)."""
         with self._lock:
             state, _ = self.state(run_id)
-            if state not in ("created", "queued"):
+            if state not in (CREATED, QUEUED):
                 raise RunConflict(f"run {run_id} is {state}; only a new or queued run starts")
             self._check_capacity(config_yaml=self.store.config_text(run_id))
             self.queue.remove(run_id)
@@ -387,7 +397,7 @@ class TrainingManager:
                     or None,
                 }
             )
-        record.state, record.started, record.exit = "starting", now, None
+        record.state, record.started, record.exit = STARTING, now, None
         record.pid = record.pid_create_time = record.cmdline = None
         record.stop_requested = False
         record.remote = False  # from now on a trainer of this console's (a resumed remote run)
@@ -455,7 +465,7 @@ class TrainingManager:
         except RunNotFound:
             state = "deleted"
         with self._lock:
-            if active.from_queue and state in ("failed", "diverged") and self.queue.stop_on_failure:
+            if active.from_queue and state in (FAILED, DIVERGED) and self.queue.stop_on_failure:
                 self.queue.pause(f"run {active.run_id} {state}: the queue stops on failure")
                 log.info("queue: paused because run %s %s", active.run_id, state)
         self.advance_queue()
@@ -473,14 +483,14 @@ class TrainingManager:
                 raise RunConflict(f"run {run_id} is {state}, not training: nothing to stop")
             record = self.store.read_record(run_id)
             if record.stop_requested:
-                return "stopping"
+                return STOPPING
             record.stop_requested = True  # derive_state reads this (no "stopping" state)
             self.store.write_record(record)
             active.send_signal(signal.SIGTERM)
             active.kill_after(self.settings.stop_grace_seconds, self._kill)
             log.info("run %s: stop requested (SIGTERM to pid %d)", run_id, active.pid)
         self._notify(run_id)
-        return "stopping"
+        return STOPPING
 
     def _kill(self, active: TrainerProcess) -> None:
         with self._lock:
@@ -592,10 +602,10 @@ class TrainingManager:
     def queue_add(self, run_id: str) -> None:
         with self._lock:
             state, _ = self.state(run_id)
-            if state not in ("created", "queued"):
+            if state not in (CREATED, QUEUED):
                 raise RunConflict(f"run {run_id} is {state}; only a new run can be queued")
             record = self.store.read_record(run_id)
-            record.state = "queued"
+            record.state = QUEUED
             self.store.write_record(record)
             self.queue.add(run_id)
         self._notify(run_id)
@@ -607,8 +617,8 @@ class TrainingManager:
                 raise RunConflict(f"run {run_id} is not in the queue")
             self.queue.remove(run_id)
             record = self.store.read_record(run_id)
-            if record.state == "queued":
-                record.state = "created"
+            if record.state == QUEUED:
+                record.state = CREATED
                 self.store.write_record(record)
         self._notify(run_id)
 

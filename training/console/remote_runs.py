@@ -14,6 +14,7 @@ from training.console.run_store import RunStore
 from training.contract.config import ConfigError, FieldError
 from training.contract.errors import RunConflict
 from training.contract.layout import RunNotFound, RunRecord, is_valid_run_id
+from training.contract.protocol import RUNNING, STATUS
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,11 @@ def append_remote_events(
                 "must report to its own run_id"
             )
     else:
-        record = RunRecord(run_id, run_id, time.time(), state="running", remote=True)
+        record = RunRecord(run_id, run_id, time.time(), state=RUNNING, remote=True)
         store.create_run(record, None)
         created = True
         log.info("run %s: created for a remote trainer", run_id)
     before = store.summary(run_id).last_seq
     accepted, duplicates = store.append_events(run_id, events)
-    status = any(e["seq"] > before and e["event"] == "status" for e in events)
+    status = any(e["seq"] > before and e["event"] == STATUS for e in events)
     return accepted, duplicates, store.summary(run_id).last_seq, created or status

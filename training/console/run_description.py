@@ -13,7 +13,15 @@ from training.console.detection import verify_process
 from training.console.run_state import derive_state
 from training.console.run_store import RunStore
 from training.contract.layout import RunPaths, RunRecord
-from training.contract.protocol import FINAL_STATES, RESUMABLE_STATES
+from training.contract.protocol import (
+    EVAL,
+    FINAL_STATES,
+    RESUMABLE_STATES,
+    RUN_START,
+    RUNNING,
+    STATUS,
+    TRAIN,
+)
 
 if TYPE_CHECKING:
     from training.metrics.store import RunMetrics
@@ -25,7 +33,7 @@ if TYPE_CHECKING:
 def current_status(metrics: Metrics, record: RunRecord) -> dict[str, Any] | None:
     """The last status event of the current attempt (not of a run before a resume), from
     the run's metrics index or its summary (the file's tail)."""
-    status = metrics.last("status")
+    status = metrics.last(STATUS)
     seq = status.get("seq") if status else None
     if status is None or not isinstance(seq, int) or seq <= record.start_seq:
         return None
@@ -56,14 +64,14 @@ def describe_run(
     the process, exit, resumes, checkpoints and last events (the run page's view)."""
     run_id = record.run_id
     state, reason = derive_state(record, status, alive, last_event_time=metrics.last_time)
-    train, evaluation = metrics.last("train"), metrics.last("eval")
-    run_start = metrics.last("run_start")
+    train, evaluation = metrics.last(TRAIN), metrics.last(EVAL)
+    run_start = metrics.last(RUN_START)
     config = store.config_values(run_id)
     total_steps = (run_start or {}).get("total_steps") or config.get("iters")
     step = (train or {}).get("step") or 0
     ips = (train or {}).get("iterations_per_second")
     eta = None
-    if state == "running" and total_steps and ips:
+    if state == RUNNING and total_steps and ips:
         eta = max(0.0, (float(total_steps) - float(step)) / float(ips))
     out: dict[str, Any] = {
         "run_id": run_id,

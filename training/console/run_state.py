@@ -12,7 +12,11 @@ from training.contract.layout import RunRecord
 from training.contract.protocol import (
     ACTIVE_STATES,
     CREATED,
+    EXIT_BAD_INPUT,
     EXIT_CODE_STATES,
+    EXIT_DIVERGED,
+    EXIT_FAILED,
+    EXIT_OK,
     FAILED,
     FINAL_STATES,
     INTERRUPTED,
@@ -87,8 +91,8 @@ def exit_reason(code: int | None, signal_name: str | None, we_killed: bool) -> s
     if signal_name:
         return f"ended by signal {signal_name}"
     return {
-        0: "exited normally (code 0)",
-        1: "failed (exit code 1): see the log",
-        2: "bad input (exit code 2): see the log for the field to fix",
-        3: "diverged (exit code 3): the loss became NaN or infinite",
+        EXIT_OK: f"exited normally (code {EXIT_OK})",
+        EXIT_FAILED: f"failed (exit code {EXIT_FAILED}): see the log",
+        EXIT_BAD_INPUT: f"bad input (exit code {EXIT_BAD_INPUT}): see the log for the field to fix",
+        EXIT_DIVERGED: f"diverged (exit code {EXIT_DIVERGED}): the loss became NaN or infinite",
     }.get(code if isinstance(code, int) else -1, f"exited with code {code}")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from training.contract.files import write_json_atomic
-from training.contract.protocol import WORKSPACE_ENV
+from training.contract.protocol import CREATED, RUNNING, STARTING, WORKSPACE_ENV
 
 # The project's own folder: on the PYTHONPATH of the processes the console starts.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -187,7 +187,7 @@ class RunRecord:
     # set before the process starts, so a crash before its pid is recorded still reads as
     # started, never as a run to start or queue again). Stopping is stop_requested; the
     # rest is derived (derive_state). Older consoles also wrote "stopping" here.
-    state: str = "created"
+    state: str = CREATED
     pid: int | None = None
     pid_create_time: float | None = None
     cmdline: list[str] | None = None
@@ -225,19 +225,19 @@ def read_record(paths: RunPaths) -> RunRecord:
             raise RunNotFound(paths.run_id) from None
         # Launched from the trainer's own command line: started, with no pid recorded; its
         # process is found in the process table (detection.TrainerTable) while it lives.
-        return RunRecord(paths.run_id, paths.run_id, _folder_time(paths.root), state="starting")
+        return RunRecord(paths.run_id, paths.run_id, _folder_time(paths.root), state=STARTING)
     except (OSError, ValueError):
         # A corrupt record must not hide the run: list it, derived from its files.
-        return RunRecord(paths.run_id, paths.run_id, _folder_time(paths.root), state="running")
+        return RunRecord(paths.run_id, paths.run_id, _folder_time(paths.root), state=RUNNING)
     if not isinstance(data, dict):
-        return RunRecord(paths.run_id, paths.run_id, _folder_time(paths.root), state="running")
+        return RunRecord(paths.run_id, paths.run_id, _folder_time(paths.root), state=RUNNING)
     data = {**data, "run_id": paths.run_id}
     data.setdefault("name", paths.run_id)
     data.setdefault("created", _folder_time(paths.root))
     try:
         return RunRecord.from_json(data)
     except TypeError:
-        return RunRecord(paths.run_id, paths.run_id, _folder_time(paths.root), state="running")
+        return RunRecord(paths.run_id, paths.run_id, _folder_time(paths.root), state=RUNNING)
 
 
 def write_record(paths: RunPaths, record: RunRecord) -> None:

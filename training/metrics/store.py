@@ -21,16 +21,17 @@ from typing import Any
 
 import msgspec
 
+from training.contract.protocol import CHECKPOINT, EVAL, RUN_START, STATUS, TRAIN, WARNING
 from training.metrics.snapshot import read_snapshot, remove_snapshot, snapshot_file, write_snapshot
 from training.metrics.tailer import JsonlTailer, decode_event
 
 EVENT_CODES: dict[str, int] = {
-    "train": 1,
-    "eval": 2,
-    "status": 3,
-    "run_start": 4,
-    "checkpoint": 5,
-    "warning": 6,
+    TRAIN: 1,
+    EVAL: 2,
+    STATUS: 3,
+    RUN_START: 4,
+    CHECKPOINT: 5,
+    WARNING: 6,
 }
 # The key each event kind is charted by: its min/max envelope survives downsampling.
 ENVELOPE_KEYS: dict[int, str] = {1: "train_loss", 2: "val_loss"}

@@ -8,9 +8,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from training.contract.protocol import EVAL, RUN_START, STATUS, TRAIN
 from training.metrics.tailer import decode_event
 
-SUMMARY_KINDS = ("train", "eval", "status", "run_start")
+SUMMARY_KINDS = (TRAIN, EVAL, STATUS, RUN_START)
 _HEAD_BYTES = 64
 
 

@@ -23,14 +23,12 @@ from mlx.nn.utils import average_gradients
 from mlx.optimizers import Optimizer, clip_grad_norm
 from mlx.utils import tree_flatten, tree_map, tree_reduce
 
-from training.contract.protocol import eval_set_keys
+from training.contract.protocol import DIVERGED, FINISHED, STOPPED, eval_set_keys
 from training.trainer.data import Batch
 
 LossFn = Callable[[nn.Module, mx.array, mx.array], tuple[mx.array, mx.array]]
 EvalBatches = list[tuple[np.ndarray, np.ndarray]]
 _DeviceBatches = list[tuple[mx.array, mx.array]]
-
-FINISHED, STOPPED, DIVERGED = "finished", "stopped", "diverged"
 
 
 def default_loss(model: nn.Module, batch: mx.array, lengths: mx.array) -> tuple[mx.array, mx.array]:

@@ -1,12 +1,9 @@
 """Export a run's final model or any checkpoint as a folder mlx-lm loads (the command line
 of training/evaluate/exporting.py).
 
-Formats: `model`, a standalone model folder (`mlx_lm.load(dest)`): LoRA/DoRA adapters
-are fused into the base the way `mlx_lm fuse` does it, a full run's weights are saved
-as they are; `adapter`, the LoRA/DoRA adapter folder alone (`mlx_lm.load(base,
-adapter_path=dest)`). Every export carries a model card (README.md). The export is
-built in a hidden sibling folder and renamed into place, so a failure leaves nothing
-behind, and an existing folder is replaced only with `overwrite`.
+Formats (`model`: a standalone folder, LoRA/DoRA fused in; `adapter`: the adapters
+alone) and the guarantees (built aside and renamed, nothing replaced without --overwrite)
+are in training/evaluate/exporting.py.
 
     python -m training.export --run RUN_ID|RUN_DIR [--checkpoint final|latest|STEP]
         [--format model|adapter] [--out DIR] [--overwrite] [--workspace DIR]

@@ -65,12 +65,16 @@ EXIT_OK = 0  # done, or stopped on request
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2  # nothing was created or changed
 EXIT_DIVERGED = 3  # the loss became NaN or infinite
+# The disk filled up: the exit code carries it when even the final status could not be
+# written (the run reads "failed: disk full").
+EXIT_DISK_FULL = 4
 # What a trainer's exit means when it wrote no final status.
 EXIT_CODE_STATES: dict[int, str] = {
     EXIT_OK: FINISHED,
     EXIT_FAILED: FAILED,
     EXIT_BAD_INPUT: FAILED,
     EXIT_DIVERGED: DIVERGED,
+    EXIT_DISK_FULL: FAILED,
 }
 
 # -- environment variables --------------------------------------------------------------------

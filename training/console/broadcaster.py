@@ -240,9 +240,5 @@ class Broadcaster:
         follower.last_emit = now
         return status_seen
 
-    def followed_runs(self) -> list[str]:
-        with self._lock:
-            return list(self._followers)
-
     def close(self) -> None:
         self._closed = True

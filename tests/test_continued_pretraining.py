@@ -5,6 +5,7 @@ and leaves a final/ that mlx-lm loads."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.trainer_helpers import (
     run_trainer,
     snapshot,
     start_trainer,
+    train_losses,
     write_config,
 )
 from training.contract.blas import find_openblas
@@ -232,6 +234,55 @@ def test_too_many_layers_for_a_hub_model_is_bad_input(
     write_config(ws / "config.yaml", tiny_assets, iters=2, model="org/tiny")
     err = bad_input(["-c", str(ws / "config.yaml"), "--num-layers", "3"], ws, capsys)
     assert "num_layers: 3 is more than the model's 2 blocks" in err
+
+
+def test_full_fine_tuning_of_a_quantized_model_is_bad_input(
+    tiny_assets: dict[str, Path],
+    quantized_model: Path,
+    ws: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_config(ws / "config.yaml", tiny_assets, iters=2, model=str(quantized_model))
+    # A model folder: its config.json says so (the settings check, before the model loads).
+    err = bad_input(["-c", str(config)], ws, capsys)
+    assert f"fine_tune_type: full cannot train {quantized_model}: its weights are quantized " in err
+    assert "(4-bit, group size 32)" in err
+    assert (
+        "use lora or dora, or a dequantized copy of the model (mlx_lm.convert --dequantize)" in err
+    )
+    # A hub id: only the loaded layers tell, still before anything is created.
+    import mlx_lm.utils
+
+    real = mlx_lm.utils._download
+    monkeypatch.setattr(
+        mlx_lm.utils,
+        "_download",
+        lambda repo, *a, **k: quantized_model if repo == "org/tiny-4bit" else real(repo, *a, **k),
+    )
+    for extra in ([], ["--num-layers", "1"]):
+        err = bad_input(["-c", str(config), "--model", "org/tiny-4bit", *extra], ws, capsys)
+        assert "fine_tune_type: full cannot train org/tiny-4bit: the layers it would train" in err
+        assert (
+            "QuantizedLinear, 4-bit, group size 32" in err and "mlx_lm.convert --dequantize" in err
+        )
+        if extra:  # the last block's layers only
+            assert "(model.layers.1." in err
+
+
+@pytest.mark.slow
+def test_lora_on_a_quantized_model_trains(
+    tiny_assets: dict[str, Path], quantized_model: Path, ws: Path
+) -> None:
+    config = write_config(
+        ws / "config.yaml", tiny_assets, iters=3, model=str(quantized_model), fine_tune_type="lora"
+    )
+    run_dir = ws / "runs" / "q-lora"
+    assert main(["-c", str(config), "--run-dir", str(run_dir)]) == 0
+    assert [r["step"] for r in events(run_dir, "train")] == [1, 2, 3]
+    assert all(math.isfinite(loss) for loss in train_losses(run_dir).values())
+    assert events(run_dir)[-1]["state"] == "finished"
+    assert (run_dir / "final" / "adapters.safetensors").is_file()
 
 
 def test_resume_refuses_another_model_or_data_and_needs_no_config_flag(

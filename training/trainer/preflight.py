@@ -28,8 +28,15 @@ from training.contract.config import (
     resolve_path,
 )
 from training.contract.layout import RunPaths, Workspace
+from training.contract.model_facts import FULL_ON_QUANTIZED_FIX
 from training.trainer.data import DataInputs, scan_inputs, scan_memo_dir
-from training.trainer.model_setup import LoadedModel, layers_to_train, load_base
+from training.trainer.model_setup import (
+    LoadedModel,
+    describe_quantized,
+    layers_to_train,
+    load_base,
+    quantized_to_train,
+)
 from training.trainer.optimization import check_optimizer
 from training.trainer.run_folder import (
     RunFolder,
@@ -173,6 +180,17 @@ def check_model(config: RunConfig, base_dir: Path) -> Any:
             f"use at most {blocks}, or -1"
         )
         raise ConfigError([FieldError("num_layers", message)]) from None
+    # The settings check read config.json; this catches what it cannot see (a hub id, a
+    # quantization stated elsewhere) before anything is created.
+    quantized = quantized_to_train(loaded.model, config)
+    if quantized:
+        first = describe_quantized(*quantized[0])
+        more = f", and {len(quantized) - 1} more" if len(quantized) > 1 else ""
+        message = (
+            f"full cannot train {config.model}: the layers it would train hold quantized "
+            f"weights ({first}{more}), which have no gradient; {FULL_ON_QUANTIZED_FIX}"
+        )
+        raise ConfigError([FieldError("fine_tune_type", message)])
     return loaded
 
 

@@ -80,7 +80,7 @@ def test_cli_flag_yaml_key_and_registry_agree(spec: FieldSpec) -> None:
 def test_parser_has_every_field_and_the_run_options() -> None:
     actions = {a.dest: a for a in build_parser()._actions}
     assert {f.name for f in FIELDS} <= set(actions)
-    for option in ("config", "run_dir", "resume", "report_url"):
+    for option in ("config", "run_dir", "resume", "restart", "report_url"):
         assert actions[option].help
 
 
@@ -326,6 +326,41 @@ def test_resume_refuses_another_model_or_data_and_needs_no_config_flag(
     assert main(resume) == 0
     assert events(run_dir, "run_start")[-1]["resumed_from"] == 2
     assert events(run_dir)[-1]["state"] == "finished" and events(run_dir)[-1]["step"] == 4
+
+
+def test_restart_starts_a_run_without_checkpoint_again_from_step_0(
+    tiny_assets: dict[str, Path], ws: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run whose trainer died before its first checkpoint (as a SIGKILL leaves it)."""
+    run_dir = ws / "runs" / "dead"
+    run_dir.mkdir(parents=True)
+    write_config(run_dir / "config.yaml", tiny_assets, iters=2)
+    (run_dir / "run.json").write_text('{"name": "by the console"}')
+    (run_dir / "stdout.log").write_text("step 1 ...\nKilled\n")
+    (run_dir / "data_report.json").write_text("{}")
+    rows = [{"v": 1, "seq": n, "event": "train", "time": 1.0, "step": n} for n in (1, 2, 3)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run_dir / "checkpoints" / ".tmp-step-00000004").mkdir(parents=True)
+    resume = bad_input(["--run-dir", str(run_dir), "--resume"], ws, capsys)
+    assert "no complete checkpoint" in resume and "add --restart" in resume
+    fresh = bad_input(["-c", str(run_dir / "config.yaml"), "--run-dir", str(run_dir)], ws, capsys)
+    assert "already holds a run" in fresh and "add --restart" in fresh
+    # Bad input on a restart changes nothing either (the folder is cleared last).
+    bad = bad_input(["--run-dir", str(run_dir), "--restart", "--learning-rate", "-1"], ws, capsys)
+    assert "learning_rate" in bad
+
+    assert main(["--run-dir", str(run_dir), "--restart"]) == 0  # -c: the run's config.yaml
+    rows = events(run_dir)
+    assert rows[0]["event"] == "run_start" and rows[0]["resumed_from"] is None
+    assert [r["seq"] for r in rows] == list(range(4, 4 + len(rows)))  # seq goes on
+    assert [r["step"] for r in events(run_dir, "train")] == [1, 2]
+    assert rows[1]["message"] == "restarted from step 0" and rows[-1]["state"] == "finished"
+    assert json.loads((run_dir / "run.json").read_text()) == {"name": "by the console"}
+    assert (run_dir / "stdout.log").read_text() == "step 1 ...\nKilled\n"
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))
+    # Now it has a checkpoint: --restart would throw it away.
+    again = bad_input(["--run-dir", str(run_dir), "--restart"], ws, capsys)
+    assert "has a complete checkpoint (step-00000002); use --resume" in again
 
 
 def test_a_run_folder_in_use_by_another_trainer_is_refused(

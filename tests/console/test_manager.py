@@ -458,6 +458,20 @@ def test_remote_reports_notify_only_on_first_contact_and_status(manager):
     assert notified == [run_id, run_id]
 
 
+def test_a_remote_run_without_checkpoint_is_not_restarted_here(manager):
+    """Its config.yaml and its trainer are on the machine it ran on."""
+    run_id = "20260202-000000-faraway"
+    manager.report_events(
+        run_id,
+        [{"v": 1, "seq": 1, "event": "status", "time": 1.0, "step": 0, "state": "failed"}],
+    )
+    described = manager.describe(run_id)
+    assert described["state"] == "failed" and described["restartable"] is False
+    with pytest.raises(RunConflict, match="no config.yaml here"):
+        manager.restart(run_id, confirm=True)
+    assert manager.active_run_ids() == []
+
+
 def test_start_up_reads_each_run_once_and_nothing_without_autodetect(workspace, monkeypatch):
     first = make_manager(workspace)
     first.queue_pause()

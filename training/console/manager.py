@@ -369,10 +369,16 @@ class TrainingManager:
                 raise RunConflict(
                     f"run {run_id} is {state}; only {', '.join(RESUMABLE_STATES)} runs start again"
                 )
-            if has_checkpoint(self.store.paths(run_id).root):
+            paths = self.store.paths(run_id)
+            if has_checkpoint(paths.root):
                 raise RunConflict(
                     f"run {run_id} has a checkpoint: resume it instead (starting again "
                     "from step 0 would throw it away)"
+                )
+            if not paths.config.is_file():
+                raise RunConflict(
+                    f"run {run_id} has no config.yaml here (a remote run's is on the machine "
+                    "it ran on): start it again there with --restart"
                 )
             self._check_capacity(config_yaml=None)
             log.info(

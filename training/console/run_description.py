@@ -117,7 +117,9 @@ def describe_run(
             # What TrainingManager.resume and .restart accept: latest.json naming a complete
             # bundle resumes; a run that ended before its first one starts again from 0.
             resumable=state in RESUMABLE_STATES and resumes_from,
-            restartable=state in RESUMABLE_STATES and not resumes_from,
+            restartable=state in RESUMABLE_STATES
+            and not resumes_from
+            and store.paths(run_id).config.is_file(),  # a remote run's is on its machine
             malformed_lines=metrics.malformed,
         )
     return out

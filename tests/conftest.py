@@ -29,5 +29,20 @@ def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {**paths, "workspace": ws}
 
 
+@pytest.fixture(scope="session")
+def quantized_model(tiny_assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny scratch model quantized by mlx-lm's own convert (4-bit, group size 32: the
+    hidden size 64 and the MLP's 192 divide by it), built once. Read-only, as tiny_assets."""
+    import contextlib
+    import io
+
+    from mlx_lm.convert import convert
+
+    out = tmp_path_factory.mktemp("quantized") / "scratch-tiny-4bit"
+    with contextlib.redirect_stdout(io.StringIO()):  # its [INFO] lines
+        convert(str(tiny_assets["model"]), str(out), quantize=True, q_group_size=32, q_bits=4)
+    return out
+
+
 # The evaluation/export tests' shared session fixture (a short LoRA run in a workspace).
 from tests.eval_fixtures import lora_workspace  # noqa: E402, F401

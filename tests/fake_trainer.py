@@ -1,7 +1,7 @@
 """A stand-in trainer for fast console lifecycle tests: same command line, same run-folder
 files and the same metrics events as training/continued_pretraining.py, no MLX.
 
-    python -m tests.fake_trainer -c config.yaml --run-dir DIR [--resume]
+    python -m tests.fake_trainer -c config.yaml --run-dir DIR [--resume | --restart]
 
 Behaviour comes from `<cwd>/fake-trainer.json` (the console runs trainers in the
 workspace) or $FAKE_TRAINER, e.g. {"mode": "normal", "rate": 200, "steps": 50}:
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-c", "--config", required=True)
     p.add_argument("--run-dir", required=True)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--restart", action="store_true")
     args = p.parse_args(argv)
     knobs = settings()
     mode = knobs.get("mode", "normal")
@@ -91,7 +92,21 @@ def main(argv: list[str] | None = None) -> int:
     steps = int(knobs.get("steps") or config.get("iters") or 100)
     rate = float(knobs.get("rate", 100.0))
     save_every = int(config.get("save_every") or 100)
+    if args.restart:  # as the real trainer: only without a checkpoint; seq goes on
+        if (run_dir / "checkpoints" / "latest.json").exists():
+            print("error: --restart: it has a complete checkpoint; use --resume", flush=True)
+            return 2
+        earlier = Events(run_dir / "metrics.jsonl")
+        earlier.f.close()
+        first_seq = earlier.seq
+        for name in ("metrics.jsonl", "data_report.json"):
+            (run_dir / name).unlink(missing_ok=True)
+        import shutil
+
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     events = Events(run_dir / "metrics.jsonl")
+    if args.restart:
+        events.seq = max(events.seq, first_seq)
 
     start = 0
     if args.resume:

@@ -5,6 +5,7 @@ and leaves a final/ that mlx-lm loads."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.trainer_helpers import (
     run_trainer,
     snapshot,
     start_trainer,
+    train_losses,
     write_config,
 )
 from training.contract.blas import find_openblas
@@ -78,7 +80,7 @@ def test_cli_flag_yaml_key_and_registry_agree(spec: FieldSpec) -> None:
 def test_parser_has_every_field_and_the_run_options() -> None:
     actions = {a.dest: a for a in build_parser()._actions}
     assert {f.name for f in FIELDS} <= set(actions)
-    for option in ("config", "run_dir", "resume", "report_url"):
+    for option in ("config", "run_dir", "resume", "restart", "report_url"):
         assert actions[option].help
 
 
@@ -234,6 +236,55 @@ def test_too_many_layers_for_a_hub_model_is_bad_input(
     assert "num_layers: 3 is more than the model's 2 blocks" in err
 
 
+def test_full_fine_tuning_of_a_quantized_model_is_bad_input(
+    tiny_assets: dict[str, Path],
+    quantized_model: Path,
+    ws: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_config(ws / "config.yaml", tiny_assets, iters=2, model=str(quantized_model))
+    # A model folder: its config.json says so (the settings check, before the model loads).
+    err = bad_input(["-c", str(config)], ws, capsys)
+    assert f"fine_tune_type: full cannot train {quantized_model}: its weights are quantized " in err
+    assert "(4-bit, group size 32)" in err
+    assert (
+        "use lora or dora, or a dequantized copy of the model (mlx_lm.convert --dequantize)" in err
+    )
+    # A hub id: only the loaded layers tell, still before anything is created.
+    import mlx_lm.utils
+
+    real = mlx_lm.utils._download
+    monkeypatch.setattr(
+        mlx_lm.utils,
+        "_download",
+        lambda repo, *a, **k: quantized_model if repo == "org/tiny-4bit" else real(repo, *a, **k),
+    )
+    for extra in ([], ["--num-layers", "1"]):
+        err = bad_input(["-c", str(config), "--model", "org/tiny-4bit", *extra], ws, capsys)
+        assert "fine_tune_type: full cannot train org/tiny-4bit: the layers it would train" in err
+        assert (
+            "QuantizedLinear, 4-bit, group size 32" in err and "mlx_lm.convert --dequantize" in err
+        )
+        if extra:  # the last block's layers only
+            assert "(model.layers.1." in err
+
+
+@pytest.mark.slow
+def test_lora_on_a_quantized_model_trains(
+    tiny_assets: dict[str, Path], quantized_model: Path, ws: Path
+) -> None:
+    config = write_config(
+        ws / "config.yaml", tiny_assets, iters=3, model=str(quantized_model), fine_tune_type="lora"
+    )
+    run_dir = ws / "runs" / "q-lora"
+    assert main(["-c", str(config), "--run-dir", str(run_dir)]) == 0
+    assert [r["step"] for r in events(run_dir, "train")] == [1, 2, 3]
+    assert all(math.isfinite(loss) for loss in train_losses(run_dir).values())
+    assert events(run_dir)[-1]["state"] == "finished"
+    assert (run_dir / "final" / "adapters.safetensors").is_file()
+
+
 def test_resume_refuses_another_model_or_data_and_needs_no_config_flag(
     tiny_assets: dict[str, Path],
     tmp_path: Path,
@@ -275,6 +326,41 @@ def test_resume_refuses_another_model_or_data_and_needs_no_config_flag(
     assert main(resume) == 0
     assert events(run_dir, "run_start")[-1]["resumed_from"] == 2
     assert events(run_dir)[-1]["state"] == "finished" and events(run_dir)[-1]["step"] == 4
+
+
+def test_restart_starts_a_run_without_checkpoint_again_from_step_0(
+    tiny_assets: dict[str, Path], ws: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run whose trainer died before its first checkpoint (as a SIGKILL leaves it)."""
+    run_dir = ws / "runs" / "dead"
+    run_dir.mkdir(parents=True)
+    write_config(run_dir / "config.yaml", tiny_assets, iters=2)
+    (run_dir / "run.json").write_text('{"name": "by the console"}')
+    (run_dir / "stdout.log").write_text("step 1 ...\nKilled\n")
+    (run_dir / "data_report.json").write_text("{}")
+    rows = [{"v": 1, "seq": n, "event": "train", "time": 1.0, "step": n} for n in (1, 2, 3)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run_dir / "checkpoints" / ".tmp-step-00000004").mkdir(parents=True)
+    resume = bad_input(["--run-dir", str(run_dir), "--resume"], ws, capsys)
+    assert "no complete checkpoint" in resume and "add --restart" in resume
+    fresh = bad_input(["-c", str(run_dir / "config.yaml"), "--run-dir", str(run_dir)], ws, capsys)
+    assert "already holds a run" in fresh and "add --restart" in fresh
+    # Bad input on a restart changes nothing either (the folder is cleared last).
+    bad = bad_input(["--run-dir", str(run_dir), "--restart", "--learning-rate", "-1"], ws, capsys)
+    assert "learning_rate" in bad
+
+    assert main(["--run-dir", str(run_dir), "--restart"]) == 0  # -c: the run's config.yaml
+    rows = events(run_dir)
+    assert rows[0]["event"] == "run_start" and rows[0]["resumed_from"] is None
+    assert [r["seq"] for r in rows] == list(range(4, 4 + len(rows)))  # seq goes on
+    assert [r["step"] for r in events(run_dir, "train")] == [1, 2]
+    assert rows[1]["message"] == "restarted from step 0" and rows[-1]["state"] == "finished"
+    assert json.loads((run_dir / "run.json").read_text()) == {"name": "by the console"}
+    assert (run_dir / "stdout.log").read_text() == "step 1 ...\nKilled\n"
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))
+    # Now it has a checkpoint: --restart would throw it away.
+    again = bad_input(["--run-dir", str(run_dir), "--restart"], ws, capsys)
+    assert "has a complete checkpoint (step-00000002); use --resume" in again
 
 
 def test_a_run_folder_in_use_by_another_trainer_is_refused(

@@ -44,8 +44,12 @@ def validate_config():
     config = json_body().get("config")
     if not isinstance(config, dict):
         raise ApiError(400, 'send {"config": {...}}: a mapping of settings', "config")
+    manager = console().manager
+    # What the form shows about the chosen model whatever the other settings (a quantized
+    # model disables full fine-tuning): {"quantization": {bits, group_size, mode} | null}.
+    model = manager.model_facts(config.get("model"))
     try:
-        cfg, warnings = console().manager.validate(config)
+        cfg, warnings = manager.validate(config)
     except ConfigError as exc:
         # Normalize what can be normalized so the form can still show coerced values.
         try:
@@ -54,12 +58,17 @@ def validate_config():
         except ConfigError:
             normalized = None
         return jsonify(
-            ok=False, errors=[e.to_json() for e in exc.errors], warnings=[], config=normalized
+            ok=False,
+            errors=[e.to_json() for e in exc.errors],
+            warnings=[],
+            config=normalized,
+            model=model,
         )
     return jsonify(
         ok=True,
         errors=[],
         warnings=warnings,
+        model=model,
         config=cfg.to_nested(),
         yaml=cfg.to_yaml(),
         effective={

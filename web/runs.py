@@ -139,6 +139,15 @@ def resume_run(run_id: str):
     return jsonify(run=manager.describe(run_id)), 202
 
 
+@bp.post("/runs/<run_id>/restart")
+def restart_run(run_id: str):
+    """A run that ended before its first checkpoint, started again from step 0 in its own
+    folder (its metrics are cleared): {"confirm": true} required."""
+    manager = console().manager
+    manager.restart(run_id, confirm=json_body().get("confirm") is True)
+    return jsonify(run=manager.describe(run_id)), 202
+
+
 @bp.get("/runs/<run_id>/config")
 def run_config(run_id: str):
     """The run's config.yaml, as a mapping and as text (to clone, edit or download)."""

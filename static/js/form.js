@@ -10,6 +10,8 @@
  *   form.showErrors(errors)-> places [{field, message}] next to their fields; returns the
  *                             ones that have no shown field (for a form-level message)
  *   form.focusFirstError(); form.controlFor(name) -> the field's control element
+ *   form.disableChoice(name, value, disabled) -> turn one choice of a select off or on
+ *   form.setNote(name, ...content) -> a note under the field (text or nodes); none clears it
  */
 import { h, $ } from "./dom.js";
 
@@ -232,6 +234,27 @@ export class FieldForm {
   controlFor(name) {
     const slot = this.rows.get(name);
     return slot ? slot.control : null;
+  }
+
+  disableChoice(name, value, disabled) {
+    const control = this.controlFor(name);
+    const option = control && Array.from(control.options || []).find((o) => o.value === String(value));
+    if (option) option.disabled = Boolean(disabled);
+  }
+
+  setNote(name, ...content) {
+    const slot = this.rows.get(name);
+    if (!slot) return;
+    const parts = content.flat().filter((c) => c !== null && c !== undefined && c !== false);
+    if (!slot.note) {
+      if (!parts.length) return;
+      const id = `${slot.control.id}-note`;
+      slot.note = h("div", { class: "field-note", id, role: "status" });
+      slot.error.before(slot.note);
+      slot.control.setAttribute("aria-describedby", `${slot.control.getAttribute("aria-describedby")} ${id}`);
+    }
+    slot.note.replaceChildren(...parts.map((c) => (typeof c === "string" ? document.createTextNode(c) : c)));
+    slot.note.hidden = !parts.length;
   }
 }
 

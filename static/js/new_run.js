@@ -164,6 +164,7 @@ async function validate() {
     else return reportError(err, "Validation failed");
   }
   if (seq !== state.seq) return; // a newer edit is already being checked
+  applyModelFacts(res.model);
   state.errors = res.errors || [];
   state.normalized = res.ok ? res.config : null;
   const unplaced = state.form.showErrors(state.errors);
@@ -178,6 +179,36 @@ async function validate() {
   badge.textContent = res.ok ? "Ready" : `${state.errors.length} to fix`;
   updatePlan();
   updateConfigText(res);
+}
+
+/** What the chosen model rules out (the server reads its config.json): quantized weights
+ * cannot be fully fine-tuned, so `full` is disabled, with why and a way to LoRA. */
+function applyModelFacts(model) {
+  const quant = model && model.quantization;
+  state.form.disableChoice("fine_tune_type", "full", Boolean(quant));
+  if (!quant) return state.form.setNote("fine_tune_type");
+  const select = state.form.controlFor("fine_tune_type");
+  const what = [quant.bits && `${quant.bits}-bit`, quant.group_size && `group size ${quant.group_size}`].filter(Boolean).join(", ");
+  const useLora = h("button", {
+    class: "btn btn-sm",
+    type: "button",
+    text: "Use lora",
+    on: {
+      click: () => {
+        select.value = "lora";
+        select.dispatchEvent(new Event("change", { bubbles: true }));
+      },
+    },
+  });
+  state.form.setNote(
+    "fine_tune_type",
+    h("span", {
+      text:
+        `full is off: this model is quantized${what ? ` (${what})` : ""}, and quantized weights cannot be trained. ` +
+        "Train lora (or dora) adapters on it, or pick a dequantized copy of the model (mlx_lm.convert --dequantize).",
+    }),
+    select.value === "full" ? useLora : null
+  );
 }
 
 async function loadReport() {

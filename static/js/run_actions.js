@@ -6,7 +6,9 @@
  *   summary(run) -> {step, total, fraction, tokens, totalTokens, loss, elapsed, eta, checkpoint}
  *       from a GET /api/runs or /api/runs/<run_id> record (missing figures are null)
  *   resumeRun(run) -> Promise<boolean>: explains what Resume will do, then POSTs
- *       {"confirm": true} only if the person confirms
+ *       {"confirm": true} only if the person confirms. A run that ended before its first
+ *       checkpoint (`restartable`) has nothing to resume from: the dialog offers "Start
+ *       again from step 0" instead (POST /restart, confirmed the same way)
  *   stopRun(run), deleteRun(run) -> Promise<boolean> (delete is confirmed)
  *   isActive(state), canResume(run)
  */
@@ -79,9 +81,11 @@ export function summary(run) {
   };
 }
 
-/** The server says (`resumable`: a resumable state and a checkpoint) on a detailed record. */
+/** The server says on a detailed record: `resumable` (a resumable state and a checkpoint)
+ * or `restartable` (a resumable state, no checkpoint: it can start again from step 0). */
 export function canResume(run) {
-  return typeof run.resumable === "boolean" ? run.resumable : RESUMABLE.has(run.state);
+  if (typeof run.resumable === "boolean") return run.resumable || run.restartable === true;
+  return RESUMABLE.has(run.state);
 }
 
 async function latestCheckpoint(run) {
@@ -118,6 +122,7 @@ async function describeResume(run) {
 }
 
 export async function resumeRun(run) {
+  if (run.restartable === true && !run.resumable) return restartRun(run);
   const { title, lines } = await describeResume(run);
   const ok = await confirmDialog({ title, body: lines, confirmLabel: "Resume training" });
   if (!ok) return false;
@@ -127,6 +132,32 @@ export async function resumeRun(run) {
     return true;
   } catch (err) {
     reportError(err, "Cannot resume");
+    return false;
+  }
+}
+
+async function restartRun(run) {
+  const s = summary(run);
+  const name = run.name || run.run_id;
+  const ok = await confirmDialog({
+    title: `Start “${name}” again from step 0?`,
+    body: [
+      "Its trainer ended before it wrote a first checkpoint, so there is nothing to resume from.",
+      "It can start again from step 0 in the same run folder, with the same settings" +
+        (s.total ? `, towards step ${fmt.int(s.total)}.` : "."),
+      "What the earlier attempt wrote is cleared: its metrics" +
+        (s.step ? ` (up to step ${fmt.int(s.step)})` : "") +
+        ", data report and unfinished checkpoints. The settings, the log and the run's history are kept.",
+    ],
+    confirmLabel: "Start again from step 0",
+  });
+  if (!ok) return false;
+  try {
+    await api.post(runUrl(run.run_id, "/restart"), { confirm: true });
+    toast(`${name} is starting again from step 0.`, { kind: "success", timeout: 4000 });
+    return true;
+  } catch (err) {
+    reportError(err, "Cannot start again");
     return false;
   }
 }

@@ -103,7 +103,7 @@ function interruptedCard(run) {
   const heard = Math.max(toEpoch((last.train || {}).time) || 0, toEpoch((last.status || {}).time) || 0, toEpoch((last.eval || {}).time) || 0);
   const facts = [
     ["Last step", run.total_steps ? `${fmt.int(run.step)} of ${fmt.int(run.total_steps)}` : fmt.int(run.step)],
-    ["Last checkpoint", run.latest_checkpoint_step != null ? `step ${fmt.int(run.latest_checkpoint_step)}` : "none: it cannot be resumed"],
+    ["Last checkpoint", run.latest_checkpoint_step != null ? `step ${fmt.int(run.latest_checkpoint_step)}` : "none: it can only start again from step 0"],
     ["Last heard from", heard ? `${fmt.dateTime(heard)} (${fmt.ago(heard)})` : "never reported"],
     ["Found", run.reason || "the trainer process is gone and never reported a final status"],
   ];
@@ -111,8 +111,8 @@ function interruptedCard(run) {
     class: "btn btn-primary",
     type: "button",
     text: "Resume…",
-    disabled: !run.resumable,
-    title: run.resumable ? "" : "No checkpoint to resume from",
+    disabled: !run.resumable && !run.restartable,
+    title: run.resumable ? "" : run.restartable ? "No checkpoint: it can start again from step 0" : "No checkpoint to resume from",
     on: {
       click: async () => {
         if (await resumeRun(run)) refresh();

@@ -168,6 +168,62 @@ def test_resume_is_refused_without_a_checkpoint_or_from_a_final_state(manager, w
         manager.resume(done, confirm=True)
 
 
+def test_a_run_without_checkpoint_starts_again_from_step_0_only_when_confirmed(manager, workspace):
+    set_fake_mode(workspace, mode="fail", fail_at=3, rate=500)
+    run_id = manager.create_run(fake_config(save_every=1000))
+    wait_state(manager, run_id, "failed")
+    wait_until(lambda: manager.store.read_record(run_id).exit is not None)
+    described = manager.describe(run_id)
+    assert (described["resumable"], described["restartable"]) == (False, True)
+    with pytest.raises(RunConflict, match=f"no checkpoint.*/api/runs/{run_id}/restart"):
+        manager.resume(run_id, confirm=True)
+    old_seq = described["last_seq"]
+    with pytest.raises(ConfirmRequired, match="clears the run's metrics"):
+        manager.restart(run_id, confirm=False)
+    assert manager.describe(run_id)["state"] == "failed"  # nothing started
+
+    set_fake_mode(workspace, rate=500)
+    manager.restart(run_id, confirm=True)
+    record = manager.store.read_record(run_id)
+    assert record.cmdline[-1] == "--restart" and "--resume" not in record.cmdline
+    assert record.resumes[-1]["restart"] is True and record.resumes[-1]["from_step"] is None
+    assert record.resumes[-1]["from_state"] == "failed"
+    wait_state(manager, run_id, "finished")
+    rows = manager.store.metrics(run_id).rows_after(0)
+    assert rows[0]["event"] == "run_start" and rows[0]["seq"] == old_seq + 1  # seq goes on
+    assert [r["step"] for r in rows if r["event"] == "train"] == list(range(1, 201))
+    described = manager.describe(run_id)
+    assert (described["resumable"], described["restartable"]) == (False, False)
+    # A finished run, or one with a checkpoint, never starts again from step 0.
+    with pytest.raises(RunConflict, match="finished"):
+        manager.restart(run_id, confirm=True)
+
+
+def test_a_run_with_a_checkpoint_is_resumed_never_restarted(manager, workspace):
+    set_fake_mode(workspace, rate=200)
+    run_id = manager.create_run(fake_config(iters=100_000))
+    wait_until(lambda: manager.describe(run_id)["step"] >= 3)
+    with pytest.raises(RunConflict, match="running"):
+        manager.restart(run_id, confirm=True)
+    manager.stop(run_id)
+    wait_state(manager, run_id, "stopped")
+    assert manager.describe(run_id)["restartable"] is False
+    with pytest.raises(RunConflict, match="has a checkpoint: resume it instead"):
+        manager.restart(run_id, confirm=True)
+
+
+def test_model_facts_for_the_form(manager, workspace):
+    assert manager.model_facts("models/tiny") == {"quantization": None}
+    quantized = workspace / "models" / "tiny-4bit"
+    quantized.mkdir()
+    quant = {"group_size": 32, "bits": 4, "mode": "affine"}
+    (quantized / "config.json").write_text(json.dumps({"quantization": quant}))
+    assert manager.model_facts("models/tiny-4bit") == {"quantization": quant}
+    assert manager.model_facts(str(quantized)) == {"quantization": quant}
+    for value in ("org/model", "", None, 3, "models"):
+        assert manager.model_facts(value) is None
+
+
 def test_delete_needs_confirm_and_is_refused_while_running(manager, workspace):
     set_fake_mode(workspace, rate=100)
     run_id = manager.create_run(fake_config(iters=100_000))
@@ -400,6 +456,20 @@ def test_remote_reports_notify_only_on_first_contact_and_status(manager):
     assert notified == [run_id, run_id]
     assert report(16, 1, event="status", state="finished")[0] == 0  # a retry: nothing new
     assert notified == [run_id, run_id]
+
+
+def test_a_remote_run_without_checkpoint_is_not_restarted_here(manager):
+    """Its config.yaml and its trainer are on the machine it ran on."""
+    run_id = "20260202-000000-faraway"
+    manager.report_events(
+        run_id,
+        [{"v": 1, "seq": 1, "event": "status", "time": 1.0, "step": 0, "state": "failed"}],
+    )
+    described = manager.describe(run_id)
+    assert described["state"] == "failed" and described["restartable"] is False
+    with pytest.raises(RunConflict, match="no config.yaml here"):
+        manager.restart(run_id, confirm=True)
+    assert manager.active_run_ids() == []
 
 
 def test_start_up_reads_each_run_once_and_nothing_without_autodetect(workspace, monkeypatch):

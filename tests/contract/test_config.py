@@ -239,6 +239,35 @@ def test_check_paths(tmp_path: Path):
     assert "is a file" in errors["model"]
 
 
+def test_full_fine_tuning_of_a_quantized_model_is_a_config_error(tmp_path: Path):
+    model = tmp_path / "m-4bit"
+    model.mkdir()
+    quant = {"group_size": 32, "bits": 4, "mode": "affine"}  # as mlx_lm.convert -q writes it
+    (model / "config.json").write_text(
+        json.dumps({"quantization": quant, "quantization_config": quant})
+    )
+    (tmp_path / "c.txt").write_text("hello")
+    layer = {"model": "m-4bit", "data": "c.txt"}
+    errors = errors_of(layer, check_paths=True, base_dir=tmp_path)  # full is the default
+    assert list(errors) == ["fine_tune_type"]
+    assert (
+        "full cannot train m-4bit: its weights are quantized (4-bit, group size 32)"
+        in (errors["fine_tune_type"])
+    )
+    assert errors["fine_tune_type"].endswith(
+        "use lora or dora, or a dequantized copy of the model (mlx_lm.convert --dequantize)"
+    )
+    for kind in ("lora", "dora"):
+        config, _ = build_config(
+            {**layer, "fine_tune_type": kind}, check_paths=True, base_dir=tmp_path
+        )
+        assert config.fine_tune_type == kind
+    build_config(layer)  # without the path checks nothing reads the folder
+    # A value that is no choice at all is reported once, as that.
+    errors = errors_of({**layer, "fine_tune_type": "qlora"}, check_paths=True, base_dir=tmp_path)
+    assert list(errors) == ["fine_tune_type"] and "qlora" in errors["fine_tune_type"]
+
+
 @pytest.mark.parametrize(
     "text, fragment",
     [("[1, 2]", "mapping"), ("a: [", "invalid YAML")],

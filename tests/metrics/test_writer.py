@@ -52,6 +52,15 @@ def test_seq_continues_across_reopen_and_a_torn_tail_is_cut(tmp_path: Path) -> N
     assert not repair_torn_tail(path)  # nothing left to repair
 
 
+def test_seq_continues_after_a_cleared_file(tmp_path: Path) -> None:
+    """--restart removes metrics.jsonl; the run's seq still only grows (readers follow it)."""
+    path = tmp_path / "metrics.jsonl"
+    with TrainingMetricsLogger(path, first_seq=41) as log:
+        assert log.emit("status", 0, state="running", message="restarted")["seq"] == 42
+    with TrainingMetricsLogger(path, first_seq=7) as log:  # the file's own seq is higher
+        assert log.emit("train", 1, train_loss=1.0)["seq"] == 43
+
+
 def test_non_finite_values_become_null_and_unknown_names_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "m.jsonl"
     with TrainingMetricsLogger(path) as log:

@@ -58,3 +58,30 @@ def test_a_hub_id_is_resolved_once(
     monkeypatch.setattr(mlx_lm.utils, "_download", download)
     loaded = model_setup.load_base(_config(tiny_assets, model="org/tiny-model"), tmp_path)
     assert hub_lookups == ["org/tiny-model"] and loaded.path == Path(tiny_assets["model"])
+
+
+def test_quantized_layers_that_full_fine_tuning_would_train(
+    tiny_assets: dict[str, Path], quantized_model: Path, tmp_path: Path
+) -> None:
+    assets = {**tiny_assets, "model": quantized_model}
+    loaded = model_setup.load_base(_config(assets, fine_tune_type="lora"), tmp_path)
+    every = model_setup.quantized_to_train(loaded.model, _config(assets))
+    names = {name for name, _ in every}
+    # Both blocks' projections and the embedding.
+    assert {
+        "model.embed_tokens",
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.1.mlp.down_proj",
+    } <= names
+    last = model_setup.quantized_to_train(loaded.model, _config(assets, num_layers=1))
+    assert last and all(name.startswith("model.layers.1.") for name, _ in last)
+    assert (
+        model_setup.quantized_to_train(loaded.model, _config(assets, fine_tune_type="lora")) == []
+    )
+    name, module = last[0]
+    assert (
+        model_setup.describe_quantized(name, module)
+        == f"{name}: QuantizedLinear, 4-bit, group size 32"
+    )
+    plain = model_setup.load_base(_config(tiny_assets), tmp_path)
+    assert model_setup.quantized_to_train(plain.model, _config(tiny_assets)) == []

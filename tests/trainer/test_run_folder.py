@@ -8,7 +8,12 @@ import pytest
 
 from training.contract.checkpoints import write_bundle
 from training.contract.layout import Workspace
-from training.trainer.run_folder import RunFolderError, choose_run_folder, workspace_for
+from training.trainer.run_folder import (
+    RunFolderError,
+    choose_run_folder,
+    clear_for_restart,
+    workspace_for,
+)
 
 
 def _snapshot(root: Path) -> list[str]:
@@ -45,10 +50,17 @@ def test_refusals_touch_nothing(tmp_path: Path) -> None:
     stranger.mkdir()
     (stranger / "cat.jpg").write_bytes(b"\xff")
     before = _snapshot(tmp_path)
-    with pytest.raises(RunFolderError, match="add --resume"):
+    # No checkpoint: both refusals name --restart as the fix.
+    with pytest.raises(RunFolderError, match="no complete checkpoint; add --restart"):
         choose_run_folder(str(run), False, ws)
-    with pytest.raises(RunFolderError, match="no complete checkpoint"):
+    with pytest.raises(
+        RunFolderError, match="no complete checkpoint .* instead of --resume, add --restart"
+    ):
         choose_run_folder(str(run), True, ws)
+    with pytest.raises(RunFolderError, match="--restart: .* not a run folder"):
+        choose_run_folder(str(stranger), False, ws, restart=True)
+    with pytest.raises(RunFolderError, match="--restart needs --run-dir"):
+        choose_run_folder(None, False, ws, restart=True)
     with pytest.raises(RunFolderError, match="not a run folder"):
         choose_run_folder(str(stranger), False, ws)
     with pytest.raises(RunFolderError, match="not a run folder"):
@@ -58,6 +70,54 @@ def test_refusals_touch_nothing(tmp_path: Path) -> None:
         run / "checkpoints", 3, {}, lambda d: (d / "adapters.safetensors").write_bytes(b"")
     )
     assert choose_run_folder(str(run), True, ws).mode == "resume"
+    # With a checkpoint: --resume, never --restart (which would throw it away).
+    with pytest.raises(RunFolderError, match="add --resume to continue"):
+        choose_run_folder(str(run), False, ws)
+    with pytest.raises(RunFolderError, match="has a complete checkpoint .*; use --resume"):
+        choose_run_folder(str(run), False, ws, restart=True)
+
+
+def test_restart_clears_only_what_the_trainer_wrote(tmp_path: Path) -> None:
+    """A trainer killed before its first checkpoint: --restart may start it again."""
+    ws = Workspace(tmp_path)
+    run = tmp_path / "run"
+    (run / "checkpoints" / ".tmp-step-00000005").mkdir(parents=True)  # an unfinished bundle
+    (run / "checkpoints" / ".tmp-step-00000005" / "state.json").write_text("{}")
+    (run / "evaluations").mkdir()
+    files = {
+        "config.yaml": "model: m\n",  # kept (rewritten only when the settings changed)
+        "run.json": "{}",  # the console's
+        "stdout.log": "Traceback\n",  # the console's
+        "evaluations/perplexity.jsonl": "{}\n",  # the evaluation worker's
+        ".run.json.abc123.tmp": "{",  # the console may be writing it right now
+        "notes.txt": "mine",  # not the trainer's
+        "metrics.jsonl": '{"seq": 9}\n',
+        "data_report.json": "{}",
+        ".data_report.json.x1y2.tmp": "{",
+    }
+    for name, text in files.items():
+        (run / name).write_text(text)
+    (run / ".tmp-final-4242").mkdir()
+    assert choose_run_folder(str(run), False, ws, restart=True).mode == "restart"
+    removed = clear_for_restart(run)
+    assert removed == [
+        ".data_report.json.x1y2.tmp",
+        ".tmp-final-4242",
+        "checkpoints",
+        "data_report.json",
+        "metrics.jsonl",  # last: a restart cut short still finds no checkpoint
+    ]
+    kept = [
+        ".run.json.abc123.tmp",
+        "config.yaml",
+        "evaluations",
+        "evaluations/perplexity.jsonl",
+        "notes.txt",
+        "run.json",
+        "stdout.log",
+    ]
+    assert _snapshot(run) == kept
+    assert clear_for_restart(run) == []  # a restart cut short is simply repeated
 
 
 def test_workspace_from_env_or_the_run_folder(

@@ -94,6 +94,41 @@ def test_validate_config(client):
     assert_error(api(client, "post", "/api/config/validate", {"config": []}), 400, "config")
 
 
+def quantized_model(workspace, name="tiny-4bit"):
+    """A model folder as mlx_lm.convert -q writes its config.json (no weights: the console
+    reads config.json only)."""
+    folder = workspace / "models" / name
+    folder.mkdir(parents=True)
+    quant = {"group_size": 32, "bits": 4, "mode": "affine"}
+    config = {"model_type": "llama", "quantization": quant, "quantization_config": quant}
+    (folder / "config.json").write_text(json.dumps(config))
+    return f"models/{name}"
+
+
+def test_validate_reports_full_fine_tuning_of_a_quantized_model(client, workspace):
+    model = quantized_model(workspace)
+    data = api(
+        client, "post", "/api/config/validate", {"config": fake_config(model=model)}
+    ).get_json()
+    assert not data["ok"] and [e["field"] for e in data["errors"]] == ["fine_tune_type"]
+    assert "mlx_lm.convert --dequantize" in data["errors"][0]["message"]
+    quant = {"bits": 4, "group_size": 32, "mode": "affine"}
+    assert data["model"] == {"quantization": quant}  # the form disables full with it
+    lora = api(
+        client,
+        "post",
+        "/api/config/validate",
+        {"config": fake_config(model=model, fine_tune_type="lora")},
+    ).get_json()
+    assert lora["ok"] and lora["model"] == {"quantization": quant}
+    plain = api(client, "post", "/api/config/validate", {"config": fake_config()}).get_json()
+    assert plain["model"] == {"quantization": None}
+    hub = api(
+        client, "post", "/api/config/validate", {"config": fake_config(model="org/m")}
+    ).get_json()
+    assert hub["model"] is None
+
+
 def test_system(client, workspace):
     data = api(client, "get", "/api/system").get_json()
     assert {"cpu", "memory", "swap", "disk", "platform", "mlx", "trainers"} <= set(data)
@@ -150,6 +185,35 @@ def test_create_with_a_bad_config_writes_nothing(client, workspace):
     assert not (workspace / "runs").exists() or not os.listdir(workspace / "runs")
 
 
+def test_creating_a_full_run_of_a_quantized_model_is_400_and_writes_nothing(client, workspace):
+    config = fake_config(model=quantized_model(workspace))
+    data = assert_error(create(client, config=config), 400, "fine_tune_type")
+    assert "use lora or dora" in data["error"]
+    assert [e["field"] for e in data["errors"]] == ["fine_tune_type"]
+    assert not (workspace / "runs").exists() or not os.listdir(workspace / "runs")
+
+
+def test_restart_a_run_that_ended_before_its_first_checkpoint(client, workspace):
+    set_fake_mode(workspace, mode="fail", fail_at=2, rate=500)
+    run_id = create(client, config=fake_config(save_every=1000)).get_json()["run_id"]
+    url = f"/api/runs/{run_id}"
+    wait_until(lambda: api(client, "get", url).get_json()["run"]["exit"] is not None)
+    run = api(client, "get", url).get_json()["run"]
+    assert run["state"] == "failed" and not run["resumable"] and run["restartable"]
+    assert (
+        "restart"
+        in assert_error(api(client, "post", f"{url}/resume", {"confirm": True}), 409)["error"]
+    )
+    assert_error(api(client, "post", f"{url}/restart", {}), 400, "confirm")
+    assert_error(api(client, "post", f"{url}/restart", {"confirm": "yes"}), 400, "confirm")
+    set_fake_mode(workspace, rate=500)
+    response = api(client, "post", f"{url}/restart", {"confirm": True})
+    assert response.status_code == 202
+    assert response.get_json()["run"]["state"] in ("starting", "running", "finished")
+    wait_until(lambda: api(client, "get", url).get_json()["run"]["state"] == "finished")
+    assert_error(api(client, "post", f"{url}/restart", {"confirm": True}), 409)
+
+
 @pytest.mark.parametrize(
     "body,field",
     [
@@ -199,6 +263,7 @@ def test_unknown_or_invalid_run_ids_are_404(client, run_id):
         ("get", "/config", None),
         ("post", "/stop", {}),
         ("post", "/resume", {"confirm": True}),
+        ("post", "/restart", {"confirm": True}),
         ("post", "/start", {}),
         ("patch", "", {"name": "x"}),
         ("delete", "", {"confirm": True}),
@@ -363,6 +428,7 @@ MUTATIONS = [
     ("patch", "/api/queue"),
     ("post", "/api/callbacks/20260101-000000-aaaaaa"),
     ("post", "/api/runs/20260101-000000-aaaaaa/stop"),
+    ("post", "/api/runs/20260101-000000-aaaaaa/restart"),
 ]
 
 
@@ -390,6 +456,7 @@ def test_mutations_are_json_only(client, method, path):
     [
         "/api/runs/x/stop",
         "/api/runs/x/resume",
+        "/api/runs/x/restart",
         "/api/queue/start",
         "/api/callbacks/x",
         "/api/config/validate",

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from playwright.sync_api import APIResponse, Page, Route, expect
 
 from tests.browser import assert_no_js_errors, save_screenshot, signed_in
@@ -196,6 +198,61 @@ def test_form_rules_pickers_yaml_and_command_line(
     expect(cli).to_contain_text("python -m training.continued_pretraining")
     expect(cli).to_contain_text("--iters 123")
     expect(cli).to_contain_text("--grad-checkpoint")
+    assert_no_js_errors(page)
+
+
+def test_a_quantized_model_turns_full_fine_tuning_off(
+    server: LiveServer, page: Page, quantized_model: Path
+) -> None:
+    shutil.copytree(quantized_model, server.workspace / "models" / "tiny-4bit", dirs_exist_ok=True)
+    signed_in(page, server)
+    page.goto(server.base_url + "runs/new")
+    expect(page.locator('[name="model"]')).to_have_value("models/scratch-tiny")
+    full = page.locator('[name="fine_tune_type"] option[value="full"]')
+    field = page.locator('[data-field="fine_tune_type"]')
+    expect(full).to_be_enabled()
+    page.fill('[name="model"]', "models/tiny-4bit")
+    expect(full).to_be_disabled()
+    expect(field.locator(".field-note")).to_contain_text("quantized (4-bit, group size 32)")
+    expect(field.locator(".field-error")).to_contain_text("mlx_lm.convert --dequantize")
+    field.get_by_role("button", name="Use lora").click()
+    expect(page.locator('[name="fine_tune_type"]')).to_have_value("lora")
+    expect(page.locator("#validity")).to_have_text("Ready")
+    page.fill('[name="model"]', "models/scratch-tiny")
+    expect(full).to_be_enabled()
+    expect(field.locator(".field-note")).to_be_hidden()
+    assert_no_js_errors(page)
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_from_step_0(
+    server: LiveServer, page: Page
+) -> None:
+    run_id = "20250101-120000-dead00"  # as a trainer SIGKILLed at step 4 leaves it
+    run_dir = server.workspace / "runs" / run_id
+    run_dir.mkdir(parents=True)
+    config = {**demo_config(server), **QUICK, "iters": 6}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    rows = [
+        {"event": "run_start", "step": 0, "total_steps": 6, "resumed_from": None},
+        {"event": "status", "step": 0, "state": "running", "message": "started"},
+        *({"event": "train", "step": n, "train_loss": 6.0} for n in (2, 4)),
+    ]
+    lines = [{"v": 1, "seq": i + 1, "time": time.time(), **r} for i, r in enumerate(rows)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    signed_in(page, server)
+    page.goto(server.base_url + f"runs/{run_id}")
+    expect(page.locator("#run-state")).to_have_text("interrupted")
+    actions(page).get_by_role("button", name="Resume…").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("nothing to resume from")
+    dialog.get_by_role("button", name="Cancel").click()  # nothing without a confirmation
+    expect(page.locator("#run-state")).to_have_text("interrupted")
+    assert not (run_dir / "run.json").exists()
+    actions(page).get_by_role("button", name="Resume…").click()
+    dialog.get_by_role("button", name="Start again from step 0").click()
+    expect(page.locator("#run-state")).to_have_text("finished", timeout=90_000)
+    assert file_train_steps(server, run_id) == [2, 4, 6]
+    assert server.run(run_id)["resumes"][-1]["restart"] is True
     assert_no_js_errors(page)
 
 

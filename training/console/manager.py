@@ -43,9 +43,10 @@ from training.console.trainer_process import (
     trainer_argv,
 )
 from training.contract.checkpoints import has_checkpoint
-from training.contract.config import ConfigError, FieldError, build_config
+from training.contract.config import ConfigError, FieldError, build_config, resolve_path
 from training.contract.errors import ConfirmRequired, RunConflict
 from training.contract.layout import RunNotFound, RunPaths, RunRecord, Workspace, new_run_id
+from training.contract.model_facts import model_facts
 from training.contract.protocol import (
     ACTIVE_STATES,
     CREATED,
@@ -341,11 +342,57 @@ class TrainingManager:
                     f"run {run_id} is {state}; only {', '.join(RESUMABLE_STATES)} runs resume"
                 )
             if not has_checkpoint(self.store.paths(run_id).root):
-                raise RunConflict(f"run {run_id} has no checkpoint to resume from")
+                raise RunConflict(
+                    f"run {run_id} has no checkpoint to resume from: it ended before its "
+                    "first one; start it again from step 0 instead (POST "
+                    f'/api/runs/{run_id}/restart with {{"confirm": true}})'
+                )
             self._check_capacity(config_yaml=None)
             log.info("run %s: resuming from %s (explicit request)", run_id, state)
             self._spawn(run_id, resume=True, from_state=state)
         self._notify(run_id)
+
+    def restart(self, run_id: str, *, confirm: bool) -> None:
+        """Start a run that ended before its first checkpoint (stopped, interrupted, failed
+        or diverged, with nothing to resume from) again from step 0 in its own folder: the
+        trainer's --restart clears what the earlier attempt wrote (metrics, data report,
+        unfinished checkpoints) and keeps config.yaml, run.json and the log. Only ever on
+        an explicit, confirmed request."""
+        if confirm is not True:
+            raise ConfirmRequired(
+                'starting again from step 0 clears the run\'s metrics: send {"confirm": true}'
+            )
+        with self._lock:
+            self.adopt_if_alive(run_id)
+            state, _ = self.state(run_id)
+            if state not in RESUMABLE_STATES:
+                raise RunConflict(
+                    f"run {run_id} is {state}; only {', '.join(RESUMABLE_STATES)} runs start again"
+                )
+            paths = self.store.paths(run_id)
+            if has_checkpoint(paths.root):
+                raise RunConflict(
+                    f"run {run_id} has a checkpoint: resume it instead (starting again "
+                    "from step 0 would throw it away)"
+                )
+            if not paths.config.is_file():
+                raise RunConflict(
+                    f"run {run_id} has no config.yaml here (a remote run's is on the machine "
+                    "it ran on): start it again there with --restart"
+                )
+            self._check_capacity(config_yaml=None)
+            log.info(
+                "run %s: starting again from step 0 after %s (explicit request)", run_id, state
+            )
+            self._spawn(run_id, resume=False, restart=True, from_state=state)
+        self._notify(run_id)
+
+    def model_facts(self, model: Any) -> dict[str, Any] | None:
+        """What the New run form shows about a model folder (its quantization), from its
+        config.json; None unless `model` names a model folder (a hub id, say)."""
+        if not isinstance(model, str) or not model.strip():
+            return None
+        return model_facts(resolve_path(model.strip(), self.workspace.root))
 
     def training_now(self) -> list[str]:
         """Runs whose trainer runs on this machine. Trainers nobody follows yet (started
@@ -374,36 +421,43 @@ class TrainingManager:
                 "run may train at once: add this run to the queue, or stop the other first"
             )
 
-    def trainer_argv(self, paths: RunPaths, resume: bool) -> list[str]:
-        return trainer_argv(self.settings.python, self.settings.trainer_module, paths, resume)
+    def trainer_argv(self, paths: RunPaths, resume: bool, restart: bool = False) -> list[str]:
+        return trainer_argv(
+            self.settings.python, self.settings.trainer_module, paths, resume, restart
+        )
 
     def _spawn(
-        self, run_id: str, *, resume: bool, from_queue: bool = False, from_state: str = ""
+        self,
+        run_id: str,
+        *,
+        resume: bool,
+        restart: bool = False,
+        from_queue: bool = False,
+        from_state: str = "",
     ) -> None:
         """Write run.json, then start the trainer; the caller holds the lock."""
         paths = self.store.paths(run_id)
         record = self.store.read_record(run_id)
         now = time.time()
-        if resume:
-            checkpoints = self.store.checkpoints(run_id)
-            record.resumes.append(
-                {
-                    "time": now,
-                    "from_state": from_state,
-                    "from_step": checkpoints[-1]["step"] if checkpoints else None,
-                    "previous_exit": {
-                        k: v for k, v in (record.exit or {}).items() if k != "log_tail"
-                    }
-                    or None,
-                }
-            )
+        if resume or restart:  # another attempt of the same run: say where it began
+            checkpoints = self.store.checkpoints(run_id) if resume else []
+            attempt: dict[str, Any] = {
+                "time": now,
+                "from_state": from_state,
+                "from_step": checkpoints[-1]["step"] if checkpoints else None,
+                "previous_exit": {k: v for k, v in (record.exit or {}).items() if k != "log_tail"}
+                or None,
+            }
+            if restart:
+                attempt["restart"] = True  # from step 0, the earlier metrics cleared
+            record.resumes.append(attempt)
         record.state, record.started, record.exit = STARTING, now, None
         record.pid = record.pid_create_time = record.cmdline = None
         record.stop_requested = False
         record.remote = False  # from now on a trainer of this console's (a resumed remote run)
         record.start_seq = self.store.summary(run_id).last_seq
         self.store.write_record(record)
-        argv = self.trainer_argv(paths, resume)
+        argv = self.trainer_argv(paths, resume, restart)
         try:
             active = spawn_trainer(
                 run_id, argv, cwd=self.workspace.root, stdout=paths.stdout, from_queue=from_queue

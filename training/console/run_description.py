@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from training.console.detection import verify_process
 from training.console.run_state import derive_state
 from training.console.run_store import RunStore
+from training.contract.checkpoints import has_checkpoint
 from training.contract.layout import RunPaths, RunRecord
 from training.contract.protocol import (
     EVAL,
@@ -102,6 +103,7 @@ def describe_run(
     }
     if detail:
         checkpoints = store.checkpoints(run_id)
+        resumes_from = has_checkpoint(store.paths(run_id).root)
         out.update(
             pid=record.pid if alive else None,
             alive=alive,
@@ -112,7 +114,12 @@ def describe_run(
             last={"train": train, "eval": evaluation, "status": status, "run_start": run_start},
             checkpoints=len(checkpoints),
             latest_checkpoint_step=checkpoints[-1]["step"] if checkpoints else None,
-            resumable=state in RESUMABLE_STATES and bool(checkpoints),
+            # What TrainingManager.resume and .restart accept: latest.json naming a complete
+            # bundle resumes; a run that ended before its first one starts again from 0.
+            resumable=state in RESUMABLE_STATES and resumes_from,
+            restartable=state in RESUMABLE_STATES
+            and not resumes_from
+            and store.paths(run_id).config.is_file(),  # a remote run's is on its machine
             malformed_lines=metrics.malformed,
         )
     return out

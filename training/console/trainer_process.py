@@ -126,9 +126,13 @@ def _psutil_running(proc: psutil.Process) -> bool:
         return False
 
 
-def trainer_argv(python: str, module: str, paths: RunPaths, resume: bool) -> list[str]:
+def trainer_argv(
+    python: str, module: str, paths: RunPaths, resume: bool, restart: bool = False
+) -> list[str]:
+    """The trainer's command line: a new run, `--resume` (from the latest checkpoint) or
+    `--restart` (from step 0, for a run that has no checkpoint)."""
     argv = [python, "-m", module, "-c", str(paths.config), "--run-dir", str(paths.root)]
-    return argv + ["--resume"] if resume else argv
+    return argv + ["--resume"] if resume else argv + ["--restart"] if restart else argv
 
 
 def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -21,6 +21,7 @@ import yaml
 
 from training.contract.field_values import check_bounds, coerce
 from training.contract.fields import FIELDS, FIELDS_BY_NAME, IGNORED_MLX_LM_KEYS, FieldSpec
+from training.contract.model_facts import full_on_quantized, quantization, read_model_config
 
 DEFAULT_ITERS = 1000
 DEFAULT_LORA_LAYERS = 16  # mlx-lm's default for lora/dora
@@ -327,7 +328,9 @@ def validate(
     if n_layers is not None and n_layers == 0:
         errors.append(FieldError("num_layers", "must be at least 1, or -1 for all layers"))
     if check_paths:
-        errors += _check_paths(config, base_dir or Path.cwd())
+        errors += [
+            e for e in _check_paths(config, base_dir or Path.cwd()) if e.field not in skipped
+        ]
     return errors
 
 
@@ -350,7 +353,7 @@ def _check_paths(config: RunConfig, base_dir: Path) -> list[FieldError]:
             if not (path / "config.json").is_file():
                 errors.append(FieldError("model", f"{path} has no config.json: not a model folder"))
             else:
-                errors += _check_seq_length(config, path)
+                errors += _check_model_config(config, path)
         elif path.exists():
             errors.append(FieldError("model", f"{path} is a file; give the model's folder"))
         elif not looks_like_hub_id(model):
@@ -381,21 +384,27 @@ def _check_paths(config: RunConfig, base_dir: Path) -> list[FieldError]:
     return errors
 
 
-def _check_seq_length(config: RunConfig, model_dir: Path) -> list[FieldError]:
+def _check_model_config(config: RunConfig, model_dir: Path) -> list[FieldError]:
+    """What the model folder's config.json rules out: a sequence over its positions, and
+    full fine-tuning of quantized weights."""
     try:
-        model_cfg = json.loads((model_dir / "config.json").read_text())
+        model_cfg = read_model_config(model_dir)
     except (OSError, ValueError) as exc:
         return [FieldError("model", f"cannot read {model_dir / 'config.json'}: {exc}")]
+    errors = []
     limit = model_cfg.get("max_position_embeddings")
     if isinstance(limit, int) and config.max_seq_length > limit:
-        return [
+        errors.append(
             FieldError(
                 "max_seq_length",
                 f"{config.max_seq_length} is over the model's limit of {limit} tokens "
                 f"(max_position_embeddings); use at most {limit}",
             )
-        ]
-    return []
+        )
+    quant = quantization(model_cfg, model_dir)
+    if config.fine_tune_type == "full" and quant is not None:
+        errors.append(FieldError("fine_tune_type", full_on_quantized(config.model, quant)))
+    return errors
 
 
 # -- command line ---------------------------------------------------------------------------

@@ -208,7 +208,8 @@ class HttpReporter:
 
 
 class TrainingMetricsLogger:
-    """Appends events to metrics.jsonl; `seq` continues from the file's last event.
+    """Appends events to metrics.jsonl; `seq` continues from the file's last event (or
+    from `first_seq`, the last event of a file a restart cleared, when that is higher).
 
     `enabled=False` (distributed ranks other than 0) makes every call a no-op that still
     returns the event, so callers need no rank checks.
@@ -220,6 +221,7 @@ class TrainingMetricsLogger:
         *,
         reporter: HttpReporter | None = None,
         enabled: bool = True,
+        first_seq: int = 0,
     ) -> None:
         self.path = Path(path) if path is not None else None
         self.reporter = reporter
@@ -228,7 +230,7 @@ class TrainingMetricsLogger:
         self.seq = 0
         if self.enabled and self.path is not None:
             repair_torn_tail(self.path)
-            self.seq = read_last_seq(self.path)
+            self.seq = max(read_last_seq(self.path), first_seq)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def emit(self, event: str, step: int, **fields: Any) -> dict[str, Any]:

@@ -31,17 +31,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-c",
         "--config",
-        help="YAML config file (an mlx-lm config works); with --resume it defaults to the "
-        "run folder's config.yaml",
+        help="YAML config file (an mlx-lm config works); with --resume or --restart it "
+        "defaults to the run folder's config.yaml",
     )
     parser.add_argument(
         "--run-dir",
         help=f"Run folder (default: <workspace>/runs/<new run_id>; workspace from {WORKSPACE_ENV})",
     )
-    parser.add_argument(
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument(
         "--resume",
         action="store_true",
         help="Continue the run in --run-dir from its latest checkpoint",
+    )
+    again.add_argument(
+        "--restart",
+        action="store_true",
+        help="Start the run in --run-dir again from step 0: only for a run that ended before "
+        "its first checkpoint; what its trainer wrote (metrics, data report, unfinished "
+        "checkpoints) is cleared, config.yaml is kept",
     )
     parser.add_argument(
         "--report-url",

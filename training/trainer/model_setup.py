@@ -82,6 +82,39 @@ def layers_to_train(config: RunConfig, blocks: int) -> int:
     return n
 
 
+def quantized_to_train(model: nn.Module, config: RunConfig) -> list[tuple[str, nn.Module]]:
+    """Quantized layers (QuantizedLinear, QuantizedEmbedding, any layer with packed integer
+    weights) among those full fine-tuning would train: they have no gradient. Empty for
+    lora/dora, which train adapters over a frozen (possibly quantized) base."""
+    if config.fine_tune_type != "full":
+        return []
+    layers: list[nn.Module] = model.layers
+    n = layers_to_train(config, len(layers))
+    named: list[tuple[str, nn.Module]] = model.named_modules()
+    if n != -1 and n != len(layers):
+        chosen = {id(m) for layer in layers[-n:] for _, m in layer.named_modules()}
+        named = [(name, m) for name, m in named if id(m) in chosen]
+    return [(name, m) for name, m in named if _is_quantized(m)]
+
+
+def _is_quantized(module: nn.Module) -> bool:
+    if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)) or "scales" in module:
+        return True
+    weight = module.get("weight")
+    return isinstance(weight, mx.array) and not mx.issubdtype(weight.dtype, mx.floating)
+
+
+def describe_quantized(name: str, module: nn.Module) -> str:
+    """'model.layers.0.mlp.up_proj: QuantizedLinear, 4-bit, group size 32'."""
+    facts = [type(module).__name__]
+    bits, group = getattr(module, "bits", None), getattr(module, "group_size", None)
+    if isinstance(bits, int):
+        facts.append(f"{bits}-bit")
+    if isinstance(group, int):
+        facts.append(f"group size {group}")
+    return f"{name}: {', '.join(facts)}"
+
+
 def prepare_trainable(model: nn.Module, config: RunConfig) -> None:
     """Freeze the base and unfreeze (full) or add adapters to (lora/dora) the chosen blocks.
 

@@ -28,13 +28,23 @@ from training.contract.config import (
     resolve_path,
 )
 from training.contract.layout import RunPaths, Workspace
+from training.contract.model_facts import FULL_ON_QUANTIZED_FIX
+from training.metrics.writer import read_last_seq
 from training.trainer.data import DataInputs, scan_inputs, scan_memo_dir
-from training.trainer.model_setup import LoadedModel, layers_to_train, load_base
+from training.trainer.model_setup import (
+    LoadedModel,
+    describe_quantized,
+    layers_to_train,
+    load_base,
+    quantized_to_train,
+)
 from training.trainer.optimization import check_optimizer
 from training.trainer.run_folder import (
+    Mode,
     RunFolder,
     RunFolderError,
     choose_run_folder,
+    clear_for_restart,
     create_run_folder,
     lock_run_folder,
     workspace_for,
@@ -57,6 +67,8 @@ class Plan:
     tokenizer_fp: str
     identity: dict[str, Any]  # what the run trains on (state.json "inputs")
     rewrite_config: bool = False
+    # --restart: the seq of the cleared metrics file's last event (seq continues after it)
+    first_seq: int = 0
     lock_fd: int | None = None  # the run folder's flock, held for the process's life
     group: Any = None  # mx.distributed.Group
     rank: int = 0
@@ -78,7 +90,7 @@ def bad_input(exc: Exception, field: str | None) -> ConfigError:
 def check_config(args: argparse.Namespace, base_dir: Path) -> tuple[RunConfig, list[str]]:
     if args.config:
         raw = read_yaml(args.config)
-    elif args.resume and args.run_dir:  # the run's own config is the base to resume with
+    elif (args.resume or args.restart) and args.run_dir:  # the run's own config is the base
         raw = read_yaml(Path(args.run_dir).expanduser() / "config.yaml")
     else:
         raw = {}
@@ -101,11 +113,12 @@ def check_folder(
     existing folder is locked before it is looked at)."""
     if rank != 0:  # only rank 0 creates, locks and checks; the others read (resume)
         root = Path(args.run_dir) if args.run_dir else workspace.runs_dir / "unused"
-        return RunFolder(RunPaths(root), "resume" if args.resume else "new"), False, None
+        mode: Mode = "resume" if args.resume else "restart" if args.restart else "new"
+        return RunFolder(RunPaths(root), mode), False, None
     existing = Path(args.run_dir).expanduser() if args.run_dir else None
     lock_fd = lock_run_folder(existing) if existing is not None and existing.is_dir() else None
     try:
-        folder = choose_run_folder(args.run_dir, args.resume, workspace)
+        folder = choose_run_folder(args.run_dir, args.resume, workspace, restart=args.restart)
         return folder, _check_saved_config(folder, config), lock_fd
     except BaseException:
         if lock_fd is not None:
@@ -117,6 +130,11 @@ def _check_saved_config(folder: RunFolder, config: RunConfig) -> bool:
     """Whether config.yaml must be written; ConfigError when the folder's config forbids."""
     if folder.mode == "new":
         return True
+    if folder.mode == "restart":  # a fresh start: any settings; config.yaml says which
+        try:
+            return load_config_file(folder.paths.config) != config
+        except ConfigError:
+            return True  # an unreadable config.yaml, replaced by the -c file given
     saved = load_config_file(folder.paths.config)
     if folder.mode == "prepared":
         differ = [f.name for f in FIELDS if saved.get(f.name) != config.get(f.name)]
@@ -173,6 +191,17 @@ def check_model(config: RunConfig, base_dir: Path) -> Any:
             f"use at most {blocks}, or -1"
         )
         raise ConfigError([FieldError("num_layers", message)]) from None
+    # The settings check read config.json; this catches what it cannot see (a hub id, a
+    # quantization stated elsewhere) before anything is created.
+    quantized = quantized_to_train(loaded.model, config)
+    if quantized:
+        first = describe_quantized(*quantized[0])
+        more = f", and {len(quantized) - 1} more" if len(quantized) > 1 else ""
+        message = (
+            f"full cannot train {config.model}: the layers it would train hold quantized "
+            f"weights ({first}{more}), which have no gradient; {FULL_ON_QUANTIZED_FIX}"
+        )
+        raise ConfigError([FieldError("fine_tune_type", message)])
     return loaded
 
 
@@ -305,10 +334,21 @@ def check_same_inputs(folder: RunFolder, identity: dict[str, Any]) -> None:
 
 def claim_folder(plan: Plan) -> None:
     """Rank 0, after every check: create a new run folder (never one that appeared in the
-    meantime) and lock it; an existing folder was locked in preflight."""
-    if plan.rank != 0 or plan.lock_fd is not None:
+    meantime) and lock it; an existing folder was locked in preflight. --restart clears
+    what the earlier trainer wrote now, and only now."""
+    if plan.rank != 0:
         return
     root = plan.folder.root
+    if plan.folder.mode == "restart":
+        try:
+            plan.first_seq = read_last_seq(plan.folder.paths.metrics)
+            clear_for_restart(root)
+        except OSError as exc:
+            message = f"--restart: cannot clear what the earlier trainer wrote in {root}: {exc}"
+            raise ConfigError([FieldError("run_dir", message)]) from None
+        return
+    if plan.lock_fd is not None:
+        return
     try:
         plan.lock_fd = create_run_folder(root)
     except FileExistsError:

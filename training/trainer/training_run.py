@@ -176,7 +176,9 @@ def run(plan: Plan, prepared: Prepared, stop: StopFlag) -> int:
     writer = plan.rank == 0
     paths = plan.folder.paths
     reporter = HttpReporter(plan.report_url) if plan.report_url and writer else None
-    logger = TrainingMetricsLogger(paths.metrics, reporter=reporter, enabled=writer)
+    logger = TrainingMetricsLogger(
+        paths.metrics, reporter=reporter, enabled=writer, first_seq=plan.first_seq
+    )
     progress = Progress(total_steps=prepared.total_steps, enabled=writer)
     state = prepared.state  # a failure reports the step it reached
     try:
@@ -234,7 +236,8 @@ def _train(
         trainable_parameters=trainable,
         total_parameters=total,
     )
-    logger.status(state.step, RUNNING, "resumed" if resumed_from is not None else "started")
+    started = "restarted from step 0" if plan.folder.mode == "restart" else "started"
+    logger.status(state.step, RUNNING, "resumed" if resumed_from is not None else started)
     progress.line(
         f"training {trainable / 1e6:.2f}M of {total / 1e6:.2f}M parameters "
         f"({config.fine_tune_type}) for {total_steps} steps"

@@ -12,7 +12,8 @@ workspace) or $FAKE_TRAINER, e.g. {"mode": "normal", "rate": 200, "steps": 50}:
   oom          SIGKILL itself after `fail_at` steps (what the OOM killer does)
   ignore_term  ignore SIGTERM (the console must SIGKILL after its grace period)
   hang         write run_start, then wait for a signal without reporting
-SIGTERM/SIGINT: finish the step, checkpoint, status stopped, exit 0.
+SIGTERM/SIGINT: finish the step, checkpoint, status stopped, exit 0 ({"hold_stop": NAME}:
+after status stopping, wait for the file NAME in cwd before the checkpoint).
 """
 
 from __future__ import annotations
@@ -172,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint(run_dir, step, events)
     if stop["requested"]:
         events.emit("status", step, state="stopping", message="checkpointing before exit")
+        # hold_stop: a file (in cwd) the test creates to let the stop finish, so the run
+        # stays "stopping" exactly as long as the test needs.
+        held = knobs.get("hold_stop")
+        while held and not (Path.cwd() / held).exists():
+            time.sleep(0.02)
         checkpoint(run_dir, step, events)
         events.emit("status", step, state="stopped", message="stopped on request")
         return 0

@@ -9,11 +9,18 @@ import stat
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.console_helpers import fake_config, make_manager, make_workspace, set_fake_mode
+from tests.console_helpers import (
+    FAKE_TRAINER,
+    fake_config,
+    make_manager,
+    make_workspace,
+    set_fake_mode,
+)
 from tests.helpers import wait_until
 from training.console.manager import ConfirmRequired, RunConflict
 from training.console.run_queue import QueueError
@@ -105,11 +112,14 @@ def test_concurrent_identical_starts_make_exactly_one_process(manager, workspace
 
 
 def test_stop_checkpoints_and_resume_continues_the_same_run(manager, workspace):
-    set_fake_mode(workspace, rate=200)
+    set_fake_mode(workspace, rate=200, hold_stop="release-stop")
     run_id = manager.create_run(fake_config(iters=100_000))
     wait_until(lambda: manager.describe(run_id)["step"] >= 5)
     assert manager.stop(run_id) == "stopping"
-    assert manager.stop(run_id) == "stopping"  # idempotent
+    # Idempotent while the trainer is still stopping (held until the test lets it finish;
+    # a trainer that had already stopped would make a second stop a 409).
+    assert manager.stop(run_id) == "stopping"
+    (Path(workspace) / "release-stop").touch()
     wait_state(manager, run_id, "stopped")
     described = manager.describe(run_id)
     assert described["checkpoints"] >= 1 and described["resumable"]
@@ -334,13 +344,17 @@ def test_keep_awake_holds_caffeinate_for_the_trainer(workspace, tmp_path, monkey
 def test_children_are_reaped_and_the_token_stays_home(manager, workspace, monkeypatch):
     monkeypatch.setenv("MLX_CPT_TOKEN", "secret-token-value")
     set_fake_mode(workspace, rate=500)
-    run_id = manager.create_run(fake_config(iters=3))
+    # Long enough to read its environment while it lives; then stopped and reaped.
+    run_id = manager.create_run(fake_config(iters=100_000))
     pid = manager.store.read_record(run_id).pid
+    # Before its exec a child still shows the parent's environment: wait for the trainer's.
+    wait_until(lambda: FAKE_TRAINER in psutil.Process(pid).cmdline())
     environ = psutil.Process(pid).environ()
     assert "MLX_CPT_TOKEN" not in environ and "secret-token-value" not in str(
         psutil.Process(pid).cmdline()
     )
-    wait_state(manager, run_id, "finished")
+    manager.stop(run_id)
+    wait_state(manager, run_id, "stopped")
     wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() != "zombie")
     zombies = [c for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE]
     assert zombies == []

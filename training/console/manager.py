@@ -395,9 +395,11 @@ class TrainingManager:
         return model_facts(resolve_path(model.strip(), self.workspace.root))
 
     def training_now(self) -> list[str]:
-        """Runs whose trainer runs on this machine. Trainers nobody follows yet (started
-        from the command line, or not adopted with --no-autodetect) share its memory too:
-        they are adopted here, so their end lets the queue go on."""
+        """Runs that hold the machine: a trainer runs, or has ended and its end is not yet
+        handled (the queue must not move on before a failure could pause it). Trainers
+        nobody follows yet (started from the command line, or not adopted with
+        --no-autodetect) share its memory too: they are adopted here, so their end lets the
+        queue go on."""
         with self._lock:
             for run_id, proc in self.trainers.trainers().items():
                 if run_id not in self._active:
@@ -407,7 +409,7 @@ class TrainingManager:
                         proc.pid,
                     )
                     self._adopt(run_id, proc)
-            return self.active_run_ids()
+            return list(self._active)
 
     def _check_capacity(self, config_yaml: str | None) -> None:
         active = self.training_now()

@@ -31,6 +31,7 @@ from tests.trainer_helpers import TINY, run_trainer, train_losses
 from training.console.manager import TrainingManager
 from training.contract.checkpoints import list_checkpoints, read_latest
 from training.contract.disk import DiskFull, disk_errors, free_bytes, is_disk_full
+from training.contract.layout import new_run_id
 from training.contract.protocol import EXIT_DISK_FULL, EXIT_FAILED
 from training.metrics.writer import TrainingMetricsLogger
 
@@ -364,3 +365,50 @@ def test_mlx_write_errors_count_as_disk_full_only_on_a_full_disk(
     # The same words with room to spare are some other I/O error.
     with pytest.raises(RuntimeError), disk_errors(tmp_path, 10, "x"):
         raise RuntimeError("[write] Unable to write 10 bytes to file.")
+
+
+@pytest.mark.browser
+def test_the_pages_show_a_run_that_failed_for_lack_of_space(
+    page: Any, tmp_path: Path, tmpfs: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    from tests.browser import assert_no_js_errors, signed_in
+
+    ws = make_workspace(tmp_path / "ws")
+    runs = tmpfs(ws / "runs", "8m")
+    # A trainer from the command line whose checkpoint did not fit: its status has the numbers.
+    refused = runs / new_run_id()
+    refused.mkdir()
+    checkpoints = refused / "checkpoints"
+    message = f"disk full: 786432 bytes free in {checkpoints}; checkpoint step-00000004 needs more"
+    rows = [
+        {"event": "status", "step": 0, "state": "running", "message": "started"},
+        {"event": "status", "step": 4, "state": "failed", "message": message}
+        | {"reason": "disk_full", "needed_bytes": 1649622, "free_bytes": 786432}
+        | {"path": str(checkpoints)},
+    ]
+    lines = [json.dumps({"v": 1, "seq": i, "time": 1.0, **r}) for i, r in enumerate(rows, 1)]
+    (refused / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    set_fake_mode(ws, mode="disk_full", fail_at=3, rate=200, filler=str(runs / "filler"))
+    with LiveServer(ws, fake_trainer=True) as server:
+        full = server.post("/api/runs", {"config": fake_config(iters=50)}).json()["run_id"]
+        server.wait_for_state(full, "failed")
+        signed_in(page, server)
+        expect(page.locator(f'tr[data-run-id="{refused.name}"] .state-note')).to_have_text(
+            "disk full: 768 KB free, ~1.6 MB needed"
+        )
+        expect(page.locator(f'tr[data-run-id="{full}"] .state-note')).to_have_text(
+            "disk full: 0 B free"
+        )
+        page.goto(f"{server.base_url}runs/{refused.name}")
+        facts = page.locator("#run-reason .disk-full")
+        expect(facts).to_contain_text(str(checkpoints))
+        expect(facts).to_contain_text("768 KB (786,432 bytes)")
+        expect(facts).to_contain_text("about 1.6 MB (1,649,622 bytes)")
+        page.goto(f"{server.base_url}runs/{full}")
+        expect(page.locator("#run-reason")).to_contain_text("disk full (exit code 4)")
+        facts = page.locator("#run-reason .disk-full")
+        expect(facts).to_contain_text("not even the final status")
+        expect(facts).to_contain_text("no checkpoint was saved")
+        assert_no_js_errors(page)

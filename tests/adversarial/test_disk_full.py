@@ -219,6 +219,9 @@ def test_a_full_workspace_serves_reads_answers_writes_507_and_a_new_console_refu
         server.wait_for_state(failed, "failed")
         response = server.post("/api/runs", {"config": fake_config(), "start": False})
         created = response.json()["run_id"]
+        remote = new_run_id()  # a trainer elsewhere reporting over HTTP
+        event = {"v": 1, "seq": 1, "event": "train", "time": 1.0, "step": 1, "train_loss": 2.0}
+        assert server.post(f"/api/callbacks/{remote}", {"events": [event]}).status_code == 200
         fill(ws, leave=0)
 
         reads = [
@@ -249,6 +252,12 @@ def test_a_full_workspace_serves_reads_answers_writes_507_and_a_new_console_refu
         refused(server.post(f"/api/runs/{created}/start"))
         refused(server.post("/api/queue/add", {"run_id": created}))
         refused(server.patch("/api/queue", {"stop_on_failure": True}))
+        # Events a remote trainer reports: all or nothing, never a torn line.
+        metrics = ws / "runs" / remote / "metrics.jsonl"
+        kept = metrics.read_bytes()
+        late = [{**event, "seq": 2, "note": "x" * 20_000}]
+        refused(server.post(f"/api/callbacks/{remote}", {"events": late}))
+        assert metrics.read_bytes() == kept
         # Nothing changed, nothing started.
         assert sorted(p.name for p in (ws / "runs").iterdir()) == before
         assert server.run(failed)["state"] == "failed" and server.run(failed)["name"] != "renamed"

@@ -216,8 +216,18 @@ class RunStore:
                 last = event["seq"]
         if fresh:
             blob = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in fresh)
-            with self.paths(run_id).metrics.open("a", encoding="utf-8") as f:
-                f.write(blob)
+            fd = os.open(self.paths(run_id).metrics, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                start = os.fstat(fd).st_size
+                view = memoryview(blob.encode("utf-8"))
+                try:
+                    while view:
+                        view = view[os.write(fd, view) :]
+                except OSError:
+                    os.ftruncate(fd, start)  # a full disk took part of it: no torn line stays
+                    raise
+            finally:
+                os.close(fd)
         return len(fresh), len(events) - len(fresh)
 
     def log_tail(self, run_id: str, lines: int = 100) -> list[str]:

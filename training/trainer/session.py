@@ -27,7 +27,6 @@ MEMORY_WARN_PERCENT = 95.0
 # Room a bundle needs besides its arrays: state.json, adapter_config.json, latest.json,
 # the checkpoint event and each file's last partial block.
 CHECKPOINT_MARGIN = 64 * 1024
-DISK_FULL_HINT = "The previous checkpoint is intact: free some space, then resume the run"
 
 
 class StopFlag:
@@ -206,7 +205,7 @@ class TrainingSession:
         what = f"checkpoint {checkpoints.bundle_name(state.step)}"
         # Refused before a byte is written: the previous bundle stays whole and the run's
         # status can still say why.
-        check_space(ckpt_dir, needed, what, DISK_FULL_HINT)
+        check_space(ckpt_dir, needed, what, self._disk_full_hint())
 
         def write_files(directory: Path) -> None:
             with disk_errors(ckpt_dir, needed, what):
@@ -218,7 +217,7 @@ class TrainingSession:
                 bundle = checkpoints.write_bundle(ckpt_dir, state.step, record, write_files)
         except DiskFull as full:
             # write_bundle removed the partial bundle: say what is left now.
-            full.hint = DISK_FULL_HINT
+            full.hint = self._disk_full_hint()
             full.remeasure()
             raise
         seconds = time.perf_counter() - tic
@@ -240,6 +239,11 @@ class TrainingSession:
             f"checkpoint {bundle.name} ({size / 1e6:.1f} MB, {seconds:.2f}s)"
             + (f"; removed {', '.join(removed)}" if removed else "")
         )
+
+    def _disk_full_hint(self) -> str:
+        if checkpoints.has_checkpoint(self.run_dir):
+            return "The previous checkpoint is intact: free some space, then resume the run"
+        return "No checkpoint was saved yet: free some space, then start the run again"
 
     def checkpoint_estimate(self) -> int:
         """Bytes the next bundle needs: the previous bundle's size (this session's, or the

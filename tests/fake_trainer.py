@@ -12,6 +12,9 @@ workspace) or $FAKE_TRAINER, e.g. {"mode": "normal", "rate": 200, "steps": 50}:
   oom          SIGKILL itself after `fail_at` steps (what the OOM killer does)
   ignore_term  ignore SIGTERM (the console must SIGKILL after its grace period)
   hang         write run_start, then wait for a signal without reporting
+  disk_full    after `fail_at` steps fill the disk (the file `filler` names) to the last
+               byte, then write the final status with the real metrics writer: it does
+               not fit, so exit 4 (EXIT_DISK_FULL) with one line, as the real trainer does
 SIGTERM/SIGINT: finish the step, checkpoint, status stopped, exit 0 ({"hold_stop": NAME}:
 after status stopping, wait for the file NAME in cwd before the checkpoint).
 """
@@ -19,6 +22,7 @@ after status stopping, wait for the file NAME in cwd before the checkpoint).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -74,6 +78,36 @@ def checkpoint(run_dir: Path, step: int, events: Events) -> None:
     latest_tmp.write_text(json.dumps({"bundle": bundle.name, "step": step}))
     os.replace(latest_tmp, ckpt / "latest.json")
     events.emit("checkpoint", step, path=f"checkpoints/{bundle.name}", seconds=0.001)
+
+
+def fill_disk_and_fail(run_dir: Path, events: Events, step: int, filler: Path) -> int:
+    """Leave no byte free, not even in the last block of metrics.jsonl, then report the
+    failure the way training_run.report_failure does."""
+    from training.contract.disk import free_bytes
+    from training.contract.protocol import EXIT_DISK_FULL, EXIT_FAILED
+    from training.metrics.writer import TrainingMetricsLogger
+
+    metrics = run_dir / "metrics.jsonl"
+    block = os.statvfs(run_dir).f_frsize
+    # A real event that ends metrics.jsonl on a block boundary: no slack left to write in.
+    events.seq += 1
+    row = {"v": 1, "seq": events.seq, "event": "warning", "time": time.time(), "step": step}
+    row.update(kind="data", message="")
+    size, bare = metrics.stat().st_size, len(json.dumps(row)) + 1
+    row["message"] = "." * (-(size + bare) % block)
+    events.f.write(json.dumps(row) + "\n")
+    events.f.close()
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, free_bytes(filler.parent) or 0)
+    finally:
+        os.close(fd)
+    logger = TrainingMetricsLogger(metrics)
+    written = logger.final_status(step, "failed", "fake: disk full", reason="disk_full")
+    logger.close()
+    with contextlib.suppress(OSError):  # stdout.log may be on the full disk too
+        print(f"fake trainer: disk full at step {step}; status written: {written}", flush=True)
+    return EXIT_FAILED if written else EXIT_DISK_FULL
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 os.kill(os.getpid(), signal.SIGKILL)
             print("Traceback: fake failure", flush=True)
             return 1
+        if mode == "disk_full" and step >= int(knobs.get("fail_at", 5)):
+            return fill_disk_and_fail(run_dir, events, step, Path(knobs["filler"]))
         if mode == "diverge" and step >= int(knobs.get("fail_at", 5)):
             events.emit("warning", step, kind="nan", message="loss is NaN")
             events.emit("status", step, state="diverged", message="loss became NaN")

@@ -5,7 +5,9 @@
 
 Exit codes: 0 finished, or stopped on request (SIGTERM/SIGINT; a stop before training
 starts creates nothing), 1 failed, 2 bad input (nothing created or changed), 3 diverged
-(non-finite loss). The console spawns this same program.
+(non-finite loss), 4 disk full with no room even for the final status (a checkpoint that
+does not fit is refused first: status `failed`, reason `disk_full`, exit 1). The console
+spawns this same program.
 
 Three phases, so that bad input never leaves a half-made run folder:
 1. preflight (trainer/preflight.py): the config, the cheap checks, the run folder

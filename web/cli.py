@@ -30,6 +30,7 @@ from training.console.runtime import (
     running_console,
     write_console_json,
 )
+from training.contract.disk import disk_full_error
 from training.contract.protocol import TOKEN_ENV
 
 DEFAULT_PORT = 5055  # not 5000: macOS AirPlay holds it
@@ -213,6 +214,13 @@ def serve(app: Any, sock: socket.socket, async_mode: str) -> None:
     server.serve_forever()
 
 
+def cannot_write(path: Path, exc: OSError) -> str:
+    """Why the console cannot start, in one line: "disk full: N bytes free in <folder>"
+    when that is the reason."""
+    reason = disk_full_error(exc, path.parent) or exc.strerror or exc
+    return f"error: the console cannot start: cannot write {path}: {reason}"
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -260,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    except OSError as exc:
+        print(cannot_write(workspace.console_lock, exc), file=sys.stderr)
+        return 1
     try:
         sock = bind(args.host, args.port)
     except OSError as exc:
@@ -271,6 +282,27 @@ def main(argv: list[str] | None = None) -> int:
         os.close(lock_fd)
         return 1
     port = sock.getsockname()[1]
+    base_url = url_for(args.host, port)
+    url = f"{base_url}?token={token}"
+    try:
+        write_console_json(
+            workspace.console_json,
+            {
+                "url": url,
+                "port": port,
+                "pid": os.getpid(),
+                "token": token,
+                "host": args.host,
+                "workspace": str(workspace.root),
+                "started": time.time(),
+            },
+        )
+    except OSError as exc:
+        # A full workspace: one plain line, no traceback, before anything else is built.
+        sock.close()
+        os.close(lock_fd)
+        print(cannot_write(workspace.console_json, exc), file=sys.stderr)
+        return 1
 
     from web.app import create_app
 
@@ -302,20 +334,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.demo:
         build_demo_async(workspace.root, console)
 
-    base_url = url_for(args.host, port)
-    url = f"{base_url}?token={token}"
-    write_console_json(
-        workspace.console_json,
-        {
-            "url": url,
-            "port": port,
-            "pid": os.getpid(),
-            "token": token,
-            "host": args.host,
-            "workspace": str(workspace.root),
-            "started": time.time(),
-        },
-    )
     print(f"MLX CPT console: {url}", flush=True)
     import psutil
 

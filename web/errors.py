@@ -6,12 +6,15 @@ just call the manager and let its exceptions travel.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
-from flask import Flask, jsonify, request
+from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from training.contract.config import ConfigError
+from training.contract.disk import disk_full_error
 from training.contract.errors import ConfirmRequired, InputError, RunConflict
 from training.contract.layout import RunNotFound
 
@@ -66,7 +69,26 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
+        if isinstance(exc, OSError):
+            full = _disk_full(exc)
+            if full is not None:
+                return full
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         if request.path.startswith("/api/"):
             return error_response(500, f"internal error: {type(exc).__name__}")
         return "Internal error", 500
+
+
+def _disk_full(exc: OSError):
+    """A write the disk refused (ENOSPC, EDQUOT): 507 Insufficient Storage, naming the
+    folder and the space left. Reads never write, so they keep working."""
+    named = os.fsdecode(exc.filename) if exc.filename else None
+    where = Path(named).parent if named else Path(current_app.config["WORKSPACE"])
+    full = disk_full_error(exc, where)
+    if full is None:
+        return None
+    current_app.logger.warning("%s %s: %s", request.method, request.path, full)
+    message = f"{full}: free some space, then try again"
+    if not request.path.startswith("/api/"):
+        return message, 507
+    return error_response(507, message)

@@ -11,6 +11,9 @@
  *       again from step 0" instead (POST /restart, confirmed the same way)
  *   stopRun(run), deleteRun(run) -> Promise<boolean> (delete is confirmed)
  *   isActive(state), canResume(run)
+ *   diskFull(run) -> null, or {short, facts} for a run that failed for lack of space (from
+ *       its `disk_full` {path, needed_bytes, free_bytes}): a line for the runs list and the
+ *       [label, value] pairs the run page shows
  */
 import { h, fmt, toEpoch } from "./dom.js";
 import { api, reportError, runUrl } from "./api.js";
@@ -40,6 +43,22 @@ export function progressBar(fraction, state) {
     },
     bar
   );
+}
+
+export function diskFull(run) {
+  const d = run && run.disk_full;
+  if (!d) return null;
+  const free = typeof d.free_bytes === "number" ? fmt.bytes(d.free_bytes) : "?";
+  const needed = typeof d.needed_bytes === "number" ? fmt.bytes(d.needed_bytes) : null;
+  return {
+    short: `disk full: ${free} free` + (needed ? `, ~${needed} needed` : ""),
+    facts: [
+      ["Folder", d.path || "the run folder"],
+      ["Space left", typeof d.free_bytes === "number" ? `${free} (${fmt.int(d.free_bytes)} bytes)` : "unknown"],
+      ["Space needed", needed ? `about ${needed} (${fmt.int(d.needed_bytes)} bytes)` : "more than was left: not even the final status fitted"],
+      ["Next", run.resumable === false ? "free some space on that disk, then start it again: no checkpoint was saved" : "free some space on that disk, then Resume: the last checkpoint is intact"],
+    ],
+  };
 }
 
 const pick = (...xs) => xs.find((x) => typeof x === "number" && Number.isFinite(x)) ?? null;

@@ -7,7 +7,7 @@ import { RunData, MetricChart, seriesColor, liveIngest } from "./chart.js";
 import { settings } from "./settings.js";
 import { toast } from "./toast.js";
 import { noteRunState } from "./notify.js";
-import { summary, canResume, isActive, resumeRun, stopRun, deleteRun } from "./run_actions.js";
+import { summary, canResume, isActive, resumeRun, stopRun, deleteRun, diskFull } from "./run_actions.js";
 
 const runId = document.body.dataset.runId;
 const run = new RunData({ smoothing: settings.get("smoothing") });
@@ -128,7 +128,10 @@ function renderRecord() {
   const tone = { failed: "callout-bad", diverged: "callout-bad", interrupted: "callout-warn", finished: "callout-ok" };
   box.className = `callout ${tone[r.state] || ""}`;
   const exitBits = r.exit ? [r.exit.code != null ? `exit code ${r.exit.code}` : null, r.exit.signal].filter(Boolean).join(", ") : "";
-  replace(box, h("div", null, h("strong", { text: `${cap(r.state)}: ` }), reason || "", exitBits ? h("span", { class: "muted", text: ` (${exitBits})` }) : null));
+  // A run that failed for lack of space says where, and by how much, under its reason.
+  const disk = diskFull(r);
+  const facts = disk ? h("dl", { class: "kv disk-full" }, disk.facts.map(([k, v]) => [h("dt", { text: k }), h("dd", { text: v })])) : null;
+  replace(box, h("div", { class: "stack" }, h("div", null, h("strong", { text: `${cap(r.state)}: ` }), reason || "", exitBits ? h("span", { class: "muted", text: ` (${exitBits})` }) : null), facts));
   renderProgress();
 }
 

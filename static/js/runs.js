@@ -4,7 +4,7 @@ import { h, $, replace, fmt, toEpoch, debounce } from "./dom.js";
 import { api, reportError, runUrl } from "./api.js";
 import { onAnyStatus, onConnection } from "./live.js";
 import { noteRunState } from "./notify.js";
-import { badge, progressBar, summary, isActive, resumeRun } from "./run_actions.js";
+import { badge, progressBar, summary, isActive, resumeRun, diskFull } from "./run_actions.js";
 
 const DISMISSED_KEY = "cpt.dismissedInterrupted";
 const state = { runs: [], queue: null, details: new Map(), system: null, timer: 0 };
@@ -58,7 +58,7 @@ function runRow(run) {
       h("a", { class: "run-link", href, text: run.name || run.run_id, title: run.name || run.run_id }),
       h("span", { class: "run-id", text: [run.run_id, run.model].filter(Boolean).join(" · ") })
     ),
-    h("td", null, badge(run.state)),
+    h("td", null, badge(run.state), stateNote(run)),
     h(
       "td",
       null,
@@ -75,6 +75,13 @@ function runRow(run) {
     h("td", { class: "right num", text: isActive(run.state) ? fmt.duration(s.eta) : "–" }),
     h("td", { class: "right muted", text: fmt.ago(toEpoch(run.created)), title: fmt.dateTime(toEpoch(run.created)) })
   );
+}
+
+/** Under the badge: why a run failed for lack of space, with the numbers (the reason in full
+ * on hover). */
+function stateNote(run) {
+  const disk = diskFull(run);
+  return disk ? h("span", { class: "run-id state-note", text: disk.short, title: run.reason || "" }) : null;
 }
 
 // -- interrupted runs ------------------------------------------------------------------------

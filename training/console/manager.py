@@ -44,6 +44,7 @@ from training.console.trainer_process import (
 )
 from training.contract.checkpoints import has_checkpoint
 from training.contract.config import ConfigError, FieldError, build_config, resolve_path
+from training.contract.disk import disk_full_error, free_bytes
 from training.contract.errors import ConfirmRequired, RunConflict
 from training.contract.layout import RunNotFound, RunPaths, RunRecord, Workspace, new_run_id
 from training.contract.model_facts import model_facts
@@ -51,6 +52,7 @@ from training.contract.protocol import (
     ACTIVE_STATES,
     CREATED,
     DIVERGED,
+    EXIT_DISK_FULL,
     FAILED,
     FINAL_STATES,
     QUEUED,
@@ -309,11 +311,17 @@ class TrainingManager:
                 cloned_from=cloned_from,
             )
             self.store.create_run(record, config.to_yaml())
+            try:
+                if queue:
+                    self.queue.add(run_id)
+                elif start:
+                    self._spawn(run_id, resume=False)
+            except OSError:
+                # Nothing started (a full disk refused run.json or queue.json): the request
+                # fails whole, so no half-made run is left to explain.
+                self.store.delete_run(run_id)
+                raise
             log.info("run %s: created%s", run_id, " and queued" if queue else "")
-            if queue:
-                self.queue.add(run_id)
-            elif start:
-                self._spawn(run_id, resume=False)
         self._notify(run_id)
         if queue:
             self.advance_queue()
@@ -458,6 +466,7 @@ class TrainingManager:
         record.stop_requested = False
         record.remote = False  # from now on a trainer of this console's (a resumed remote run)
         record.start_seq = self.store.summary(run_id).last_seq
+        # Before the process: a disk that refuses this (OSError, HTTP 507) starts nothing.
         self.store.write_record(record)
         argv = self.trainer_argv(paths, resume, restart)
         try:
@@ -472,12 +481,12 @@ class TrainingManager:
                 "time": time.time(),
                 "log_tail": [],
             }
-            self.store.write_record(record)
+            self._record_or_keep(record)
             log.error("run %s: could not start the trainer: %s", run_id, exc)
             raise RunConflict(f"could not start the trainer: {exc}") from exc
         record.pid, record.cmdline = active.pid, argv
         record.pid_create_time = create_time(active.pid)
-        self.store.write_record(record)
+        self._record_or_keep(record)
         self._active[run_id] = active
         log.info(
             "run %s: trainer started, pid %d%s", run_id, active.pid, " (resume)" if resume else ""
@@ -502,7 +511,10 @@ class TrainingManager:
                             time.time(),
                             self.store.log_tail(active.run_id, self.settings.log_tail_lines),
                         )
-                        self.store.write_record(record)
+                        if ended.code == EXIT_DISK_FULL:  # the numbers its status could not carry
+                            root = self.store.paths(active.run_id).root
+                            record.exit.update(path=str(root), free_bytes=free_bytes(root))
+                        self._record_or_keep(record)
                 except RunNotFound:
                     pass
         if ended is None:
@@ -513,6 +525,21 @@ class TrainingManager:
             log.info("run %s: trainer ended: %s", active.run_id, ended.reason)
         if not self._closed:  # a closed console notifies nobody and starts nothing
             self._after_exit(active)
+
+    def _record_or_keep(self, record: RunRecord) -> None:
+        """Write run.json; when the disk refuses it, keep the record in memory (shown, and
+        written once there is space) rather than lose what a process did: a trainer's
+        pid, its exit, a stop request."""
+        try:
+            self.store.write_record(record)
+        except OSError as exc:
+            self.store.keep_unsaved(record)
+            log.warning(
+                "run %s: run.json cannot be written (%s); kept in memory and written again "
+                "once there is space",
+                record.run_id,
+                disk_full_error(exc) or exc,
+            )
 
     def _after_exit(self, active: TrainerProcess) -> None:
         self._notify(active.run_id)
@@ -541,7 +568,7 @@ class TrainingManager:
             if record.stop_requested:
                 return STOPPING
             record.stop_requested = True  # derive_state reads this (no "stopping" state)
-            self.store.write_record(record)
+            self._record_or_keep(record)  # a full disk must not keep a trainer from stopping
             active.send_signal(signal.SIGTERM)
             active.kill_after(self.settings.stop_grace_seconds, self._kill)
             log.info("run %s: stop requested (SIGTERM to pid %d)", run_id, active.pid)
@@ -576,8 +603,9 @@ class TrainingManager:
                 reason = check(run_id)
                 if reason:
                     raise RunConflict(f"run {run_id} {reason}, then delete it")
-            self.queue.remove(run_id)
             self.store.delete_run(run_id)
+            # After the folder: deleting is how a full disk gets space back.
+            self.queue.discard(run_id)
             log.info("run %s: deleted", run_id)
         self._notify(run_id)
 
@@ -638,7 +666,11 @@ class TrainingManager:
             with self._lock:
                 if len(self.training_now()) >= self.settings.max_concurrent_runs:
                     return
-                run_id = self.queue.pop_next()
+                try:
+                    run_id = self.queue.pop_next()
+                except OSError as exc:
+                    self._pause_for(None, exc)
+                    return
                 if run_id is None:
                     return
                 try:
@@ -648,7 +680,19 @@ class TrainingManager:
                 except RunConflict as exc:
                     if self.queue.stop_on_failure:
                         self.queue.pause(f"run {run_id} could not start: {exc}")
+                except OSError as exc:
+                    self.queue.put_back(run_id)  # nothing started: it is still next
+                    self._pause_for(run_id, exc)
+                    return
             self._notify(run_id)
+
+    def _pause_for(self, run_id: str | None, exc: OSError) -> None:
+        """Pause the queue for a write the disk refused (in the reaper's thread, which
+        must not die of it)."""
+        reason = str(disk_full_error(exc) or exc)
+        who = f"run {run_id} could not start" if run_id else "the queue could not be saved"
+        self.queue.pause(f"{who}: {reason}; free some space, then start the queue")
+        log.warning("queue: paused: %s: %s", who, reason)
 
     def queue_state(self) -> dict[str, Any]:
         self._load_queue_orphans()
@@ -662,8 +706,12 @@ class TrainingManager:
                 raise RunConflict(f"run {run_id} is {state}; only a new run can be queued")
             record = self.store.read_record(run_id)
             record.state = QUEUED
-            self.store.write_record(record)
-            self.queue.add(run_id)
+            self.queue.add(run_id)  # (nothing changes when the disk refuses it)
+            try:
+                self.store.write_record(record)
+            except OSError:
+                self.queue.discard(run_id)
+                raise
         self._notify(run_id)
         self.advance_queue()
 
@@ -671,11 +719,16 @@ class TrainingManager:
         with self._lock:
             if run_id not in self.queue:
                 raise RunConflict(f"run {run_id} is not in the queue")
+            index = self.queue.order.index(run_id)
             self.queue.remove(run_id)
             record = self.store.read_record(run_id)
             if record.state == QUEUED:
                 record.state = CREATED
-                self.store.write_record(record)
+                try:
+                    self.store.write_record(record)
+                except OSError:
+                    self.queue.put_back(run_id, index)
+                    raise
         self._notify(run_id)
 
     def queue_reorder(self, run_ids: list[str]) -> None:

@@ -13,9 +13,12 @@ from training.console.detection import verify_process
 from training.console.run_state import derive_state
 from training.console.run_store import RunStore
 from training.contract.checkpoints import has_checkpoint
+from training.contract.disk import DISK_FULL_REASON
 from training.contract.layout import RunPaths, RunRecord
 from training.contract.protocol import (
     EVAL,
+    EXIT_DISK_FULL,
+    FAILED,
     FINAL_STATES,
     RESUMABLE_STATES,
     RUN_START,
@@ -48,6 +51,26 @@ def recorded_trainer_alive(record: RunRecord, paths: RunPaths, last_status: Any)
     if last_status and last_status.get("state") in FINAL_STATES:
         return False
     return verify_process(record, paths).alive
+
+
+def disk_full_info(
+    state: str, record: RunRecord, status: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Where and by how much a run failed for lack of space: its status event's numbers,
+    or, when the trainer could not even write that (exit code 4), the folder and the space
+    left when the console saw it exit. None for any other run."""
+    if state != FAILED:
+        return None
+    if status is not None and status.get("reason") == DISK_FULL_REASON:
+        return {k: status.get(k) for k in ("path", "needed_bytes", "free_bytes")}
+    exit_info = record.exit or {}
+    if exit_info.get("code") == EXIT_DISK_FULL:
+        return {
+            "path": exit_info.get("path"),
+            "needed_bytes": None,
+            "free_bytes": exit_info.get("free_bytes"),
+        }
+    return None
 
 
 def describe_run(
@@ -100,6 +123,8 @@ def describe_run(
         "queue_position": queue_position,
         "remote": record.remote,
         "cloned_from": record.cloned_from,
+        # {path, needed_bytes, free_bytes} when it failed for lack of space, else null.
+        "disk_full": disk_full_info(state, record, status),
     }
     if detail:
         checkpoints = store.checkpoints(run_id)

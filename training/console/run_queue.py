@@ -6,6 +6,7 @@ paused: only the person starts it again (the rule the old design broke).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -41,25 +42,44 @@ class RunQueue:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def save(self) -> None:
+    def save(self, order: list[str] | None = None, stop_on_failure: bool | None = None) -> None:
+        """Write the queue as it is to be, then hold it: a write the disk refuses (an
+        OSError) changes nothing, in memory or on disk."""
+        order = list(self.order if order is None else order)
+        stop = self.stop_on_failure if stop_on_failure is None else stop_on_failure
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        blob = {"order": self.order, "stop_on_failure": self.stop_on_failure}
+        blob = {"order": order, "stop_on_failure": stop}
         write_atomic(self.path, json.dumps(blob, indent=2) + "\n")
+        self.order, self.stop_on_failure = order, stop
 
     def __contains__(self, run_id: object) -> bool:
         return run_id in self.order
 
     def add(self, run_id: str) -> None:
         if run_id not in self.order:
-            self.order.append(run_id)
-            self.save()
+            self.save([*self.order, run_id])
 
     def remove(self, run_id: str) -> bool:
         if run_id not in self.order:
             return False
-        self.order.remove(run_id)
-        self.save()
+        self.save([r for r in self.order if r != run_id])
         return True
+
+    def discard(self, run_id: str) -> None:
+        """Out of the queue in memory at once, and on disk when the disk takes it (a run
+        deleted, or one whose queueing failed halfway): run.json, not queue.json, says
+        whether a run is queued when a console starts."""
+        self.order = [r for r in self.order if r != run_id]
+        with contextlib.suppress(OSError):
+            self.save()
+
+    def put_back(self, run_id: str, index: int = 0) -> None:
+        """Undo a removal whose other half failed: in memory at once, on disk if it can
+        (a run whose run.json says queued joins the queue at the next start anyway)."""
+        if run_id not in self.order:
+            self.order.insert(index, run_id)
+        with contextlib.suppress(OSError):
+            self.save()
 
     def reorder(self, run_ids: list[str]) -> None:
         twice = sorted({r for r in run_ids if run_ids.count(r) > 1})
@@ -79,14 +99,13 @@ class RunQueue:
                 "run_ids must list every queued run exactly once, in the new order "
                 f"({'; '.join(problems)}; queued now: {', '.join(self.order) or 'none'})"
             )
-        self.order = list(run_ids)
-        self.save()
+        self.save(list(run_ids))
 
     def pop_next(self) -> str | None:
         if self.paused or not self.order:
             return None
-        run_id = self.order.pop(0)
-        self.save()
+        run_id = self.order[0]
+        self.save(self.order[1:])
         return run_id
 
     def pause(self, reason: str = "paused by the person") -> None:
@@ -96,8 +115,7 @@ class RunQueue:
         self.paused, self.pause_reason = False, ""
 
     def set_stop_on_failure(self, value: bool) -> None:
-        self.stop_on_failure = value
-        self.save()
+        self.save(stop_on_failure=value)
 
     def adopt_orphans(self, queued_run_ids: list[str]) -> None:
         """Runs recorded as queued but missing from queue.json (a crash between the two

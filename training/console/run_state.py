@@ -14,6 +14,7 @@ from training.contract.protocol import (
     CREATED,
     EXIT_BAD_INPUT,
     EXIT_CODE_STATES,
+    EXIT_DISK_FULL,
     EXIT_DIVERGED,
     EXIT_FAILED,
     EXIT_OK,
@@ -95,4 +96,6 @@ def exit_reason(code: int | None, signal_name: str | None, we_killed: bool) -> s
         EXIT_FAILED: f"failed (exit code {EXIT_FAILED}): see the log",
         EXIT_BAD_INPUT: f"bad input (exit code {EXIT_BAD_INPUT}): see the log for the field to fix",
         EXIT_DIVERGED: f"diverged (exit code {EXIT_DIVERGED}): the loss became NaN or infinite",
+        EXIT_DISK_FULL: f"disk full (exit code {EXIT_DISK_FULL}): the trainer could not even "
+        "write its final status; free some space, then resume from its last checkpoint",
     }.get(code if isinstance(code, int) else -1, f"exited with code {code}")

@@ -7,17 +7,22 @@ plugins ask theirs. No MLX here.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import secrets
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from training.contract.checkpoints import list_checkpoints
 from training.contract.config import ConfigError, parse_yaml_text
+from training.contract.disk import disk_full_error, is_disk_full
 from training.contract.files import write_atomic
 from training.contract.layout import (
+    RunNotFound,
     RunPaths,
     RunRecord,
     Workspace,
@@ -29,6 +34,10 @@ from training.metrics.store import MetricsCache, RunMetrics
 from training.metrics.summary import MetricsSummary
 
 MAX_NAME_LENGTH = 200
+# Seconds between attempts to write a run.json the disk refused (RunStore.keep_unsaved).
+UNSAVED_RETRY_SECONDS = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class RunStore:
@@ -45,6 +54,9 @@ class RunStore:
         self._summaries: dict[Path, MetricsSummary] = {}
         self._summaries_lock = threading.Lock()
         self._config_cache: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
+        # run.json records the disk refused: run_id -> (record, when to try again).
+        self._unsaved: dict[str, tuple[RunRecord, float]] = {}
+        self._unsaved_lock = threading.Lock()
 
     def paths(self, run_id: str) -> RunPaths:
         """The run's paths; RunNotFound for an invalid run_id, a missing folder or a
@@ -64,10 +76,47 @@ class RunStore:
         return sorted(ids, reverse=True)
 
     def read_record(self, run_id: str) -> RunRecord:
-        return read_record(self.paths(run_id))
+        unsaved = self._unsaved_record(run_id)
+        return unsaved if unsaved is not None else read_record(self.paths(run_id))
 
     def write_record(self, record: RunRecord) -> None:
         write_record(self.paths(record.run_id), record)
+        with self._unsaved_lock:
+            self._unsaved.pop(record.run_id, None)  # the file holds the newest record now
+
+    def keep_unsaved(self, record: RunRecord) -> None:
+        """A record the disk refused (run.json on a full disk) that must not be lost, such
+        as a trainer's exit: read from memory from now on, and written again on a later
+        read once there is space (at most every UNSAVED_RETRY_SECONDS)."""
+        with self._unsaved_lock:
+            self._unsaved[record.run_id] = (
+                _copy(record),
+                time.monotonic() + UNSAVED_RETRY_SECONDS,
+            )
+
+    def unsaved(self, run_id: str) -> bool:
+        """Whether the run's newest record lives in memory only."""
+        with self._unsaved_lock:
+            return run_id in self._unsaved
+
+    def _unsaved_record(self, run_id: str) -> RunRecord | None:
+        with self._unsaved_lock:
+            entry = self._unsaved.get(run_id)
+            if entry is None:
+                return None
+            record, next_try = entry
+            if time.monotonic() >= next_try:
+                try:
+                    write_record(self.paths(run_id), record)
+                except OSError:
+                    self._unsaved[run_id] = (record, time.monotonic() + UNSAVED_RETRY_SECONDS)
+                except RunNotFound:
+                    del self._unsaved[run_id]  # deleted meanwhile
+                    raise
+                else:
+                    del self._unsaved[run_id]
+                    log.info("run %s: run.json written (it was kept in memory)", run_id)
+            return _copy(record)
 
     def create_run(self, record: RunRecord, config_yaml: str | None) -> RunPaths:
         """Create the run folder with config.yaml and run.json, all or nothing: written
@@ -85,8 +134,11 @@ class RunStore:
             os.chmod(tmp, 0o755)
             # rename() refuses to replace a non-empty folder: a clash fails loudly.
             os.rename(tmp, final.root)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            full = disk_full_error(exc, runs)  # named by runs/, not the temp folder now gone
+            if full is not None:
+                raise full from exc
             raise
         return final
 
@@ -96,8 +148,21 @@ class RunStore:
         self.metrics_cache.drop(paths.metrics)
         with self._summaries_lock:
             self._summaries.pop(paths.metrics, None)
-        trash = Path(tempfile.mkdtemp(dir=self.workspace.runs_dir, prefix=f".deleted-{run_id}-"))
-        os.rename(paths.root, trash / run_id)
+        with self._unsaved_lock:
+            self._unsaved.pop(run_id, None)
+        try:
+            trash = Path(
+                tempfile.mkdtemp(dir=self.workspace.runs_dir, prefix=f".deleted-{run_id}-")
+            )
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            # No room for a new folder (deleting is how space comes back): a rename
+            # within runs/ needs none.
+            trash = self.workspace.runs_dir / f".deleted-{run_id}-{secrets.token_hex(4)}"
+            os.rename(paths.root, trash)
+        else:
+            os.rename(paths.root, trash / run_id)
         shutil.rmtree(trash, ignore_errors=True)
 
     def config_text(self, run_id: str) -> str:
@@ -151,8 +216,18 @@ class RunStore:
                 last = event["seq"]
         if fresh:
             blob = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in fresh)
-            with self.paths(run_id).metrics.open("a", encoding="utf-8") as f:
-                f.write(blob)
+            fd = os.open(self.paths(run_id).metrics, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                start = os.fstat(fd).st_size
+                view = memoryview(blob.encode("utf-8"))
+                try:
+                    while view:
+                        view = view[os.write(fd, view) :]
+                except OSError:
+                    os.ftruncate(fd, start)  # a full disk took part of it: no torn line stays
+                    raise
+            finally:
+                os.close(fd)
         return len(fresh), len(events) - len(fresh)
 
     def log_tail(self, run_id: str, lines: int = 100) -> list[str]:
@@ -163,6 +238,19 @@ class RunStore:
 
     def close(self) -> None:
         self.metrics_cache.close()
+        with self._unsaved_lock:
+            for run_id, (record, _) in list(self._unsaved.items()):
+                try:  # a last try: what stays in memory ends with this console
+                    write_record(self.paths(run_id), record)
+                except (OSError, RunNotFound) as exc:
+                    log.warning("run %s: run.json could not be written: %s", run_id, exc)
+                else:
+                    del self._unsaved[run_id]
+
+
+def _copy(record: RunRecord) -> RunRecord:
+    """A record callers may change without changing the one kept."""
+    return RunRecord.from_json(record.to_json())
 
 
 def tail_lines(path: Path, lines: int, block: int = 64 * 1024) -> list[str]:

@@ -36,9 +36,13 @@ def write_atomic(path: Path, data: str | bytes, mode: int | None = None) -> None
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            # A failed write or fsync names no file: name it, so a "no space left" error
+            # says where (contract/disk.py).
+            exc.filename = str(path)
         raise
     fsync_path(path.parent)
 

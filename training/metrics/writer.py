@@ -3,7 +3,8 @@ events by HTTP.
 
 Every event is one JSON object on one line (DESIGN.md "Metrics events"), written with a single
 `os.write` on an O_APPEND descriptor so a reader never sees two events interleaved and a crash
-leaves at most one torn last line.
+leaves at most one torn last line. A write the disk cuts short is cut back off: a full disk
+leaves the file ending with a whole line, and the writer raises DiskFull.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from training.contract.disk import DiskFull, disk_full_error
 from training.contract.protocol import (
     EVENTS,
     SCHEMA_VERSION,
@@ -248,12 +250,43 @@ class TrainingMetricsLogger:
         if not self.enabled or self._fd is None:
             return record
         data = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        view = memoryview(data)
-        while view:  # a regular file takes it in one write; loop only for safety
-            view = view[os.write(self._fd, view) :]
+        try:
+            self._append(self._fd, data)
+        except BaseException:
+            self.seq -= 1  # not written: the next event takes this seq
+            raise
         if self.reporter is not None:
             self.reporter.put(record)
         return record
+
+    def _append(self, fd: int, data: bytes) -> None:
+        """One whole line or nothing: a write the disk cuts short (ENOSPC after a partial
+        write) is truncated back off, so readers never meet a torn last line."""
+        start = os.fstat(fd).st_size  # one writer (the run folder's lock): the line's offset
+        view = memoryview(data)
+        try:
+            while view:  # a regular file takes it in one write; loop only for safety
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, start)  # shrinking needs no space
+            except OSError:
+                pass
+            assert self.path is not None
+            full = disk_full_error(exc, self.path.parent, len(data), "a metrics line")
+            if full is None:
+                raise
+            raise full from exc
+
+    def final_status(self, step: int, state: str, message: str = "", **fields: Any) -> bool:
+        """The run's last word. False when the disk is too full to take it (nothing of
+        the line is left behind): the trainer's exit code must then say it
+        (EXIT_DISK_FULL)."""
+        try:
+            self.status(step, state, message, **fields)
+        except DiskFull:
+            return False
+        return True
 
     def status(self, step: int, state: str, message: str = "", **fields: Any) -> dict[str, Any]:
         if state not in STATUS_STATES:

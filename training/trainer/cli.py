@@ -13,11 +13,18 @@ from typing import Any, TypeVar
 import mlx.core as mx
 
 from training.contract.config import ConfigError, FieldError, add_field_arguments
+from training.contract.disk import disk_full_error
 from training.contract.errors import StopRequested
-from training.contract.protocol import EXIT_BAD_INPUT, EXIT_OK, TOKEN_ENV, WORKSPACE_ENV
+from training.contract.protocol import (
+    EXIT_BAD_INPUT,
+    EXIT_DISK_FULL,
+    EXIT_OK,
+    TOKEN_ENV,
+    WORKSPACE_ENV,
+)
 from training.trainer.preflight import Plan, claim_folder, preflight
 from training.trainer.session import StopFlag
-from training.trainer.training_run import prepare, run
+from training.trainer.training_run import prepare, run, say
 
 T = TypeVar("T")
 
@@ -130,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         if exit_code is not None:
             return exit_code
         return run(plan, prepared.value, stop)
+    except OSError as exc:
+        # Before the run trains (the token cache, the run folder): no status to write.
+        full = disk_full_error(exc)
+        if full is None:
+            raise
+        say(f"error: {full}; nothing was trained")
+        return EXIT_DISK_FULL
     finally:
         if plan is not None:
             plan.release()

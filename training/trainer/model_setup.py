@@ -17,6 +17,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from training.contract.config import RunConfig, resolve_path
+from training.contract.disk import DiskFull, check_space, disk_errors
 from training.contract.files import fsync_path
 from training.trainer.weights import save_trainable
 
@@ -160,32 +161,46 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     return sum(v.size for _, v in trainable), sum(v.size for _, v in every)
 
 
+# Room final/ needs besides the weights: configs, the README, each file's last block.
+FINAL_MARGIN = 256 * 1024
+
+
+def final_estimate(loaded: LoadedModel, config: RunConfig) -> int:
+    """Bytes final/ needs: every weight and the tokenizer's files (full), or the trained
+    adapters (lora/dora), plus a margin."""
+    if config.fine_tune_type != "full":
+        adapters: Any = tree_flatten(loaded.model.trainable_parameters())
+        return sum(int(v.nbytes) for _, v in adapters) + FINAL_MARGIN
+    weights: Any = tree_flatten(loaded.model.parameters())
+    try:
+        tokenizer = sum(
+            p.stat().st_size
+            for p in loaded.path.iterdir()
+            if p.is_file() and p.suffix in (".json", ".model", ".txt", ".tiktoken")
+        )
+    except OSError:
+        tokenizer = 0
+    return sum(int(v.nbytes) for _, v in weights) + tokenizer + FINAL_MARGIN
+
+
 def save_final(final_dir: Path, loaded: LoadedModel, config: RunConfig, base_model: str) -> Path:
     """final/: a model folder mlx_lm.load reads (full), or an adapter folder for
-    `--adapter-path` (lora/dora). Written aside and renamed, replacing an older final/."""
-    from mlx_lm.utils import save
-
+    `--adapter-path` (lora/dora). Written aside and renamed, replacing an older final/.
+    DiskFull, before writing or after removing the partial folder, when it does not fit."""
+    needed = final_estimate(loaded, config)
+    hint = "The last checkpoint is intact: free some space, then resume the run to write it"
+    check_space(final_dir.parent, needed, "the final model", hint)
     tmp = final_dir.with_name(f".tmp-{final_dir.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        if config.fine_tune_type == "full":
-            config_json = dict(loaded.model_config)
-            save(tmp, loaded.path, loaded.model, loaded.tokenizer, config_json, donate_model=False)
-        else:
-            blocks = len(loaded.model.layers)
-            save_trainable(tmp, loaded.model, adapter_config(config, base_model, blocks))
-            (tmp / "README.md").write_text(
-                f"# {config.fine_tune_type} adapters\n\nBase model: `{base_model}`\n\n"
-                f"    mlx_lm.generate --model {base_model} --adapter-path {final_dir} "
-                '--prompt "..."\n'
-            )
-        for p in tmp.iterdir():
-            if p.is_file():
-                fsync_path(p)
-        fsync_path(tmp)
-    except BaseException:
+        with disk_errors(final_dir.parent, needed, "the final model"):
+            _write_final(tmp, final_dir, loaded, config, base_model)
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, DiskFull):
+            exc.hint = hint
+            exc.remeasure()  # the partial folder is gone: what is left now
         raise
     if final_dir.exists():
         old = final_dir.with_name(f".tmp-old-{final_dir.name}-{os.getpid()}")
@@ -194,3 +209,25 @@ def save_final(final_dir: Path, loaded: LoadedModel, config: RunConfig, base_mod
     os.replace(tmp, final_dir)
     fsync_path(final_dir.parent)
     return final_dir
+
+
+def _write_final(
+    tmp: Path, final_dir: Path, loaded: LoadedModel, config: RunConfig, base_model: str
+) -> None:
+    from mlx_lm.utils import save
+
+    if config.fine_tune_type == "full":
+        config_json = dict(loaded.model_config)
+        save(tmp, loaded.path, loaded.model, loaded.tokenizer, config_json, donate_model=False)
+    else:
+        blocks = len(loaded.model.layers)
+        save_trainable(tmp, loaded.model, adapter_config(config, base_model, blocks))
+        (tmp / "README.md").write_text(
+            f"# {config.fine_tune_type} adapters\n\nBase model: `{base_model}`\n\n"
+            f"    mlx_lm.generate --model {base_model} --adapter-path {final_dir} "
+            '--prompt "..."\n'
+        )
+    for p in tmp.iterdir():
+        if p.is_file():
+            fsync_path(p)
+    fsync_path(tmp)

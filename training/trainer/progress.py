@@ -12,6 +12,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from training.contract.disk import is_disk_full
+
 
 def human(n: float) -> str:
     """1234 -> 1.2k, 5_600_000 -> 5.6M."""
@@ -65,15 +67,22 @@ class Progress:
         pace = (time.perf_counter() - self._start) / done
         return pace * max(0, self.total_steps - step)
 
+    def _write(self, text: str) -> None:
+        """Write and flush; a full disk (stdout.log sits in the run folder) loses the
+        line, not the run: metrics.jsonl says what happened."""
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+
     def line(self, text: str) -> None:
         if not self.enabled:
             return
-        if self.tty and self._status:
-            self.stream.write("\r\x1b[2K")
-        self.stream.write(text + "\n")
-        if self.tty and self._status:
-            self.stream.write(self._status)
-        self.stream.flush()
+        prefix = "\r\x1b[2K" if self.tty and self._status else ""
+        suffix = self._status if self.tty and self._status else ""
+        self._write(prefix + text + "\n" + suffix)
 
     def step(
         self,
@@ -100,8 +109,7 @@ class Progress:
             f"step {step}/{self.total_steps} | {human(trained_tokens)} tok | loss {shown} | "
             f"{human(self.tokens_per_second)} tok/s | ETA {duration(self.eta_seconds(step))}"
         )
-        self.stream.write("\r\x1b[2K" + self._status)
-        self.stream.flush()
+        self._write("\r\x1b[2K" + self._status)
 
     def train(self, info: dict[str, Any], eta: float | None) -> None:
         self.last_loss = info["train_loss"]
@@ -125,6 +133,5 @@ class Progress:
 
     def close(self) -> None:
         if self.enabled and self.tty and self._status:
-            self.stream.write("\n")
-            self.stream.flush()
+            self._write("\n")
             self._status = ""

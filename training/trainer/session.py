@@ -15,14 +15,18 @@ from types import FrameType
 from typing import Any
 
 from training.contract import checkpoints
+from training.contract.disk import DiskFull, check_space, disk_errors
 from training.contract.errors import StopRequested
 from training.contract.protocol import CHECKPOINT, EVAL, STOPPING, TRAIN
 from training.metrics.writer import TrainingMetricsLogger
 from training.trainer.loop import LoopState, scalar
 from training.trainer.progress import Progress
-from training.trainer.weights import save_optimizer, save_trainable
+from training.trainer.weights import checkpoint_bytes, save_optimizer, save_trainable
 
 MEMORY_WARN_PERCENT = 95.0
+# Room a bundle needs besides its arrays: state.json, adapter_config.json, latest.json,
+# the checkpoint event and each file's last partial block.
+CHECKPOINT_MARGIN = 64 * 1024
 
 
 class StopFlag:
@@ -106,6 +110,7 @@ class TrainingSession:
         self._step = progress.start_step
         self._memory_warned = False
         self._last_tokens: int | None = None
+        self._bundle_bytes: int | None = None  # the last bundle's size: the next one's estimate
 
     def elapsed_seconds(self) -> float:
         """Wall seconds of training in this run, across resumes."""
@@ -195,14 +200,29 @@ class TrainingSession:
             "inputs": self.ctx.inputs,
         }
 
-        def write_files(directory: Path) -> None:
-            save_trainable(directory, self.model, self.ctx.adapter_config)
-            save_optimizer(directory, self.optimizer)
-
         ckpt_dir = checkpoints.checkpoints_dir(self.run_dir)
-        bundle = checkpoints.write_bundle(ckpt_dir, state.step, record, write_files)
+        needed = self.checkpoint_estimate()
+        what = f"checkpoint {checkpoints.bundle_name(state.step)}"
+        # Refused before a byte is written: the previous bundle stays whole and the run's
+        # status can still say why.
+        check_space(ckpt_dir, needed, what, self._disk_full_hint())
+
+        def write_files(directory: Path) -> None:
+            with disk_errors(ckpt_dir, needed, what):
+                save_trainable(directory, self.model, self.ctx.adapter_config)
+                save_optimizer(directory, self.optimizer)
+
+        try:
+            with disk_errors(ckpt_dir, needed, what):
+                bundle = checkpoints.write_bundle(ckpt_dir, state.step, record, write_files)
+        except DiskFull as full:
+            # write_bundle removed the partial bundle: say what is left now.
+            full.hint = self._disk_full_hint()
+            full.remeasure()
+            raise
         seconds = time.perf_counter() - tic
         size = sum(p.stat().st_size for p in bundle.iterdir() if p.is_file())
+        self._bundle_bytes = size
         self.logger.emit(
             CHECKPOINT,
             state.step,
@@ -219,3 +239,18 @@ class TrainingSession:
             f"checkpoint {bundle.name} ({size / 1e6:.1f} MB, {seconds:.2f}s)"
             + (f"; removed {', '.join(removed)}" if removed else "")
         )
+
+    def _disk_full_hint(self) -> str:
+        if checkpoints.has_checkpoint(self.run_dir):
+            return "The previous checkpoint is intact: free some space, then resume the run"
+        return "No checkpoint was saved yet: free some space, then start the run again"
+
+    def checkpoint_estimate(self) -> int:
+        """Bytes the next bundle needs: the previous bundle's size (this session's, or the
+        latest on disk for a resume), else its arrays' size, plus a margin."""
+        if self._bundle_bytes is None:
+            bundles = checkpoints.list_bundles(self.run_dir)
+            self._bundle_bytes = (
+                bundles[-1].size if bundles else checkpoint_bytes(self.model, self.optimizer)
+            )
+        return self._bundle_bytes + CHECKPOINT_MARGIN

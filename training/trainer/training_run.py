@@ -3,11 +3,13 @@ then run it: write the run folder, train, save.
 
 preflight checked everything that is cheap to check; prepare() comes
 before the run folder is created, so its problems are still bad input (ConfigError, exit 2,
-nothing created). From run() on, errors are failures (status `failed`, exit 1).
+nothing created). From run() on, errors are failures (status `failed`, exit 1; exit 4 when a
+full disk leaves no room even for that status).
 """
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import sys
 import traceback
@@ -20,10 +22,12 @@ import mlx.core as mx
 from training.contract import checkpoints
 from training.contract.blas import blas_in_use
 from training.contract.config import ConfigError, FieldError
+from training.contract.disk import disk_full_error
 from training.contract.errors import InputError, StopRequested
 from training.contract.files import write_atomic, write_json_atomic
 from training.contract.protocol import (
     DIVERGED,
+    EXIT_DISK_FULL,
     EXIT_DIVERGED,
     EXIT_FAILED,
     EXIT_OK,
@@ -192,13 +196,36 @@ def run(plan: Plan, prepared: Prepared, stop: StopFlag) -> int:
             progress.line(f"warning: {message}")
         outcome = _train(plan, prepared, logger, progress, stop)
     except Exception as exc:
-        traceback.print_exc()
-        logger.status(state.step, FAILED, f"{type(exc).__name__}: {exc}")
-        return EXIT_FAILED
+        return report_failure(logger, state.step, exc, paths.root)
     finally:
         progress.close()
         logger.close()
     return {FINISHED: EXIT_OK, STOPPED: EXIT_OK, DIVERGED: EXIT_DIVERGED}[outcome]
+
+
+def report_failure(logger: TrainingMetricsLogger, step: int, exc: Exception, run_dir: Path) -> int:
+    """A failure as the run's final status; the exit code. A full disk is no bug: one line
+    naming the folder and the space, no traceback, and the status carries the numbers.
+    When even the status cannot be written, the exit code says it (EXIT_DISK_FULL)."""
+    full = disk_full_error(exc, run_dir)
+    if full is None:
+        with contextlib.suppress(OSError):  # stderr may sit on the disk that failed
+            traceback.print_exc()
+        written = logger.final_status(step, FAILED, f"{type(exc).__name__}: {exc}")
+    else:
+        written = logger.final_status(step, FAILED, str(full), **full.event_fields())
+        say(f"error: {full}" + ("" if written else "; not even the final status fit"))
+    if not written:
+        if full is None:
+            say(f"error: the disk is full: the final status could not be written ({exc})")
+        return EXIT_DISK_FULL
+    return EXIT_FAILED
+
+
+def say(line: str) -> None:
+    """One line on stderr, which may itself be a file on the full disk."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
 
 
 def _train(

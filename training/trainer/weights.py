@@ -28,6 +28,16 @@ def save_optimizer(directory: Path, optimizer: Any) -> None:
     mx.save_safetensors(str(directory / OPTIMIZER_FILE), state)
 
 
+def checkpoint_bytes(model: Any, optimizer: Any) -> int:
+    """The arrays a bundle holds, in bytes: the trainable parameters and the optimizer
+    state (the estimate of a first checkpoint's size, before any bundle exists)."""
+    arrays: list[tuple[str, mx.array]] = [
+        *tree_flatten(model.trainable_parameters()),
+        *tree_flatten(optimizer.state),
+    ]
+    return sum(int(a.nbytes) for _, a in arrays if isinstance(a, mx.array))
+
+
 def load_trainable(bundle: Path, model: Any) -> None:
     """Load a bundle's weights into the model's trainable parameters: exactly those keys
     with those shapes (ValueError naming the difference), so a bundle from another model

@@ -85,7 +85,8 @@ def test_start_stream_crash_adopt_stop_resume(tiny_assets, tmp_path):
 
         # Resume needs a confirmation, then continues the same run.
         assert server.post(f"/api/runs/{run_id}/resume", {}).status_code == 400
-        assert server.post(f"/api/runs/{run_id}/resume", {"confirm": True}).status_code == 202
+        resumed = server.post(f"/api/runs/{run_id}/resume", {"confirm": True})
+        assert resumed.status_code == 202, resumed.text
         wait_until(
             lambda: server.run(run_id)["step"] > stopped_step,
             timeout=180,

@@ -403,11 +403,9 @@ class TrainingManager:
         return model_facts(resolve_path(model.strip(), self.workspace.root))
 
     def training_now(self) -> list[str]:
-        """Runs that hold the machine: a trainer runs, or has ended and its end is not yet
-        handled (the queue must not move on before a failure could pause it). Trainers
-        nobody follows yet (started from the command line, or not adopted with
-        --no-autodetect) share its memory too: they are adopted here, so their end lets the
-        queue go on."""
+        """Runs whose trainer runs on this machine. Trainers nobody follows yet (started
+        from the command line, or not adopted with --no-autodetect) share its memory too:
+        they are adopted here, so their end lets the queue go on."""
         with self._lock:
             for run_id, proc in self.trainers.trainers().items():
                 if run_id not in self._active:
@@ -417,7 +415,7 @@ class TrainingManager:
                         proc.pid,
                     )
                     self._adopt(run_id, proc)
-            return list(self._active)
+            return self.active_run_ids()
 
     def _check_capacity(self, config_yaml: str | None) -> None:
         active = self.training_now()
@@ -664,6 +662,10 @@ class TrainingManager:
         """Start queued runs while there is capacity and the queue is not paused."""
         while True:
             with self._lock:
+                if any(a.from_queue and not a.running() for a in self._active.values()):
+                    # A queued run ended and its end, which may pause the queue, is not
+                    # handled yet: the reaper moves the queue on once it is.
+                    return
                 if len(self.training_now()) >= self.settings.max_concurrent_runs:
                     return
                 try:

@@ -11,6 +11,7 @@ import pytest
 from training.console.run_state import derive_state, exit_reason
 from training.console.run_store import RunStore, tail_lines
 from training.contract.checkpoints import list_checkpoints
+from training.contract.errors import RunConflict
 from training.contract.layout import (
     RunNotFound,
     RunPaths,
@@ -60,6 +61,59 @@ def test_corrupt_or_missing_run_json_still_lists_the_run(store):
     assert (rec.state, rec.pid, rec.remote) == ("starting", None, False)
     assert derive_state(rec, None, alive=False)[0] == "interrupted"
     assert derive_state(rec, {"state": "running"}, alive=True)[0] == "running"
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ('{"exit": "boom"}', "exit must be an object or null"),
+        ('{"pid": "12"}', "pid must be a process id or null"),
+        ('{"pid": 12.5, "exit": []}', "pid must be"),
+        ('{"created": "yesterday"}', "created must be a number"),
+        ('{"resumes": {"a": 1}}', "resumes must be a list of objects"),
+        ('{"cmdline": [1, 2]}', "cmdline must be a list of text"),
+        ('{"stop_requested": "yes"}', "stop_requested must be true or false"),
+        ('{"start_seq": -1}', "start_seq must be"),
+        ('{"name": 7}', "name must be text"),
+        ("[1, 2]", "does not hold a JSON object"),
+        ("{broken", "not valid JSON"),
+        ("[" * 50_000, "not valid JSON"),
+        (b"\xff\xfe garbage", "not UTF-8"),
+    ],
+)
+def test_a_run_json_that_cannot_be_trusted_reads_as_damaged(store, content, says):
+    paths = store.create_run(record(), "")
+    data = content if isinstance(content, bytes) else content.encode()
+    paths.run_json.write_bytes(data)
+    rec = read_record(paths)
+    assert rec.damaged and says in rec.damaged and "run.json" in rec.damaged
+    # Nothing of it is trusted: no process, no exit; the console never writes over it.
+    assert (rec.run_id, rec.pid, rec.exit, rec.resumes) == (paths.run_id, None, None, [])
+    assert "damaged" not in rec.to_json()
+    with pytest.raises(RunConflict, match="cannot be changed"):
+        store.write_record(rec)
+    assert paths.run_json.read_bytes() == data
+
+
+def test_a_run_json_that_is_no_regular_file_reads_as_damaged(store, tmp_path):
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"name": "OUTSIDE-MARKER", "pid": 1}))
+    paths = store.create_run(record(), "")
+    paths.run_json.unlink()
+    paths.run_json.symlink_to(secret)
+    rec = read_record(paths)
+    assert "symbolic link" in rec.damaged and rec.name == paths.run_id and rec.pid is None
+    paths.run_json.unlink()
+    os.mkfifo(paths.run_json)
+    assert "FIFO" in read_record(paths).damaged
+    paths.run_json.unlink()
+    paths.run_json.mkdir()
+    assert "folder" in read_record(paths).damaged
+    # A sound name and creation time survive other fields' damage (the list shows them).
+    paths.run_json.rmdir()
+    paths.run_json.write_text(json.dumps({"name": "kept", "created": 5.0, "exit": 1}))
+    rec = read_record(paths)
+    assert (rec.name, rec.created) == ("kept", 5.0) and rec.damaged
 
 
 def test_write_record_is_atomic(store):

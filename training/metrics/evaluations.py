@@ -15,9 +15,9 @@ PERPLEXITY_FILE = "perplexity.jsonl"
 
 
 def read_evaluations(run: RunPaths) -> list[dict[str, Any]]:
-    """Stored perplexity results of this run (written by the evaluation worker), oldest first."""
-    path = run.evaluations / PERPLEXITY_FILE
-    return list(read_events(path))
+    """Stored perplexity results of this run (written by the evaluation worker), oldest
+    first; DamagedFile when the file (or evaluations/) cannot be read safely."""
+    return list(read_events(run.evaluations / PERPLEXITY_FILE, root=run.root))
 
 
 def append_evaluation(run: RunPaths, record: dict[str, Any]) -> None:
@@ -26,7 +26,9 @@ def append_evaluation(run: RunPaths, record: dict[str, Any]) -> None:
     deleted while it was measured."""
     run.evaluations.mkdir(parents=False, exist_ok=True)
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    fd = os.open(run.evaluations / PERPLEXITY_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    # Never through a link, never blocking on a FIFO: a result lands in this run or nowhere.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
+    fd = os.open(run.evaluations / PERPLEXITY_FILE, flags, 0o644)
     try:
         os.write(fd, line)
     finally:

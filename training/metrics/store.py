@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from training.contract.protocol import CHECKPOINT, EVAL, RUN_START, STATUS, TRAIN, WARNING
+from training.contract.reading import MAX_LINE_BYTES, open_file, opened
 from training.metrics.snapshot import read_snapshot, remove_snapshot, snapshot_file, write_snapshot
 from training.metrics.tailer import JsonlTailer, decode_event
 
@@ -128,6 +129,7 @@ class RunMetrics:
             added = 0
             while True:
                 start, block, reset = self._tailer.read_block()
+                self.malformed += self._tailer.take_skipped()  # lines over MAX_LINE_BYTES
                 if reset:
                     # Truncated or replaced: the new file is the truth; offsets restart.
                     self._clear()
@@ -162,13 +164,10 @@ class RunMetrics:
         offsets, lengths, seqs = columns[0], columns[1], columns[2]
         # The last indexed line must still be where it was, byte for byte the same row.
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            with opened(open_file(self.path.parent, self.path.name)) as fd:
+                line = os.pread(fd, lengths[-1] + 1, offsets[-1])
         except OSError:
             return
-        try:
-            line = os.pread(fd, lengths[-1] + 1, offsets[-1])
-        finally:
-            os.close(fd)
         row = decode_event(line[:-1]) if line.endswith(b"\n") else None
         if row is None or row.get("seq") != seqs[-1] or offsets[-1] + lengths[-1] >= end:
             return
@@ -220,6 +219,8 @@ class RunMetrics:
         if seqs[0] <= last_seq or not ordered:  # type: ignore[operator]
             return False
         lengths = [len(line) for line in lines]
+        if max(lengths) > MAX_LINE_BYTES:
+            return False  # an overlong line is malformed: the careful path counts it
         offsets = list(accumulate([start] + [n + 1 for n in lengths[:-1]]))
         codes = [EVENT_CODES.get(r.event, 0) for r in rows]
         nan = float("nan")
@@ -263,6 +264,9 @@ class RunMetrics:
         decode = _fields_decoder.decode
         parsed: list[_Fields | None] = []
         for line in lines:
+            if len(line) > MAX_LINE_BYTES:
+                parsed.append(None)  # malformed, whatever it holds
+                continue
             try:
                 parsed.append(decode(line))
             except (msgspec.DecodeError, msgspec.ValidationError):

@@ -8,8 +8,9 @@ import os
 
 import pytest
 
+from tests.contract.test_reading import within
 from training.console.run_state import derive_state, exit_reason
-from training.console.run_store import RunStore, tail_lines
+from training.console.run_store import RunStore, append_file, tail_lines
 from training.contract.checkpoints import list_checkpoints
 from training.contract.errors import RunConflict
 from training.contract.layout import (
@@ -20,6 +21,7 @@ from training.contract.layout import (
     read_record,
     write_record,
 )
+from training.contract.reading import DamagedFile
 
 
 @pytest.fixture
@@ -240,3 +242,38 @@ def test_append_events_skips_retries(store):
     assert store.append_events(paths.run_id, events[1:] + [{"seq": 4, "event": "train"}]) == (1, 2)
     assert store.metrics(paths.run_id).last_seq == 4
     assert os.path.getsize(paths.metrics) > 0
+
+
+def test_logs_and_appends_never_go_through_links_or_fifos(store, tmp_path):
+    secret = tmp_path / "secret.log"
+    secret.write_text("OUTSIDE-MARKER\n")
+    paths = store.create_run(record(), "")
+    paths.stdout.symlink_to(secret)
+    with pytest.raises(DamagedFile, match="stdout.log is a symbolic link"):
+        store.log_tail(paths.run_id)
+    paths.stdout.unlink()
+    os.mkfifo(paths.stdout)
+    with pytest.raises(DamagedFile, match="stdout.log is a FIFO"):
+        within(5, lambda: store.log_tail(paths.run_id))
+    paths.metrics.symlink_to(secret)
+    with pytest.raises(DamagedFile):
+        append_file(paths.metrics, b'{"seq": 1}\n')
+    paths.metrics.unlink()
+    os.mkfifo(paths.metrics)
+    with pytest.raises(DamagedFile):
+        within(5, lambda: append_file(paths.metrics, b'{"seq": 1}\n'))
+    assert secret.read_text() == "OUTSIDE-MARKER\n"
+    # config.yaml: text and mapping, or a DamagedFile naming it.
+    paths.config.write_text("- not\n- a mapping\n")
+    with pytest.raises(DamagedFile, match="config.yaml is not a YAML mapping"):
+        store.config(paths.run_id)
+    assert store.config_values(paths.run_id) == {}
+    paths.config.write_bytes(b"model: caf\xe9\n")
+    with pytest.raises(DamagedFile, match="not UTF-8"):
+        store.config_text(paths.run_id)
+
+
+def test_the_log_tail_reads_a_bounded_end(tmp_path):
+    path = tmp_path / "stdout.log"
+    path.write_bytes(b"first\n" + b"x" * 100_000 + b"\nlast\n")
+    assert tail_lines(path, 2, block=4096, max_bytes=10_000) == ["x" * 9_994, "last"]

@@ -59,6 +59,8 @@ def append_remote_events(
     created = False
     if store.workspace.run(run_id).root.is_dir():
         record = store.read_record(run_id)
+        if record.damaged:
+            raise RunConflict(f"run {run_id} cannot take events: {record.damaged}")
         if not record.remote:
             raise RunConflict(
                 f"run {run_id} belongs to a trainer of this console; a remote trainer "

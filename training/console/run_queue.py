@@ -12,6 +12,7 @@ from typing import Any
 
 from training.contract.errors import InputError
 from training.contract.files import write_atomic
+from training.contract.reading import read_json_object
 
 
 class QueueError(InputError):
@@ -36,10 +37,10 @@ class RunQueue:
 
     def _load(self) -> dict[str, Any]:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            # Never a link, a FIFO (it would block the console's start) or a runaway file.
+            return read_json_object(self.path.parent, self.path.name)
+        except OSError:
             return {}
-        return data if isinstance(data, dict) else {}
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

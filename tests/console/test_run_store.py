@@ -10,9 +10,10 @@ import pytest
 
 from tests.contract.test_reading import within
 from training.console.run_state import derive_state, exit_reason
-from training.console.run_store import RunStore, append_file, tail_lines
+from training.console.run_store import RunStore, tail_lines
 from training.contract.checkpoints import list_checkpoints
 from training.contract.errors import RunConflict
+from training.contract.files import append_bytes
 from training.contract.layout import (
     RunNotFound,
     RunPaths,
@@ -257,11 +258,11 @@ def test_logs_and_appends_never_go_through_links_or_fifos(store, tmp_path):
         within(5, lambda: store.log_tail(paths.run_id))
     paths.metrics.symlink_to(secret)
     with pytest.raises(DamagedFile):
-        append_file(paths.metrics, b'{"seq": 1}\n')
+        append_bytes(paths.metrics, b'{"seq": 1}\n')
     paths.metrics.unlink()
     os.mkfifo(paths.metrics)
     with pytest.raises(DamagedFile):
-        within(5, lambda: append_file(paths.metrics, b'{"seq": 1}\n'))
+        within(5, lambda: append_bytes(paths.metrics, b'{"seq": 1}\n'))
     assert secret.read_text() == "OUTSIDE-MARKER\n"
     # config.yaml: text and mapping, or a DamagedFile naming it.
     paths.config.write_text("- not\n- a mapping\n")

@@ -187,3 +187,14 @@ def test_overlong_lines_are_malformed(tmp_path):
     write(path, [{**train(4), "pad": "y" * (9 << 20)}, train(5)])
     metrics.refresh()
     assert [r["seq"] for r in metrics.rows_after(3)] == [5] and metrics.malformed == 2
+
+
+def test_brackets_nested_too_deeply_are_malformed(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    write(path, [train(1)])
+    with path.open("a") as f:
+        f.write('{"seq": 2, "a": ' + "[" * 100_000 + "\n" + '{"a":' * 50_000 + "\n")
+    write(path, [train(3)])
+    metrics = RunMetrics(path)
+    metrics.refresh()
+    assert [r["seq"] for r in metrics.rows_after(0)] == [1, 3] and metrics.malformed == 2

@@ -176,3 +176,10 @@ def test_a_followed_file_replaced_by_a_link_stops_there_and_resets_after(tmp_pat
     path.write_text(line(7))
     got, reset = lines.read_lines()
     assert reset and [offset for offset, _ in got] == [0]  # offsets restart with the new file
+
+
+def test_brackets_nested_too_deeply_are_a_malformed_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    append(path, line(1) + "[" * 100_000 + "\n" + '{"a":' * 50_000 + "\n" + line(2))
+    tailer = EventTailer(path)
+    assert [r["seq"] for r in tailer.poll()] == [1, 2] and tailer.malformed == 2

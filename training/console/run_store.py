@@ -20,7 +20,7 @@ from typing import Any
 from training.contract.checkpoints import list_checkpoints
 from training.contract.config import ConfigError, parse_yaml_text
 from training.contract.errors import RunConflict
-from training.contract.files import write_atomic
+from training.contract.files import append_bytes, write_atomic
 from training.contract.layout import (
     RunPaths,
     RunRecord,
@@ -32,7 +32,6 @@ from training.contract.layout import (
 from training.contract.reading import (
     MAX_RECORD_BYTES,
     DamagedFile,
-    open_dir,
     open_file,
     opened,
     read_text,
@@ -187,7 +186,8 @@ class RunStore:
                 last = event["seq"]
         if fresh:
             blob = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in fresh)
-            append_file(self.paths(run_id).metrics, blob.encode("utf-8"))
+            # Never through a link: a remote run's metrics.jsonl could point anywhere.
+            append_bytes(self.paths(run_id).metrics, blob.encode("utf-8"))
         return len(fresh), len(events) - len(fresh)
 
     def log_tail(self, run_id: str, lines: int = 100) -> list[str]:
@@ -200,26 +200,6 @@ class RunStore:
 
     def close(self) -> None:
         self.metrics_cache.close()
-
-
-def append_file(path: Path, data: bytes) -> None:
-    """Append `data` to a regular file in one write, creating it: never through a link
-    (a remote run's metrics.jsonl could point anywhere), never blocking on a FIFO."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
-    with opened(open_dir(path.parent)) as dir_fd:
-        try:
-            fd = os.open(path.name, flags | getattr(os, "O_CLOEXEC", 0), 0o644, dir_fd=dir_fd)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise DamagedFile(path.name, f"cannot be appended to: {exc.strerror or exc}") from None
-    with opened(fd):
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise DamagedFile(path.name, "is not a regular file: not appended to")
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
 
 
 def tail_lines(

@@ -5,9 +5,9 @@ contract")."""
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
+from training.contract.files import append_bytes
 from training.contract.layout import RunPaths
 from training.metrics.tailer import read_events
 
@@ -27,9 +27,4 @@ def append_evaluation(run: RunPaths, record: dict[str, Any]) -> None:
     run.evaluations.mkdir(parents=False, exist_ok=True)
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
     # Never through a link, never blocking on a FIFO: a result lands in this run or nowhere.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
-    fd = os.open(run.evaluations / PERPLEXITY_FILE, flags, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+    append_bytes(run.evaluations / PERPLEXITY_FILE, line, root=run.root)

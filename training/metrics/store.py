@@ -36,6 +36,8 @@ EVENT_CODES: dict[str, int] = {
 }
 # The key each event kind is charted by: its min/max envelope survives downsampling.
 ENVELOPE_KEYS: dict[int, str] = {1: "train_loss", 2: "val_loss"}
+# What a line may raise when decoded: malformed JSON, odd types, brackets nested too deep.
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 # seq is stored as a signed 64-bit integer; a line with a larger one is malformed.
 MAX_INDEX_SEQ = 2**63 - 1
 # Indexes this large are saved (metrics/snapshot.py), again after this many more rows and when
@@ -74,7 +76,7 @@ _fields_decoder = msgspec.json.Decoder(_Fields)
 def _index_fields(raw: bytes) -> _Fields | None:
     try:
         return _fields_decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except _DECODE_ERRORS:
         pass
     row = decode_event(raw)  # NaN losses, or odd types: the lenient path
     if row is None:
@@ -204,7 +206,7 @@ class RunMetrics:
             rows = [decode(line) for line in lines]
             if self._append_clean(start, lines, rows):
                 return len(rows)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except _DECODE_ERRORS:
             pass
         return self._index_lines(start, lines)
 
@@ -269,7 +271,7 @@ class RunMetrics:
                 continue
             try:
                 parsed.append(decode(line))
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except _DECODE_ERRORS:
                 parsed.append(_index_fields(line) if line.strip() else None)
         last_seq = self._seqs[-1] if self._seqs else 0
         columns = _new_columns()

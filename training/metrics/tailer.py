@@ -51,8 +51,10 @@ def decode_event(raw: bytes) -> dict[str, Any] | None:
         # Python's json writes NaN/Infinity (a diverged loss); msgspec is strict JSON.
         try:
             row = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
+    except RecursionError:  # brackets nested thousands deep: damage, not an event
+        return None
     return row if isinstance(row, dict) else None
 
 

@@ -198,3 +198,11 @@ def test_brackets_nested_too_deeply_are_malformed(tmp_path):
     metrics = RunMetrics(path)
     metrics.refresh()
     assert [r["seq"] for r in metrics.rows_after(0)] == [1, 3] and metrics.malformed == 2
+
+
+def test_a_seq_that_is_not_a_whole_number_in_the_row_is_malformed(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    write(path, [train(1), {**train(2), "seq": "2"}, {**train(3), "seq": 3.0}, train(4)])
+    metrics = RunMetrics(path)
+    metrics.refresh()
+    assert [r["seq"] for r in metrics.rows_after(0)] == [1, 4] and metrics.malformed == 2

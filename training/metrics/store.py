@@ -79,7 +79,8 @@ def _index_fields(raw: bytes) -> _Fields | None:
     except _DECODE_ERRORS:
         pass
     row = decode_event(raw)  # NaN losses, or odd types: the lenient path
-    if row is None:
+    # seq as the row itself holds it: a lenient "7" would index a row readers get as text.
+    if row is None or type(row.get("seq")) is not int:
         return None
     try:
         return msgspec.convert(row, _Fields, strict=False)

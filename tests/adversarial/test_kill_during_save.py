@@ -1,6 +1,7 @@
 """SIGKILL the real trainer while it saves checkpoints, several times at random moments:
 latest.json must always name a complete bundle, and the resumed chain's losses must be an
-uninterrupted run's, step for step, bit for bit."""
+uninterrupted run's, step for step, bit for bit. (The writer killed at exact points of a
+save is tests/contract/test_checkpoints.py; a stop by SIGTERM, tests/trainer/test_resume.py.)"""
 
 from __future__ import annotations
 
@@ -111,6 +112,7 @@ def test_sigkill_during_saves_keeps_latest_complete_and_the_resumed_losses_exact
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert events(chain)[-1]["state"] == "finished"
     assert_latest_complete(chain)
+    assert not saving(chain), "the resumed trainer cleans what a killed save left"
 
     note = f"(KILL_SEED={seed}; killed after checkpoints {steps_at_kill[1:]}, {mid_save} mid-save)"
     # Every train row of the chain, the steps redone after a kill included, is the

@@ -515,6 +515,32 @@ def test_nothing_outside_was_written_and_the_streams_carried_nothing_of_it(
         assert response.status_code == 409 and "stdout.log" in response.json()["error"]
         assert MARKER not in response.text
     assert (damaged.outside / "secret.log").read_bytes() == secret
+
+    # A remote trainer's events never go through a link at metrics.jsonl, nor into a file
+    # or a link where a run folder belongs.
+    def report(rid: str, seq: int) -> requests.Response:
+        event = {"v": 1, "seq": seq, "event": "train", "step": seq, "time": 1.0}
+        return server.session.post(
+            server.base_url + f"api/callbacks/{rid}",
+            json={"events": [event]},
+            headers={"Authorization": f"Bearer {server.token}"},
+            timeout=TIMEOUT,
+        )
+
+    remote = "remote-run-1"
+    assert report(remote, 1).status_code == 200
+    outside_metrics = (damaged.outside / "metrics.jsonl").read_bytes()
+    metrics = server.workspace / "runs" / remote / "metrics.jsonl"
+    metrics.unlink()
+    metrics.symlink_to(damaged.outside / "metrics.jsonl")
+    answer = report(remote, 2)
+    assert answer.status_code == 422 and answer.json()["file"] == "metrics.jsonl"
+    assert (damaged.outside / "metrics.jsonl").read_bytes() == outside_metrics
+    (server.workspace / "runs" / "remote-file").write_text("a file, not a run\n")
+    (server.workspace / "runs" / "remote-link").symlink_to(damaged.outside)
+    assert report("remote-file", 1).status_code == 404
+    assert report("remote-link", 1).status_code == 404
+    assert (damaged.outside / "metrics.jsonl").read_bytes() == outside_metrics
     # The good runs still stream: rows appended now reach a client that joins.
     good = RunPaths(server.workspace / "runs" / GOOD_RUNS[0])
     with good.metrics.open("a") as f:

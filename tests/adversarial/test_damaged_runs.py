@@ -371,6 +371,10 @@ class Damaged:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+# Seconds each answer took, by kind (reported at the end with -rA).
+LATENCY: dict[str, list[float]] = {"http": [], "join_run": []}
+
+
 def _get(server: LiveServer, path: str) -> requests.Response:
     began = time.monotonic()
     response = server.session.get(
@@ -379,6 +383,7 @@ def _get(server: LiveServer, path: str) -> requests.Response:
         timeout=TIMEOUT,
     )
     elapsed = time.monotonic() - began
+    LATENCY["http"].append(elapsed)
     assert elapsed < TIMEOUT, f"{path} took {elapsed:.1f} s"
     return response
 
@@ -386,7 +391,8 @@ def _get(server: LiveServer, path: str) -> requests.Response:
 def _join(damaged: Damaged, rid: str) -> dict[str, Any]:
     began = time.monotonic()
     ack = damaged.sio.call("join_run", {"run_id": rid, "after_seq": 0}, timeout=TIMEOUT)
-    assert time.monotonic() - began < TIMEOUT
+    LATENCY["join_run"].append(time.monotonic() - began)
+    assert LATENCY["join_run"][-1] < TIMEOUT
     return ack
 
 
@@ -550,3 +556,7 @@ def test_nothing_outside_was_written_and_the_streams_carried_nothing_of_it(
     assert MARKER not in json.dumps(damaged.received, default=str)
     runs = {r["run_id"]: r for r in _get(server, "/api/runs").json()["runs"]}
     assert runs[GOOD_RUNS[1]]["state"] == "stopped"
+    for kind, seconds in LATENCY.items():
+        if seconds:
+            print(f"{kind}: {len(seconds)} answers, max {max(seconds):.3f} s")
+    print(f"{len(CASES)} kinds x {len(PHASES)} phases; console start {damaged.seconds}")

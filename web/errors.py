@@ -17,6 +17,7 @@ from training.contract.config import ConfigError
 from training.contract.disk import disk_full_error
 from training.contract.errors import ConfirmRequired, InputError, RunConflict
 from training.contract.layout import RunNotFound
+from training.contract.reading import DamagedFile
 
 
 class ApiError(Exception):
@@ -47,10 +48,17 @@ def _run_not_found(exc: RunNotFound):
     return error_response(404, f"no run {exc.args[0]!r} in this workspace", "run_id")
 
 
+def _damaged_file(exc: DamagedFile):
+    # A run file that is a link, not a regular file, oversized or garbled: the request was
+    # fine, the run folder is not (422 names the file; never a 500, never its content).
+    return error_response(422, str(exc), None, file=exc.file)
+
+
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(ApiError, lambda e: error_response(e.status, e.message, e.field))
     app.register_error_handler(ConfigError, _config_error)
     app.register_error_handler(RunNotFound, _run_not_found)
+    app.register_error_handler(DamagedFile, _damaged_file)
     app.register_error_handler(RunConflict, lambda e: error_response(409, str(e)))
     app.register_error_handler(ConfirmRequired, lambda e: error_response(400, str(e), e.field))
     app.register_error_handler(

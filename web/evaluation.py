@@ -42,6 +42,7 @@ from training.console.eval_requests import (
     model_choices,
     perplexity_job,
 )
+from training.contract.reading import DamagedFile
 from training.metrics.checkpoint_table import checkpoint_table
 from web.console import console
 from web.errors import ApiError
@@ -147,7 +148,11 @@ def run_evaluations(run_id: str):
     paths = store.paths(run_id)  # RunNotFound → 404
     jobs = [j.to_json() for j in eval_jobs().list_jobs() if j.spec.get("run_id") == run_id]
     # The run's index (the run page holds it for its charts): no parse of the whole file.
-    return jsonify(**checkpoint_table(paths, store.metrics(run_id)), jobs=jobs)
+    try:
+        metrics = store.metrics(run_id)
+    except DamagedFile:
+        metrics = None  # the table reads the file itself, fails, and names it in unreadable
+    return jsonify(**checkpoint_table(paths, metrics), jobs=jobs)
 
 
 # -- Socket.IO ------------------------------------------------------------------------------

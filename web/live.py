@@ -1,12 +1,14 @@
 """Socket.IO handlers: authenticated connect, and per-run rooms for live metrics.
 
 Client → server: `join_run {run_id, after_seq}` (ack: {ok, last_seq} or {ok: false,
-error}), `leave_run {run_id}`. Server → client: `run_metrics {run_id, rows, last_seq}`
-and `run_status {run_id, state, ...}` (see training/console/broadcaster.py).
+error}: always an ack; a damaged run's names the file), `leave_run {run_id}`. Server →
+client: `run_metrics {run_id, rows, last_seq}` and `run_status {run_id, state, ...}` (see
+training/console/broadcaster.py).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import request
@@ -14,9 +16,12 @@ from flask_socketio import ConnectionRefusedError, join_room, leave_room
 
 from training.console.broadcaster import room_of
 from training.contract.layout import RunNotFound, is_valid_run_id
+from training.contract.reading import DamagedFile
 from web.console import console
 from web.extensions import socketio
 from web.security import socket_authorized
+
+log = logging.getLogger(__name__)
 
 
 @socketio.on("connect")
@@ -56,6 +61,11 @@ def on_join_run(data: Any = None) -> dict[str, Any]:
         socketio.emit("run_status", c.manager.describe(run_id, detail=False), to=sid)
     except RunNotFound:
         return {"ok": False, "error": f"no run {run_id!r}", "field": "run_id"}
+    except DamagedFile as exc:
+        return {"ok": False, "error": str(exc), "field": None, "file": exc.file}
+    except Exception as exc:  # a client waiting for its ack must get one, whatever broke
+        log.exception("join_run %s failed", run_id)
+        return {"ok": False, "error": f"internal error: {type(exc).__name__}", "field": None}
     return {"ok": True, "run_id": run_id, "last_seq": last_seq}
 
 

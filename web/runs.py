@@ -152,13 +152,8 @@ def restart_run(run_id: str):
 def run_config(run_id: str):
     """The run's config.yaml, as a mapping and as text (to clone, edit or download)."""
     store = console().store
-    text = store.config_text(run_id)
-    return jsonify(
-        run_id=run_id,
-        name=store.read_record(run_id).name,
-        config=parse_yaml_text(text) if text else {},
-        yaml=text,
-    )
+    text, config = store.config(run_id)  # DamagedFile → 422 naming config.yaml
+    return jsonify(run_id=run_id, name=store.read_record(run_id).name, config=config, yaml=text)
 
 
 @bp.post("/runs/<run_id>/clone")

@@ -123,9 +123,10 @@ function renderRecord() {
   $("#act-delete").disabled = isActive(r.state);
   const reason = r.reason || r.state_reason || r.message || (r.exit && r.exit.reason);
   const box = $("#run-reason");
-  const ended = ["stopped", "finished", "failed", "diverged", "interrupted"].includes(r.state);
+  // An unreadable run's reason names the damaged file: always shown.
+  const ended = ["stopped", "finished", "failed", "diverged", "interrupted", "unreadable"].includes(r.state);
   box.hidden = !reason || (!ended && r.state !== "queued");
-  const tone = { failed: "callout-bad", diverged: "callout-bad", interrupted: "callout-warn", finished: "callout-ok" };
+  const tone = { failed: "callout-bad", diverged: "callout-bad", unreadable: "callout-bad", interrupted: "callout-warn", finished: "callout-ok" };
   box.className = `callout ${tone[r.state] || ""}`;
   const exitBits = r.exit ? [r.exit.code != null ? `exit code ${r.exit.code}` : null, r.exit.signal].filter(Boolean).join(", ") : "";
   // A run that failed for lack of space says where, and by how much, under its reason.

@@ -58,7 +58,8 @@ function runRow(run) {
       h("a", { class: "run-link", href, text: run.name || run.run_id, title: run.name || run.run_id }),
       h("span", { class: "run-id", text: [run.run_id, run.model].filter(Boolean).join(" · ") })
     ),
-    h("td", null, badge(run.state), stateNote(run)),
+    // An unreadable run says which file is damaged on hover.
+    h("td", { title: run.state === "unreadable" ? run.reason || "" : "" }, badge(run.state), stateNote(run)),
     h(
       "td",
       null,

@@ -585,3 +585,35 @@ def test_a_command_line_trainer_counts_against_capacity_without_autodetect(works
     finally:
         trainer.kill()
         trainer.wait()
+
+
+@pytest.mark.parametrize("damage", ["run.json wrong types", "metrics.jsonl FIFO"])
+def test_a_damaged_run_reads_unreadable_and_only_delete_applies(manager, damage):
+    good, bad = "20260101-000001-aaaaaa", "20260101-000002-aaaaaa"
+    _finished_run(manager.store, good)
+    paths = _finished_run(manager.store, bad)
+    if damage.startswith("run.json"):
+        paths.run_json.write_text(json.dumps({"name": "bad one", "exit": "boom", "pid": "7"}))
+        says = "run.json has fields of the wrong type: pid must be"
+    else:
+        paths.metrics.unlink()
+        os.mkfifo(paths.metrics)
+        says = "metrics.jsonl is a FIFO"
+    runs = {r["run_id"]: r for r in manager.list_runs()}
+    assert runs[good]["state"] == "finished"
+    assert runs[bad]["state"] == "unreadable" and says in runs[bad]["reason"]
+    detail = manager.describe(bad)
+    assert detail["state"] == "unreadable" and says in detail["reason"]
+    assert not detail["resumable"] and manager.state(bad)[0] == "unreadable"
+    for action in (
+        lambda: manager.resume(bad, confirm=True),
+        lambda: manager.start(bad),
+        lambda: manager.queue_add(bad),
+    ):
+        with pytest.raises(RunConflict, match="unreadable"):
+            action()
+    if damage.startswith("run.json"):
+        with pytest.raises(RunConflict, match="cannot be changed"):
+            manager.rename(bad, "new name")
+    manager.delete(bad, confirm=True)
+    assert [r["run_id"] for r in manager.list_runs()] == [good]

@@ -8,9 +8,12 @@ import os
 
 import pytest
 
+from tests.contract.test_reading import within
 from training.console.run_state import derive_state, exit_reason
 from training.console.run_store import RunStore, tail_lines
 from training.contract.checkpoints import list_checkpoints
+from training.contract.errors import RunConflict
+from training.contract.files import append_bytes
 from training.contract.layout import (
     RunNotFound,
     RunPaths,
@@ -19,6 +22,7 @@ from training.contract.layout import (
     read_record,
     write_record,
 )
+from training.contract.reading import DamagedFile
 
 
 @pytest.fixture
@@ -60,6 +64,59 @@ def test_corrupt_or_missing_run_json_still_lists_the_run(store):
     assert (rec.state, rec.pid, rec.remote) == ("starting", None, False)
     assert derive_state(rec, None, alive=False)[0] == "interrupted"
     assert derive_state(rec, {"state": "running"}, alive=True)[0] == "running"
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ('{"exit": "boom"}', "exit must be an object or null"),
+        ('{"pid": "12"}', "pid must be a process id or null"),
+        ('{"pid": 12.5, "exit": []}', "pid must be"),
+        ('{"created": "yesterday"}', "created must be a number"),
+        ('{"resumes": {"a": 1}}', "resumes must be a list of objects"),
+        ('{"cmdline": [1, 2]}', "cmdline must be a list of text"),
+        ('{"stop_requested": "yes"}', "stop_requested must be true or false"),
+        ('{"start_seq": -1}', "start_seq must be"),
+        ('{"name": 7}', "name must be text"),
+        ("[1, 2]", "does not hold a JSON object"),
+        ("{broken", "not valid JSON"),
+        ("[" * 50_000, "not valid JSON"),
+        (b"\xff\xfe garbage", "not UTF-8"),
+    ],
+)
+def test_a_run_json_that_cannot_be_trusted_reads_as_damaged(store, content, says):
+    paths = store.create_run(record(), "")
+    data = content if isinstance(content, bytes) else content.encode()
+    paths.run_json.write_bytes(data)
+    rec = read_record(paths)
+    assert rec.damaged and says in rec.damaged and "run.json" in rec.damaged
+    # Nothing of it is trusted: no process, no exit; the console never writes over it.
+    assert (rec.run_id, rec.pid, rec.exit, rec.resumes) == (paths.run_id, None, None, [])
+    assert "damaged" not in rec.to_json()
+    with pytest.raises(RunConflict, match="cannot be changed"):
+        store.write_record(rec)
+    assert paths.run_json.read_bytes() == data
+
+
+def test_a_run_json_that_is_no_regular_file_reads_as_damaged(store, tmp_path):
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"name": "OUTSIDE-MARKER", "pid": 1}))
+    paths = store.create_run(record(), "")
+    paths.run_json.unlink()
+    paths.run_json.symlink_to(secret)
+    rec = read_record(paths)
+    assert "symbolic link" in rec.damaged and rec.name == paths.run_id and rec.pid is None
+    paths.run_json.unlink()
+    os.mkfifo(paths.run_json)
+    assert "FIFO" in read_record(paths).damaged
+    paths.run_json.unlink()
+    paths.run_json.mkdir()
+    assert "folder" in read_record(paths).damaged
+    # A sound name and creation time survive other fields' damage (the list shows them).
+    paths.run_json.rmdir()
+    paths.run_json.write_text(json.dumps({"name": "kept", "created": 5.0, "exit": 1}))
+    rec = read_record(paths)
+    assert (rec.name, rec.created) == ("kept", 5.0) and rec.damaged
 
 
 def test_write_record_is_atomic(store):
@@ -186,3 +243,38 @@ def test_append_events_skips_retries(store):
     assert store.append_events(paths.run_id, events[1:] + [{"seq": 4, "event": "train"}]) == (1, 2)
     assert store.metrics(paths.run_id).last_seq == 4
     assert os.path.getsize(paths.metrics) > 0
+
+
+def test_logs_and_appends_never_go_through_links_or_fifos(store, tmp_path):
+    secret = tmp_path / "secret.log"
+    secret.write_text("OUTSIDE-MARKER\n")
+    paths = store.create_run(record(), "")
+    paths.stdout.symlink_to(secret)
+    with pytest.raises(DamagedFile, match="stdout.log is a symbolic link"):
+        store.log_tail(paths.run_id)
+    paths.stdout.unlink()
+    os.mkfifo(paths.stdout)
+    with pytest.raises(DamagedFile, match="stdout.log is a FIFO"):
+        within(5, lambda: store.log_tail(paths.run_id))
+    paths.metrics.symlink_to(secret)
+    with pytest.raises(DamagedFile):
+        append_bytes(paths.metrics, b'{"seq": 1}\n')
+    paths.metrics.unlink()
+    os.mkfifo(paths.metrics)
+    with pytest.raises(DamagedFile):
+        within(5, lambda: append_bytes(paths.metrics, b'{"seq": 1}\n'))
+    assert secret.read_text() == "OUTSIDE-MARKER\n"
+    # config.yaml: text and mapping, or a DamagedFile naming it.
+    paths.config.write_text("- not\n- a mapping\n")
+    with pytest.raises(DamagedFile, match="config.yaml is not a YAML mapping"):
+        store.config(paths.run_id)
+    assert store.config_values(paths.run_id) == {}
+    paths.config.write_bytes(b"model: caf\xe9\n")
+    with pytest.raises(DamagedFile, match="not UTF-8"):
+        store.config_text(paths.run_id)
+
+
+def test_the_log_tail_reads_a_bounded_end(tmp_path):
+    path = tmp_path / "stdout.log"
+    path.write_bytes(b"first\n" + b"x" * 100_000 + b"\nlast\n")
+    assert tail_lines(path, 2, block=4096, max_bytes=10_000) == ["x" * 9_994, "last"]

@@ -117,6 +117,80 @@ def test_latest_pointing_at_a_missing_bundle_reads_as_none(tmp_path: Path) -> No
     assert read_latest(tmp_path) is None
 
 
+def _outside_bundle(tmp_path: Path) -> Path:
+    """A complete bundle in a folder outside the run (what a link may point at)."""
+    elsewhere = tmp_path / "elsewhere"
+    bundle = _save(elsewhere, 9, 0.5)
+    (bundle / "big.bin").write_bytes(b"x" * 100_000)
+    return bundle
+
+
+def test_a_bundle_that_is_a_link_is_no_bundle(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _save(run, 1, 2.0)
+    outside = _outside_bundle(tmp_path)
+    (run / "checkpoints" / "step-00000009").symlink_to(outside, target_is_directory=True)
+    latest = run / "checkpoints" / "latest.json"
+    latest.write_text(json.dumps({"step": 9, "bundle": "step-00000009"}))
+    listed = list_checkpoints(run)
+    assert [b["step"] for b in listed] == [1]  # not latest, not best, no foreign size
+    assert not any(b["is_latest"] for b in listed) and read_latest(run) is None
+
+
+@pytest.mark.parametrize("name", ["adapters.safetensors", "state.json", "extra.bin"])
+def test_a_bundle_holding_a_link_is_no_bundle(tmp_path: Path, name: str) -> None:
+    run = tmp_path / "run"
+    _save(run, 1, 2.0)
+    bundle = _save(run, 2, 1.0)
+    outside = _outside_bundle(tmp_path)
+    target = bundle / name
+    target.unlink(missing_ok=True)
+    target.symlink_to(outside / ("big.bin" if name == "extra.bin" else name))
+    listed = list_checkpoints(run)
+    assert [b["step"] for b in listed] == [1]
+    assert read_latest(run) is None  # latest.json names step 2: not complete any more
+
+
+def test_a_fifo_in_a_bundle_or_at_latest_json_never_blocks(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _save(run, 1, 2.0)
+    bundle = _save(run, 2, 1.0)
+    os.mkfifo(bundle / "stray")
+    assert [b["step"] for b in list_checkpoints(run)] == [1]
+    (run / "checkpoints" / "latest.json").unlink()
+    os.mkfifo(run / "checkpoints" / "latest.json")
+    assert read_latest(run) is None and [b["is_latest"] for b in list_checkpoints(run)] == [False]
+
+
+def test_a_checkpoints_folder_that_is_a_link_holds_nothing(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    outside = _outside_bundle(tmp_path)
+    (run / "checkpoints").symlink_to(outside.parent, target_is_directory=True)
+    assert list_checkpoints(run) == [] and read_latest(run) is None
+
+
+def test_wrong_types_in_latest_and_state_json(tmp_path: Path) -> None:
+    bundle = _save(tmp_path, 3, 2.0)
+    latest = tmp_path / "checkpoints" / "latest.json"
+    latest.write_text(json.dumps({"step": "three", "bundle": "step-00000003"}))
+    assert read_latest(tmp_path)["step"] == 3  # type: ignore[index]
+    for data in ({"bundle": 3}, {"bundle": ["step-00000003"]}, [1], {"bundle": "../../x"}):
+        latest.write_text(json.dumps(data))
+        assert read_latest(tmp_path) is None
+    state = json.loads((bundle / "state.json").read_text())
+    (bundle / "state.json").write_text(
+        json.dumps({**state, "time": "noon", "val_loss": "low", "val_step": 3})
+    )
+    [info] = list_checkpoints(tmp_path)
+    assert info["val_loss"] is None and isinstance(info["time"], float)
+    (bundle / "state.json").write_text(json.dumps({**state, "time": 10**400, "val_loss": 1e400}))
+    [info] = list_checkpoints(tmp_path)
+    assert info["val_loss"] is None and isinstance(info["time"], float)
+    (bundle / "state.json").write_text("[]")
+    assert list_checkpoints(tmp_path) == []
+
+
 # A writer that saves step 1, then blocks inside the save of step 2 at a chosen point.
 _WRITER = textwrap.dedent(
     """

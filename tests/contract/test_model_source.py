@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from training.contract.model_source import (
     latest_checkpoint,
     resolve_run_source,
     resolve_source,
+    run_choices,
 )
 
 
@@ -80,3 +82,29 @@ def test_a_relative_model_path_falls_back_to_the_one_the_trainer_recorded(
         resolve_run_source(run, "base")
     write_bundle(run.checkpoints, 15, {"inputs": {"model": str(model)}}, _adapters)
     assert resolve_run_source(run, "base").model == model
+
+
+def test_links_and_fifos_are_no_model_to_load(tmp_path: Path) -> None:
+    run = _run(tmp_path / "ws" / "runs" / "r1", tmp_path / "model")
+    ws = Workspace(tmp_path / "ws")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _adapters(elsewhere)
+    run.final.symlink_to(elsewhere, target_is_directory=True)  # final/ leading out of the run
+    assert [c["checkpoint"] for c in run_choices(ws, "r1")] == [
+        "base",
+        "step-00000005",
+        "step-00000010",
+    ]
+    with pytest.raises(SourceError, match="no checkpoint 'final'"):
+        resolve_source(ws, "r1", "final")
+    # A bundle whose adapters are a link is no bundle: never offered, never loaded.
+    adapters = run.checkpoints / "step-00000010" / "adapters.safetensors"
+    adapters.unlink()
+    adapters.symlink_to(elsewhere / "adapters.safetensors")
+    assert checkpoint_names(run) == ["step-00000005"]
+    # A FIFO at config.yaml is an error at once, never a blocked request.
+    run.config.unlink()
+    os.mkfifo(run.config)
+    with pytest.raises(SourceError, match="config.yaml is a FIFO"):
+        resolve_source(ws, "r1", "base")

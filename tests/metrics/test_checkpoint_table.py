@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.eval_fixtures import LORA_RUN_ID
+from training.contract.checkpoints import write_bundle
 from training.contract.layout import Workspace
 from training.metrics.checkpoint_table import checkpoint_table, eval_losses, final_losses
-from training.metrics.evaluations import append_evaluation
+from training.metrics.evaluations import PERPLEXITY_FILE, append_evaluation
 
 
 def test_eval_losses_name_every_held_out_set() -> None:
@@ -92,3 +94,37 @@ def test_checkpoint_table_from_the_runs_index_reads_no_metrics_line(
 
     monkeypatch.setattr(table_module, "read_events", no_metrics_file)
     assert checkpoint_table(run, metrics) == expected
+
+
+def test_a_damaged_run_folder_gives_what_can_be_read(tmp_path: Path) -> None:
+    run = Workspace(tmp_path / "ws").run("20260101-000000-dmg001")
+    write_bundle(run.checkpoints, 5, {}, lambda d: (d / "adapters.safetensors").write_bytes(b"w"))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "model.safetensors").write_bytes(b"x" * 50_000)
+    (outside / "state.json").write_text('{"step": 999}')
+    # final/ leading out of the run is no final model.
+    run.final.symlink_to(outside, target_is_directory=True)
+    run.metrics.mkdir()  # a folder where metrics.jsonl belongs
+    run.evaluations.mkdir()
+    os.mkfifo(run.evaluations / PERPLEXITY_FILE)
+    table = checkpoint_table(run)
+    assert [r["checkpoint"] for r in table["rows"]] == ["step-00000005"]
+    assert {u["file"] for u in table["unreadable"]} == {
+        "metrics.jsonl",
+        f"evaluations/{PERPLEXITY_FILE}",
+    }
+    # A real final/ holding a link: the link's target is neither read nor counted.
+    run.final.unlink()
+    run.final.mkdir()
+    (run.final / "model.safetensors").symlink_to(outside / "model.safetensors")
+    (run.final / "state.json").symlink_to(outside / "state.json")
+    (run.final / "config.json").write_text("{}")
+    rows = {r["checkpoint"]: r for r in checkpoint_table(run)["rows"]}
+    assert rows["final"]["size"] == 2 and rows["final"]["step"] != 999
+    # A result never goes through a link out of the run.
+    (run.evaluations / PERPLEXITY_FILE).unlink()
+    (run.evaluations / PERPLEXITY_FILE).symlink_to(outside / "state.json")
+    with pytest.raises(OSError):
+        append_evaluation(run, {"checkpoint": "final", "perplexity": 3.0})
+    assert (outside / "state.json").read_text() == '{"step": 999}'

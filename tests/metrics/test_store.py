@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from training.contract.reading import MAX_LINE_BYTES
 from training.metrics.store import MetricsCache, RunMetrics
 
 
@@ -173,3 +174,35 @@ def test_rows_of_one_kind(tmp_path):
     metrics.refresh()
     assert [r["seq"] for r in metrics.rows_of("eval")] == [3, 6, 9]
     assert metrics.rows_of("status") == []
+
+
+def test_overlong_lines_are_malformed(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    huge = {**train(2), "pad": "x" * (MAX_LINE_BYTES + 10)}
+    write(path, [train(1), huge, train(3)])
+    metrics = RunMetrics(path)
+    metrics.refresh()
+    assert [r["seq"] for r in metrics.rows_after(0)] == [1, 3] and metrics.malformed == 1
+    # Longer than the tailer's block too: skipped by the tailer, counted all the same.
+    write(path, [{**train(4), "pad": "y" * (9 << 20)}, train(5)])
+    metrics.refresh()
+    assert [r["seq"] for r in metrics.rows_after(3)] == [5] and metrics.malformed == 2
+
+
+def test_brackets_nested_too_deeply_are_malformed(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    write(path, [train(1)])
+    with path.open("a") as f:
+        f.write('{"seq": 2, "a": ' + "[" * 100_000 + "\n" + '{"a":' * 50_000 + "\n")
+    write(path, [train(3)])
+    metrics = RunMetrics(path)
+    metrics.refresh()
+    assert [r["seq"] for r in metrics.rows_after(0)] == [1, 3] and metrics.malformed == 2
+
+
+def test_a_seq_that_is_not_a_whole_number_in_the_row_is_malformed(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    write(path, [train(1), {**train(2), "seq": "2"}, {**train(3), "seq": 3.0}, train(4)])
+    metrics = RunMetrics(path)
+    metrics.refresh()
+    assert [r["seq"] for r in metrics.rows_after(0)] == [1, 4] and metrics.malformed == 2

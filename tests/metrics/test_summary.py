@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import time
+
+import pytest
+
+from tests.contract.test_reading import within
 from tests.metrics.test_store import train, write
+from training.contract.reading import MAX_LINE_BYTES, DamagedFile
 from training.metrics.store import RunMetrics
 from training.metrics.summary import MetricsSummary
 
@@ -45,3 +53,61 @@ def test_summary_reads_the_last_row_of_each_kind_from_the_tail(tmp_path):
     path.write_text("")
     summary.refresh()
     assert summary.last_seq == 0 and summary.last("train") is None
+
+
+def test_a_line_over_a_block_followed_by_more_lines_ends_at_once(tmp_path):
+    """A >1 MiB line used to send the backwards scan into an endless loop."""
+    path = tmp_path / "metrics.jsonl"
+    start = {"v": 1, "seq": 1, "event": "run_start", "time": 1.0, "step": 0}
+    huge = {"seq": 3, "event": "train", "pad": "x" * (2 * MAX_LINE_BYTES)}
+    near = {"seq": 4, "event": "eval", "val_loss": 2.0, "pad": "y" * (MAX_LINE_BYTES - 100)}
+    write(path, [start, status(2), huge, near, train(5)])
+    began = time.monotonic()
+    summary = MetricsSummary(path)
+    summary.refresh()
+    assert time.monotonic() - began < 2
+    assert summary.last("run_start") == start and summary.last("status") == status(2)
+    assert summary.last("eval") == near  # long, but within the limit: read
+    assert summary.last("train") == train(5) and summary.last_seq == 5
+    # Appended: an overlong line, still unterminated, is passed over once its end comes.
+    with path.open("a") as f:
+        f.write('{"seq": 6, "event": "status", "pad": "' + "z" * (2 * MAX_LINE_BYTES))
+    summary.refresh()
+    summary.refresh()
+    assert summary.last_seq == 5
+    with path.open("a") as f:
+        f.write('"}\n')
+    write(path, [status(7, "finished")])
+    summary.refresh()
+    assert summary.last("status") == status(7, "finished") and summary.last_seq == 7
+    # The same file read afresh: the same answers.
+    again = MetricsSummary(path)
+    again.refresh()
+    assert again.last("status") == status(7, "finished") and again.last("run_start") == start
+
+
+def test_the_scan_limit_bounds_a_tail_without_newlines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    write(path, [train(1)])
+    with path.open("a") as f:
+        f.write("x" * 5000)
+    summary = MetricsSummary(path, block_size=512, scan_limit=4096)
+    summary.refresh()
+    assert summary.last_seq == 0  # nothing within the limit: nothing, and no endless scan
+    with path.open("a") as f:
+        f.write("\n")
+    write(path, [train(2)])
+    summary.refresh()
+    assert summary.last_seq == 2
+
+
+def test_a_fifo_or_a_link_is_refused(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    os.mkfifo(path)
+    with pytest.raises(DamagedFile, match="FIFO"):
+        within(5, MetricsSummary(path).refresh)
+    path.unlink()
+    (tmp_path / "secret").write_text(json.dumps(train(1)) + "\n")
+    path.symlink_to(tmp_path / "secret")
+    with pytest.raises(DamagedFile, match="symbolic link"):
+        MetricsSummary(path).refresh()

@@ -7,7 +7,11 @@ import json
 import os
 from pathlib import Path
 
-from training.metrics.tailer import EventTailer, JsonlTailer, decode_event
+import pytest
+
+from tests.contract.test_reading import within
+from training.contract.reading import MAX_LINE_BYTES, DamagedFile
+from training.metrics.tailer import EventTailer, JsonlTailer, decode_event, read_events
 
 
 def line(seq: int, **extra) -> str:
@@ -116,10 +120,66 @@ def test_crlf_lines(tmp_path):
 
 
 def test_read_events_streams_whole_valid_rows(tmp_path):
-    from training.metrics.tailer import read_events
-
     path = tmp_path / "metrics.jsonl"
     append(path, "".join(line(i) for i in range(1, 501)) + "not json\n[1, 2]\n")
     append(path, line(501)[:10])  # a half-written last line: not yet
     assert [r["seq"] for r in read_events(path)] == list(range(1, 501))
     assert list(read_events(tmp_path / "missing")) == []
+
+
+def test_an_overlong_line_is_malformed_and_skipped_unread(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    big = json.dumps({"seq": 2, "event": "train", "pad": "x" * (2 * MAX_LINE_BYTES)}) + "\n"
+    append(path, line(1) + big + line(3))
+    tailer = EventTailer(path)
+    assert [r["seq"] for r in tailer.poll()] == [1, 3]
+    assert tailer.malformed == 1
+    # Within a block larger than the limit, an overlong line is malformed all the same.
+    assert decode_event(big[:-1].encode()) is None
+    assert [r["seq"] for r in read_events(path)] == [1, 3]
+
+
+def test_links_and_fifos_are_refused_without_blocking(tmp_path):
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text(line(1, marker="OUTSIDE"))
+    path = tmp_path / "metrics.jsonl"
+    path.symlink_to(secret)
+    tailer = EventTailer(path)
+    with pytest.raises(DamagedFile, match="symbolic link"):
+        within(5, tailer.poll)
+    with pytest.raises(DamagedFile, match="symbolic link"):
+        within(5, lambda: list(read_events(path)))
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(DamagedFile, match="FIFO"):
+        within(5, tailer.poll)
+    with pytest.raises(DamagedFile, match="FIFO"):
+        within(5, lambda: list(read_events(path)))
+    # A regular file back at the name is followed again.
+    path.unlink()
+    append(path, line(1) + line(2))
+    assert [r["seq"] for r in tailer.poll()] == [1, 2]
+
+
+def test_a_followed_file_replaced_by_a_link_stops_there_and_resets_after(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    append(path, line(1) + line(2))
+    lines = JsonlTailer(path)
+    assert len(lines.read_lines()[0]) == 2
+    secret = tmp_path / "secret"
+    secret.write_text(line(3) * 3)
+    path.unlink()
+    path.symlink_to(secret)
+    with pytest.raises(DamagedFile):
+        lines.read_lines()
+    path.unlink()
+    path.write_text(line(7))
+    got, reset = lines.read_lines()
+    assert reset and [offset for offset, _ in got] == [0]  # offsets restart with the new file
+
+
+def test_brackets_nested_too_deeply_are_a_malformed_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    append(path, line(1) + "[" * 100_000 + "\n" + '{"a":' * 50_000 + "\n" + line(2))
+    tailer = EventTailer(path)
+    assert [r["seq"] for r in tailer.poll()] == [1, 2] and tailer.malformed == 2

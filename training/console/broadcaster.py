@@ -22,6 +22,7 @@ from typing import Any
 from training.console.run_store import RunStore
 from training.contract.layout import RunNotFound
 from training.contract.protocol import STATUS
+from training.contract.reading import DamagedFile
 from training.metrics.store import RunMetrics
 
 log = logging.getLogger(__name__)
@@ -155,8 +156,8 @@ class Broadcaster:
         """Follow a run without subscribers (a live trainer), for its status changes."""
         try:
             self._follower(run_id)
-        except RunNotFound:
-            return
+        except (RunNotFound, DamagedFile):
+            return  # gone, or its metrics cannot be read: nothing to stream
         self._ensure_pump()
 
     # -- status --
@@ -198,9 +199,14 @@ class Broadcaster:
             try:
                 with follower.lock:
                     status_seen = self._flush(follower, force=False)
-            except RunNotFound:
+            except (RunNotFound, DamagedFile) as exc:
+                # Deleted, or its metrics file became unreadable (a link, a FIFO): stop
+                # following it; its clients get the new state through run_status.
                 with self._lock:
                     self._followers.pop(follower.run_id, None)
+                if isinstance(exc, DamagedFile):
+                    log.info("run %s: metrics not followed: %s", follower.run_id, exc)
+                    self.run_changed(follower.run_id)
                 continue
             except Exception:  # one unreadable run must not stop the others' streams
                 log.exception("run %s: metrics pump failed", follower.run_id)

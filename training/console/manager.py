@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -29,7 +29,12 @@ from training.console.detection import (
     verify_process,
 )
 from training.console.remote_runs import append_remote_events, check_events
-from training.console.run_description import current_status, describe_run, recorded_trainer_alive
+from training.console.run_description import (
+    NO_METRICS,
+    current_status,
+    describe_run,
+    recorded_trainer_alive,
+)
 from training.console.run_queue import RunQueue
 from training.console.run_state import derive_state
 from training.console.run_store import MAX_NAME_LENGTH, RunStore
@@ -59,7 +64,12 @@ from training.contract.protocol import (
     RESUMABLE_STATES,
     STARTING,
     STOPPING,
+    UNREADABLE,
 )
+from training.contract.reading import DamagedFile
+
+if TYPE_CHECKING:
+    from training.console.run_description import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +142,15 @@ class TrainingManager:
             try:
                 paths = self.store.paths(run_id)
                 record = records[run_id] = self.store.read_record(run_id)
+                if record.damaged:
+                    log.info("run %s: unreadable: not followed (%s)", run_id, record.damaged)
+                    continue
                 # The file's tail holds any final status: no full index at start-up.
                 status = current_status(self.store.summary(run_id), record)
                 detection = detect_run(record, paths, status, self.trainers.get(run_id))
+            except DamagedFile as exc:
+                log.info("run %s: unreadable: not followed (%s)", run_id, exc)
+                continue
             except (RunNotFound, OSError) as exc:
                 log.info("run %s: skipped (%s)", run_id, exc)
                 continue
@@ -217,9 +233,16 @@ class TrainingManager:
         return record.exit is None and not final and self.trainers.get(record.run_id) is not None
 
     def state(self, run_id: str) -> tuple[str, str]:
+        """The run's derived state and why; `unreadable` when run.json or metrics.jsonl
+        cannot be read (no action but delete applies to such a run)."""
         record = self.store.read_record(run_id)
+        if record.damaged:
+            return UNREADABLE, record.damaged
         paths = self.store.paths(run_id)
-        summary = self.store.summary(run_id)  # the file's tail: no index
+        try:
+            summary = self.store.summary(run_id)  # the file's tail: no index
+        except DamagedFile as exc:
+            return UNREADABLE, str(exc)
         status = current_status(summary, record)
         return derive_state(
             record, status, self._alive(record, paths, status), last_event_time=summary.last_time
@@ -231,7 +254,13 @@ class TrainingManager:
         (detail) uses the run's index, which it needs for its charts anyway."""
         record = self.store.read_record(run_id)
         paths = self.store.paths(run_id)
-        metrics = self.store.metrics(run_id) if detail else self.store.summary(run_id)
+        damaged = [record.damaged] if record.damaged else []
+        metrics: Metrics
+        try:
+            metrics = self.store.metrics(run_id) if detail else self.store.summary(run_id)
+        except DamagedFile as exc:  # listed and shown all the same, as unreadable
+            metrics = NO_METRICS
+            damaged.append(str(exc))
         status = current_status(metrics, record)
         alive = self._alive(record, paths, status)
         with self._lock:
@@ -246,6 +275,7 @@ class TrainingManager:
             adopted=bool(active and active.adopted),
             queue_position=position,
             detail=detail,
+            damaged="; ".join(damaged) or None,
         )
 
     def list_runs(self, *, detail: bool = False) -> list[dict[str, Any]]:
@@ -421,13 +451,21 @@ class TrainingManager:
         active = self.training_now()
         if config_yaml is not None:
             for run_id in active:
-                if self.store.config_text(run_id) == config_yaml:
+                if self._config_text_or_none(run_id) == config_yaml:
                     raise RunConflict(f"the same config is already running as run {run_id}")
         if len(active) >= self.settings.max_concurrent_runs:
             raise RunConflict(
                 f"run {active[0]} is training and only {self.settings.max_concurrent_runs} "
                 "run may train at once: add this run to the queue, or stop the other first"
             )
+
+    def _config_text_or_none(self, run_id: str) -> str | None:
+        """Another run's config.yaml, or None when it cannot be read: one damaged run
+        never stops another from starting."""
+        try:
+            return self.store.config_text(run_id)
+        except (RunNotFound, OSError):
+            return None
 
     def trainer_argv(self, paths: RunPaths, resume: bool, restart: bool = False) -> list[str]:
         return trainer_argv(
@@ -505,10 +543,7 @@ class TrainingManager:
                 try:
                     record = self.store.read_record(active.run_id)
                     if record.pid == active.pid:
-                        record.exit = ended.to_record(
-                            time.time(),
-                            self.store.log_tail(active.run_id, self.settings.log_tail_lines),
-                        )
+                        record.exit = ended.to_record(time.time(), self._exit_log(active.run_id))
                         if ended.code == EXIT_DISK_FULL:  # the numbers its status could not carry
                             root = self.store.paths(active.run_id).root
                             record.exit.update(path=str(root), free_bytes=free_bytes(root))
@@ -538,6 +573,14 @@ class TrainingManager:
                 record.run_id,
                 disk_full_error(exc) or exc,
             )
+
+    def _exit_log(self, run_id: str) -> list[str]:
+        """The last lines of the log for run.json's exit record (none from a damaged log:
+        the exit itself must still be recorded)."""
+        try:
+            return self.store.log_tail(run_id, self.settings.log_tail_lines)
+        except OSError as exc:
+            return [f"(log not read: {exc})"]
 
     def _after_exit(self, active: TrainerProcess) -> None:
         self._notify(active.run_id)
@@ -628,9 +671,7 @@ class TrainingManager:
     ) -> str:
         """A new run with this run's config (plus overrides): a new folder, never a copy
         of the old run's checkpoints or metrics."""
-        from training.contract.config import parse_yaml_text
-
-        values = parse_yaml_text(self.store.config_text(run_id))
+        values = self.store.config(run_id)[1]  # DamagedFile: nothing to clone from
         source = self.store.read_record(run_id)
         return self.create_run(
             overrides or {},
@@ -679,7 +720,9 @@ class TrainingManager:
                     self._spawn(run_id, resume=False, from_queue=True)
                 except RunNotFound:
                     continue
-                except RunConflict as exc:
+                except (RunConflict, DamagedFile) as exc:
+                    # A damaged run leaves the queue; the runs behind it still start.
+                    log.warning("queue: run %s could not start: %s", run_id, exc)
                     if self.queue.stop_on_failure:
                         self.queue.pause(f"run {run_id} could not start: {exc}")
                 except OSError as exc:

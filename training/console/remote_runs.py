@@ -57,8 +57,12 @@ def append_remote_events(
     last_seq, changed): `changed` when the run is new or a new status event came, the
     only reports that change how the run is listed (rows reach charts by the stream)."""
     created = False
-    if store.workspace.run(run_id).root.is_dir():
+    root = store.workspace.run(run_id).root
+    if root.is_dir() or root.is_symlink() or root.exists():
+        # RunNotFound (404) for a link or a file at the run's name: never written through.
         record = store.read_record(run_id)
+        if record.damaged:
+            raise RunConflict(f"run {run_id} cannot take events: {record.damaged}")
         if not record.remote:
             raise RunConflict(
                 f"run {run_id} belongs to a trainer of this console; a remote trainer "

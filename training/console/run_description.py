@@ -7,6 +7,7 @@ recorded pid is verified here.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from training.console.detection import verify_process
@@ -25,13 +26,44 @@ from training.contract.protocol import (
     RUNNING,
     STATUS,
     TRAIN,
+    UNREADABLE,
 )
 
 if TYPE_CHECKING:
     from training.metrics.store import RunMetrics
     from training.metrics.summary import MetricsSummary
 
-    Metrics = RunMetrics | MetricsSummary
+
+class NoMetrics:
+    """The metrics view of a run whose metrics.jsonl cannot be read: nothing."""
+
+    last_seq = 0
+    last_time: float | None = None
+    malformed = 0
+
+    def last(self, event: str) -> dict[str, Any] | None:
+        return None
+
+
+NO_METRICS = NoMetrics()
+
+if TYPE_CHECKING:
+    Metrics = RunMetrics | MetricsSummary | NoMetrics
+
+
+def _number(value: Any) -> int | float | None:
+    """A finite number from a metrics row, else None: a damaged row's text, object or
+    400-digit integer never reaches arithmetic or the JSON answer."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return value if math.isfinite(value) else None
+    except OverflowError:
+        return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def current_status(metrics: Metrics, record: RunRecord) -> dict[str, Any] | None:
@@ -83,17 +115,22 @@ def describe_run(
     adopted: bool,
     queue_position: int | None,
     detail: bool = True,
+    damaged: str | None = None,
 ) -> dict[str, Any]:
     """The run record with its derived state, progress and last metrics; `detail` adds
-    the process, exit, resumes, checkpoints and last events (the run page's view)."""
+    the process, exit, resumes, checkpoints and last events (the run page's view).
+    `damaged` (why run.json or metrics.jsonl cannot be read) makes the state `unreadable`
+    with that reason; what could be read is still described."""
     run_id = record.run_id
     state, reason = derive_state(record, status, alive, last_event_time=metrics.last_time)
-    train, evaluation = metrics.last(TRAIN), metrics.last(EVAL)
-    run_start = metrics.last(RUN_START)
+    if damaged:
+        state, reason = UNREADABLE, damaged
+    train, evaluation = metrics.last(TRAIN) or {}, metrics.last(EVAL) or {}
+    run_start = metrics.last(RUN_START) or {}
     config = store.config_values(run_id)
-    total_steps = (run_start or {}).get("total_steps") or config.get("iters")
-    step = (train or {}).get("step") or 0
-    ips = (train or {}).get("iterations_per_second")
+    total_steps = _number(run_start.get("total_steps")) or _number(config.get("iters"))
+    step = _number(train.get("step")) or 0
+    ips = _number(train.get("iterations_per_second"))
     eta = None
     if state == RUNNING and total_steps and ips:
         eta = max(0.0, (float(total_steps) - float(step)) / float(ips))
@@ -104,22 +141,22 @@ def describe_run(
         "reason": reason,
         "created": record.created,
         "started": record.started,
-        "ended": (record.exit or {}).get("time"),
+        "ended": _number((record.exit or {}).get("time")),
         "step": step,
         "total_steps": total_steps,
-        "trained_tokens": (train or {}).get("trained_tokens"),
-        "total_tokens": (run_start or {}).get("total_tokens"),
-        "train_loss": (train or {}).get("train_loss"),
-        "val_loss": (evaluation or {}).get("val_loss"),
-        "tokens_per_second": (train or {}).get("tokens_per_second"),
-        "peak_memory": (train or {}).get("peak_memory"),
+        "trained_tokens": _number(train.get("trained_tokens")),
+        "total_tokens": _number(run_start.get("total_tokens")),
+        "train_loss": _number(train.get("train_loss")),
+        "val_loss": _number(evaluation.get("val_loss")),
+        "tokens_per_second": _number(train.get("tokens_per_second")),
+        "peak_memory": _number(train.get("peak_memory")),
         "eta_seconds": eta,
         # Training wall seconds across resumes, as of the last train event.
-        "elapsed_seconds": (train or {}).get("elapsed_seconds"),
+        "elapsed_seconds": _number(train.get("elapsed_seconds")),
         "last_seq": metrics.last_seq,
-        "model": config.get("model"),
-        "data": config.get("data"),
-        "fine_tune_type": config.get("fine_tune_type"),
+        "model": _text(config.get("model")),
+        "data": _text(config.get("data")),
+        "fine_tune_type": _text(config.get("fine_tune_type")),
         "queue_position": queue_position,
         "remote": record.remote,
         "cloned_from": record.cloned_from,
@@ -136,7 +173,12 @@ def describe_run(
             exit=record.exit,
             resumes=record.resumes,
             stop_requested=record.stop_requested,
-            last={"train": train, "eval": evaluation, "status": status, "run_start": run_start},
+            last={
+                "train": train or None,
+                "eval": evaluation or None,
+                "status": status,
+                "run_start": run_start or None,
+            },
             checkpoints=len(checkpoints),
             latest_checkpoint_step=checkpoints[-1]["step"] if checkpoints else None,
             # What TrainingManager.resume and .restart accept: latest.json naming a complete

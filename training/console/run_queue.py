@@ -13,6 +13,7 @@ from typing import Any
 
 from training.contract.errors import InputError
 from training.contract.files import write_atomic
+from training.contract.reading import read_json_object
 
 
 class QueueError(InputError):
@@ -37,10 +38,10 @@ class RunQueue:
 
     def _load(self) -> dict[str, Any]:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            # Never a link, a FIFO (it would block the console's start) or a runaway file.
+            return read_json_object(self.path.parent, self.path.name)
+        except OSError:
             return {}
-        return data if isinstance(data, dict) else {}
 
     def save(self, order: list[str] | None = None, stop_on_failure: bool | None = None) -> None:
         """Write the queue as it is to be, then hold it: a write the disk refuses (an

@@ -1,7 +1,9 @@
 """RunStore: the console's data provider for run folders (DESIGN.md "Run folder contract").
 
 Web handlers never open a run's files themselves; they ask this store, as TensorBoard
-plugins ask theirs. No MLX here.
+plugins ask theirs. No MLX here. Every file of a run folder is read through
+contract/reading.py: no link followed, only regular files, bounded reads; a file that
+cannot be read that way raises DamagedFile (an OSError naming the file).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -20,7 +23,8 @@ from typing import Any
 from training.contract.checkpoints import list_checkpoints
 from training.contract.config import ConfigError, parse_yaml_text
 from training.contract.disk import disk_full_error, is_disk_full
-from training.contract.files import write_atomic
+from training.contract.errors import RunConflict
+from training.contract.files import append_bytes, write_atomic
 from training.contract.layout import (
     RunNotFound,
     RunPaths,
@@ -30,6 +34,14 @@ from training.contract.layout import (
     read_record,
     write_record,
 )
+from training.contract.reading import (
+    MAX_RECORD_BYTES,
+    DamagedFile,
+    open_file,
+    opened,
+    read_text,
+    split_path,
+)
 from training.metrics.store import MetricsCache, RunMetrics
 from training.metrics.summary import MetricsSummary
 
@@ -38,6 +50,11 @@ MAX_NAME_LENGTH = 200
 UNSAVED_RETRY_SECONDS = 1.0
 
 log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+# The log tail reads at most this much from the end of stdout.log (5000 lines of a
+# normal log fit many times over; one endless line does not cost more).
+MAX_LOG_TAIL_BYTES = 8 << 20
 
 
 class RunStore:
@@ -80,6 +97,12 @@ class RunStore:
         return unsaved if unsaved is not None else read_record(self.paths(run_id))
 
     def write_record(self, record: RunRecord) -> None:
+        """Replace run.json; refused (RunConflict, 409) for a record read from a damaged
+        run.json: the console never writes over what it could not read."""
+        if record.damaged:
+            raise RunConflict(
+                f"run {record.run_id} cannot be changed: {record.damaged}; repair or delete it"
+            )
         write_record(self.paths(record.run_id), record)
         with self._unsaved_lock:
             self._unsaved.pop(record.run_id, None)  # the file holds the newest record now
@@ -166,26 +189,39 @@ class RunStore:
         shutil.rmtree(trash, ignore_errors=True)
 
     def config_text(self, run_id: str) -> str:
+        """config.yaml's text ("" when there is none); DamagedFile when it cannot be read
+        safely (a link, not a regular file, over 4 MiB, not UTF-8)."""
         try:
-            return self.paths(run_id).config.read_text(encoding="utf-8")
+            return read_text(self.paths(run_id).root, CONFIG_FILE, MAX_RECORD_BYTES)
         except FileNotFoundError:
             return ""
+
+    def config(self, run_id: str) -> tuple[str, dict[str, Any]]:
+        """config.yaml as text and as a mapping; DamagedFile when it cannot be read or does
+        not hold a YAML mapping."""
+        text = self.config_text(run_id)
+        try:
+            return text, parse_yaml_text(text) if text else {}
+        except ConfigError as exc:
+            raise DamagedFile(CONFIG_FILE, f"is not a YAML mapping of settings: {exc}") from None
 
     def config_values(self, run_id: str) -> dict[str, Any]:
         """config.yaml as a raw mapping ({} when missing or unreadable), cached by mtime:
         the runs list reads every run's model and data names."""
         path = self.paths(run_id).config
         try:
-            st = path.stat()
+            st = path.lstat()
         except FileNotFoundError:
             return {}
+        if not stat.S_ISREG(st.st_mode):
+            return {}  # a link or a FIFO: config_text says why when asked
         key = (st.st_mtime_ns, st.st_size)
         cached = self._config_cache.get(path)
         if cached and cached[0] == key:
             return cached[1]
         try:
-            values = parse_yaml_text(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ConfigError):
+            values = self.config(run_id)[1]
+        except OSError:
             values = {}
         self._config_cache[path] = (key, values)
         return values
@@ -216,22 +252,14 @@ class RunStore:
                 last = event["seq"]
         if fresh:
             blob = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in fresh)
-            fd = os.open(self.paths(run_id).metrics, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                start = os.fstat(fd).st_size
-                view = memoryview(blob.encode("utf-8"))
-                try:
-                    while view:
-                        view = view[os.write(fd, view) :]
-                except OSError:
-                    os.ftruncate(fd, start)  # a full disk took part of it: no torn line stays
-                    raise
-            finally:
-                os.close(fd)
+            # Never through a link: a remote run's metrics.jsonl could point anywhere.
+            append_bytes(self.paths(run_id).metrics, blob.encode("utf-8"))
         return len(fresh), len(events) - len(fresh)
 
     def log_tail(self, run_id: str, lines: int = 100) -> list[str]:
-        return tail_lines(self.paths(run_id).stdout, lines)
+        """The last lines of stdout.log; DamagedFile when it cannot be read safely."""
+        paths = self.paths(run_id)
+        return tail_lines(paths.stdout, lines, root=paths.root)
 
     def checkpoints(self, run_id: str) -> list[dict[str, Any]]:
         return list_checkpoints(self.paths(run_id).root)
@@ -253,25 +281,34 @@ def _copy(record: RunRecord) -> RunRecord:
     return RunRecord.from_json(record.to_json())
 
 
-def tail_lines(path: Path, lines: int, block: int = 64 * 1024) -> list[str]:
-    """The last `lines` lines of a text file, reading backwards from its end."""
+def tail_lines(
+    path: Path,
+    lines: int,
+    block: int = 64 * 1024,
+    root: Path | None = None,
+    max_bytes: int = MAX_LOG_TAIL_BYTES,
+) -> list[str]:
+    """The last `lines` lines of a text file, reading backwards from its end, at most
+    `max_bytes` of it. The file is reached from `root` (default: its folder) without
+    following links; DamagedFile when it is not a regular file."""
     if lines <= 0:
         return []
+    folder, rel = split_path(path, root)
     try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            end = pos = f.tell()
-            data = b""
-            while pos > 0 and data.count(b"\n") <= lines:
-                step = min(block, pos)
-                pos -= step
-                f.seek(pos)
-                data = f.read(step) + data
-                if end - pos > 64 * 1024 * 1024:
-                    break
+        fd = open_file(folder, rel)
     except FileNotFoundError:
         return []
-    text = data.decode("utf-8", errors="replace")
+    chunks: list[bytes] = []
+    with opened(fd):
+        end = pos = os.fstat(fd).st_size
+        newlines = 0
+        while pos > 0 and newlines <= lines and end - pos < max_bytes:
+            step = min(block, pos, max_bytes - (end - pos))
+            pos -= step
+            chunk = os.pread(fd, step, pos)
+            chunks.append(chunk)
+            newlines += chunk.count(b"\n")
+    text = b"".join(reversed(chunks)).decode("utf-8", errors="replace")
     # Progress bars rewrite a line with \r: show its last state.
     if text.endswith("\n"):
         text = text[:-1]

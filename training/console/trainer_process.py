@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 
 from training.console.run_state import exit_reason
+from training.contract.files import open_append
 from training.contract.layout import PROJECT_ROOT, RunPaths
 from training.contract.protocol import TOKEN_ENV
 
@@ -150,8 +151,10 @@ def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
 def spawn_trainer(
     run_id: str, argv: list[str], *, cwd: Path, stdout: Path, from_queue: bool = False
 ) -> TrainerProcess:
-    """Start the trainer with its output appended to `stdout`; OSError if it cannot start."""
-    with stdout.open("ab") as out:
+    """Start the trainer with its output appended to `stdout`; OSError if it cannot start
+    (DamagedFile when stdout.log is a link or a FIFO: never written through, never waited on)."""
+    out = open_append(stdout)
+    try:
         popen = subprocess.Popen(
             argv,
             cwd=cwd,
@@ -162,6 +165,8 @@ def spawn_trainer(
             start_new_session=True,  # survives the console; Ctrl-C is not its signal
             close_fds=True,
         )
+    finally:
+        os.close(out)
     return TrainerProcess(run_id, popen.pid, popen=popen, from_queue=from_queue)
 
 

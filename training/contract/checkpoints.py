@@ -25,6 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from training.contract.files import fsync_path, is_temp_name, write_json_atomic
+from training.contract.reading import (
+    open_dir,
+    open_dir_at,
+    opened,
+    read_json_object,
+    read_json_object_at,
+)
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.json"
@@ -167,24 +174,72 @@ class CheckpointInfo:
 
 
 def read_state(bundle: str | Path) -> dict[str, Any]:
-    data = json.loads((Path(bundle) / STATE_FILE).read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"{bundle}/{STATE_FILE} is not a JSON object")
-    return data
+    """A bundle's state.json: a regular file holding a JSON object (DamagedFile, an
+    OSError, otherwise)."""
+    return read_json_object(bundle, STATE_FILE)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _open_checkpoints(run_dir: Path) -> int | None:
+    """A descriptor of the run's checkpoints folder, reached without a link; None when
+    there is none, or something else (a link, a file) sits at its name."""
+    try:
+        return open_dir(run_dir, CHECKPOINTS_DIR)
+    except OSError:
+        return None
+
+
+def _bundle_at(ckpt_fd: int, name: str, step: int) -> tuple[dict[str, Any], int, float] | None:
+    """(state, size, mtime) of a complete bundle in the open checkpoints folder, else None.
+    A bundle is a real folder (not a link) of regular files and folders only, with a
+    state.json holding an object: a link or a FIFO among its files would make a loader read
+    elsewhere or hang, so such a folder is no bundle. Sizes never follow links."""
+    shown = f"{CHECKPOINTS_DIR}/{name}"
+    try:
+        with opened(open_dir_at(ckpt_fd, name, shown)) as fd:
+            size = 0
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if entry.is_file(follow_symlinks=False):
+                        size += entry.stat(follow_symlinks=False).st_size
+                    elif not entry.is_dir(follow_symlinks=False):
+                        return None  # a link, FIFO, socket or device
+            state = read_json_object_at(fd, STATE_FILE, f"{shown}/{STATE_FILE}")
+            mtime = os.fstat(fd).st_mtime
+    except OSError:
+        return None  # missing, pruned meanwhile, a link, or damaged: not complete
+    return state, size, mtime
 
 
 def read_latest(run_dir: str | Path) -> dict[str, Any] | None:
-    """latest.json when it points at a complete bundle (with its state.json), else None."""
+    """latest.json when it points at a complete bundle (with its state.json), else None.
+    `step` is the bundle's (from its name) when latest.json's own is not a whole number."""
     ckpt_dir = checkpoints_dir(run_dir)
-    try:
-        data = json.loads((ckpt_dir / LATEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    fd = _open_checkpoints(Path(run_dir))
+    if fd is None:
         return None
-    if not isinstance(data, dict) or not BUNDLE_RE.fullmatch(str(data.get("bundle", ""))):
-        return None
-    if not (ckpt_dir / data["bundle"] / STATE_FILE).is_file():
-        return None
-    return {**data, "path": str(ckpt_dir / data["bundle"])}
+    with opened(fd):
+        try:
+            data = read_json_object_at(fd, LATEST_FILE, f"{CHECKPOINTS_DIR}/{LATEST_FILE}")
+        except OSError:
+            return None
+        name = data.get("bundle")
+        step = bundle_step(name) if isinstance(name, str) else None
+        if step is None or _bundle_at(fd, str(name), step) is None:
+            return None
+    recorded = data.get("step")
+    if not isinstance(recorded, int) or isinstance(recorded, bool):
+        recorded = step
+    return {**data, "step": recorded, "path": str(ckpt_dir / str(name))}
 
 
 def latest_bundle(run_dir: str | Path) -> Path | None:
@@ -197,10 +252,9 @@ def bundle_val_loss(state: dict[str, Any], step: int) -> float | None:
     evaluation (`val_loss` at `val_step`), which counts only when it ran at the bundle's own
     step (an older evaluation measured other weights). The same rule as the console's
     checkpoint table, which matches eval events to bundles by step."""
-    v = state.get("val_loss")
-    if state.get("val_step") != step or isinstance(v, bool):
+    if state.get("val_step") != step:
         return None
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+    return _number(state.get("val_loss"))
 
 
 def list_bundles(run_dir: str | Path) -> list[CheckpointInfo]:
@@ -211,28 +265,33 @@ def list_bundles(run_dir: str | Path) -> list[CheckpointInfo]:
 
 def _bundles(ckpt_dir: Path) -> list[CheckpointInfo]:
     out: list[CheckpointInfo] = []
-    if not ckpt_dir.is_dir():
+    fd = _open_checkpoints(ckpt_dir.parent)
+    if fd is None:
         return out
-    for p in ckpt_dir.iterdir():
-        m = BUNDLE_RE.fullmatch(p.name)
-        if not m or not p.is_dir():
-            continue
+    with opened(fd):
         try:
-            state = read_state(p)
-        except (OSError, ValueError):
-            continue  # not complete: never listed, never resumed from
-        size = sum(f.stat().st_size for f in p.iterdir() if f.is_file())
-        step = int(m.group(1))
-        out.append(
-            CheckpointInfo(
-                name=p.name,
-                path=p,
-                step=step,
-                time=float(state.get("time") or p.stat().st_mtime),
-                size=size,
-                val_loss=bundle_val_loss(state, step),
+            with os.scandir(fd) as entries:
+                names = [e.name for e in entries]
+        except OSError:
+            return out
+        for name in names:
+            step = bundle_step(name)
+            if step is None:
+                continue
+            found = _bundle_at(fd, name, step)
+            if found is None:
+                continue  # not complete: never listed, never resumed from
+            state, size, mtime = found
+            out.append(
+                CheckpointInfo(
+                    name=name,
+                    path=ckpt_dir / name,
+                    step=step,
+                    time=_number(state.get("time")) or mtime,
+                    size=size,
+                    val_loss=bundle_val_loss(state, step),
+                )
             )
-        )
     return sorted(out, key=lambda b: b.step)
 
 
@@ -246,15 +305,9 @@ def best_bundle(bundles: list[CheckpointInfo]) -> CheckpointInfo | None:
 def list_checkpoints(run_dir: str | Path) -> list[dict[str, Any]]:
     """The complete bundles of a run, oldest first, as the API shows them: name, path
     (relative to the run folder), step, time, size (bytes), val_loss, is_latest, is_best.
-    Safe while the trainer writes or prunes bundles."""
-    for _attempt in range(3):
-        try:
-            bundles = _bundles(checkpoints_dir(run_dir))
-            break
-        except OSError:
-            continue  # a bundle pruned while being listed: list again
-    else:
-        return []
+    Safe while the trainer writes or prunes bundles (a bundle pruned meanwhile is left
+    out), and on a damaged folder (what is not a complete bundle is left out)."""
+    bundles = _bundles(checkpoints_dir(run_dir))
     latest = read_latest(run_dir)
     best = best_bundle(bundles)
     return [

@@ -7,7 +7,7 @@ run.json, the console's record of a run.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import re
 import secrets
@@ -20,6 +20,7 @@ from typing import Any
 
 from training.contract.files import write_json_atomic
 from training.contract.protocol import CREATED, RUNNING, STARTING, WORKSPACE_ENV
+from training.contract.reading import MAX_RECORD_BYTES, DamagedFile, read_json
 
 # The project's own folder: on the PYTHONPATH of the processes the console starts.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -204,40 +205,121 @@ class RunRecord:
     # one launched from the command line. Its state comes from its events alone.
     remote: bool = False
     v: int = RECORD_VERSION
+    # Never written: why run.json could not be read (the run then reads `unreadable`, and
+    # the console refuses to rewrite the file over what it could not read).
+    damaged: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        del data["damaged"]
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunRecord:
-        known = {f.name for f in fields(cls)}
+        """A record from run.json's object; ValueError naming every field of the wrong
+        type (a record the console cannot trust is read as damaged, never half-used)."""
+        problems = record_problems(data)
+        if problems:
+            raise ValueError("; ".join(problems))
+        known = {f.name for f in fields(cls)} - {"damaged"}
         # Unknown keys (a newer console's) are dropped rather than refused.
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    """A finite number a float holds (times, seconds): no bool, no 400-digit integer."""
+    if isinstance(v, float):
+        return math.isfinite(v)
+    return _is_int(v) and abs(v) <= 2**63
+
+
+def _optional(check: Any) -> Any:
+    return lambda v: v is None or check(v)
+
+
+# run.json's fields: what each must hold, and how to say it.
+_RECORD_FIELDS: dict[str, tuple[Any, str]] = {
+    "run_id": (lambda v: isinstance(v, str), "text"),
+    "name": (lambda v: isinstance(v, str), "text"),
+    "created": (_is_number, "a number"),
+    "state": (lambda v: isinstance(v, str), "text"),
+    "pid": (_optional(lambda v: _is_int(v) and 0 < v < 2**31), "a process id or null"),
+    "pid_create_time": (_optional(_is_number), "a number or null"),
+    "cmdline": (
+        _optional(lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v)),
+        "a list of text or null",
+    ),
+    "started": (_optional(_is_number), "a number or null"),
+    "start_seq": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
+    "stop_requested": (lambda v: isinstance(v, bool), "true or false"),
+    "exit": (_optional(lambda v: isinstance(v, dict)), "an object or null"),
+    "resumes": (
+        lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
+        "a list of objects",
+    ),
+    "cloned_from": (_optional(lambda v: isinstance(v, str)), "text or null"),
+    "remote": (lambda v: isinstance(v, bool), "true or false"),
+    "v": (_is_int, "a whole number"),
+}
+
+
+def record_problems(data: Mapping[str, Any]) -> list[str]:
+    """What is wrong with run.json's fields, one phrase each (empty when nothing is)."""
+    return [
+        f"{key} must be {what}, not {type(data[key]).__name__} {_short(data[key])}"
+        for key, (check, what) in _RECORD_FIELDS.items()
+        if key in data and not check(data[key])
+    ]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def read_record(paths: RunPaths) -> RunRecord:
     """run.json of a run folder; a folder without one (e.g. a bare trainer CLI run) gets a
-    record derived from the folder, so every run folder can be listed."""
+    record derived from the folder, so every run folder can be listed. A run.json that
+    cannot be read safely or trusted (a link, a FIFO, garbage, a field of the wrong type)
+    gives a record marked `damaged` with the reason, never an exception."""
     try:
-        data = json.loads(paths.run_json.read_text(encoding="utf-8"))
+        data = read_json(paths.root, "run.json", MAX_RECORD_BYTES)
     except FileNotFoundError:
         if not paths.root.is_dir():
             raise RunNotFound(paths.run_id) from None
         # Launched from the trainer's own command line: started, with no pid recorded; its
         # process is found in the process table (detection.TrainerTable) while it lives.
         return RunRecord(paths.run_id, paths.run_id, _folder_time(paths.root), state=STARTING)
-    except (OSError, ValueError):
-        # A corrupt record must not hide the run: list it, derived from its files.
-        return RunRecord(paths.run_id, paths.run_id, _folder_time(paths.root), state=RUNNING)
+    except OSError as exc:  # DamagedFile, or an I/O error: the file is there but unusable
+        return _damaged(paths, str(exc) if isinstance(exc, DamagedFile) else f"run.json {exc}")
     if not isinstance(data, dict):
-        return RunRecord(paths.run_id, paths.run_id, _folder_time(paths.root), state=RUNNING)
+        return _damaged(paths, "run.json does not hold a JSON object")
     data = {**data, "run_id": paths.run_id}
     data.setdefault("name", paths.run_id)
     data.setdefault("created", _folder_time(paths.root))
     try:
         return RunRecord.from_json(data)
-    except TypeError:
-        return RunRecord(paths.run_id, paths.run_id, _folder_time(paths.root), state=RUNNING)
+    except (TypeError, ValueError) as exc:
+        return _damaged(paths, f"run.json has fields of the wrong type: {exc}", data)
+
+
+def _damaged(paths: RunPaths, reason: str, data: Mapping[str, Any] | None = None) -> RunRecord:
+    """A record for listing a run whose run.json is unusable: its name and creation time
+    when those fields are sound, nothing else trusted (no pid, no exit)."""
+    data = data or {}
+    name = data.get("name")
+    created = data.get("created")
+    return RunRecord(
+        paths.run_id,
+        name if isinstance(name, str) and name else paths.run_id,
+        float(created) if created is not None and _is_number(created) else _folder_time(paths.root),
+        state=RUNNING,
+        damaged=reason,
+    )
 
 
 def write_record(paths: RunPaths, record: RunRecord) -> None:

@@ -10,8 +10,8 @@ LoRA/DoRA adapters, or for a full run's checkpoints the trained weights themselv
 
 from __future__ import annotations
 
-import json
 import re
+import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,10 @@ from training.contract.checkpoints import (
     read_latest,
     read_state,
 )
-from training.contract.config import ConfigError, read_yaml
+from training.contract.config import ConfigError, parse_yaml_text
 from training.contract.errors import InputError
 from training.contract.layout import RunPaths, Workspace, is_valid_run_id
+from training.contract.reading import MAX_RECORD_BYTES, is_real_dir, read_json_object, read_text
 
 # What a person may type for a checkpoint: step-5 or step-00000005 (or just 5).
 _STEP_RE = re.compile(r"step-(\d+)")
@@ -58,9 +59,9 @@ class ModelSource:
         if self.adapter_path is None:
             return False
         try:
-            config = json.loads((self.adapter_path / "adapter_config.json").read_text())
-            kind = config.get("fine_tune_type", "lora") if isinstance(config, dict) else None
-        except (OSError, ValueError):
+            config = read_json_object(self.adapter_path, "adapter_config.json")
+            kind = config.get("fine_tune_type", "lora")
+        except OSError:  # missing, or not a regular JSON file (a link, a FIFO)
             kind = self.fine_tune_type
         return kind in ("lora", "dora")
 
@@ -134,12 +135,33 @@ def run_workspace_root(run: RunPaths) -> Path:
 
 
 def run_config(run: RunPaths) -> dict[str, Any]:
+    """The run's config.yaml as a mapping, read without following a link, from a regular
+    file of at most 4 MiB (never a FIFO that would block); SourceError otherwise."""
     if not run.root.is_dir():
         raise SourceError(f"no run {run.run_id!r} at {run.root}", "run_id")
     try:
-        return read_yaml(run.config)
+        text = read_text(run.root, run.config.name, MAX_RECORD_BYTES)
+    except FileNotFoundError:
+        raise SourceError(f"run {run.run_id}: no config.yaml in {run.root}", "run_id") from None
+    except OSError as exc:
+        raise SourceError(f"run {run.run_id}: {exc}", "run_id") from None
+    try:
+        return parse_yaml_text(text, source=str(run.config))
     except ConfigError as exc:
         raise SourceError(f"run {run.run_id}: {exc}", "run_id") from exc
+
+
+def has_final(run: RunPaths) -> bool:
+    """The run's final/ is a real folder of the run (a link to one elsewhere is not)."""
+    return is_real_dir(run.root, run.final.name)
+
+
+def _regular(path: Path) -> bool:
+    """A regular file, not reached through a link at its own name."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def base_model_dir(run: RunPaths, workspace: Path) -> Path:
@@ -186,7 +208,7 @@ def latest_checkpoint(run: RunPaths) -> str | None:
 
 
 def _has_weights(folder: Path) -> bool:
-    return any(folder.glob(WEIGHT_GLOB))
+    return any(_regular(p) for p in folder.glob(WEIGHT_GLOB))
 
 
 def bundle_source(
@@ -200,9 +222,10 @@ def bundle_source(
         "checkpoint": checkpoint,
         "fine_tune_type": fine_tune_type,
     }
-    if all((folder / f).is_file() for f in ADAPTER_FILES):
+    # Links and FIFOs are no model files: a loader would read elsewhere, or hang.
+    if all(_regular(folder / f) for f in ADAPTER_FILES):
         return ModelSource(model=base, adapter_path=folder, **common)
-    if (folder / "config.json").is_file() and _has_weights(folder):
+    if _regular(folder / "config.json") and _has_weights(folder):
         return ModelSource(model=folder, **common)
     raise SourceError(f"{folder} holds no model weights or adapters", "checkpoint")
 
@@ -240,8 +263,9 @@ def resolve_run_source(
             raise SourceError(f"run {run_id} has no checkpoint yet", "checkpoint")
         name = latest
     complete = checkpoint_names(run)
-    if (name == FINAL and not run.final.is_dir()) or (name != FINAL and name not in complete):
-        known = ", ".join([BASE] + complete + ([FINAL] if run.final.is_dir() else []))
+    final = has_final(run)
+    if (name == FINAL and not final) or (name != FINAL and name not in complete):
+        known = ", ".join([BASE] + complete + ([FINAL] if final else []))
         raise SourceError(
             f"run {run_id} has no checkpoint {name!r}; choose one of: {known}", "checkpoint"
         )
@@ -263,7 +287,7 @@ def folder_source(path: str | Path) -> ModelSource:
 def run_choices(workspace: Workspace, run_id: str) -> list[dict[str, Any]]:
     """Every model of a run a person can pick: base, each checkpoint, final."""
     run = workspace.run(run_id)
-    names = [BASE] + checkpoint_names(run) + ([FINAL] if run.final.is_dir() else [])
+    names = [BASE] + checkpoint_names(run) + ([FINAL] if has_final(run) else [])
     out: list[dict[str, Any]] = []
     for name in names:
         try:

@@ -6,9 +6,7 @@ Only complete JSON lines of metrics.jsonl count (a half-written last line is "no
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from training.contract.checkpoints import list_checkpoints
 from training.contract.layout import RunPaths
 from training.contract.protocol import EVAL, FINISHED, RUN_START, STATUS, TRAIN
+from training.contract.reading import DamagedFile, is_real_dir, read_json_object, tree_size
 from training.metrics.evaluations import read_evaluations
 from training.metrics.tailer import read_events
 
@@ -59,7 +58,7 @@ def evals_by_step(
     """The last eval event's losses at each step (a resume may repeat a step); `events`
     (the run's eval rows from its index) spares reading the whole metrics file."""
     out: dict[int, dict[str, float]] = {}
-    for event in read_events(run.metrics) if events is None else events:
+    for event in read_events(run.metrics, run.root) if events is None else events:
         if event.get("event") == EVAL and isinstance(event.get("step"), int):
             losses = eval_losses(event)
             if losses:
@@ -68,11 +67,16 @@ def evals_by_step(
 
 
 def final_losses(run: RunPaths) -> dict[str, Any]:
-    """The last train loss and the last evaluation, with their steps (for the model card)."""
+    """The last train loss and the last evaluation, with their steps (for the model card);
+    nothing from a metrics file that cannot be read safely."""
     train: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
     start: dict[str, Any] | None = None
-    for event in read_events(run.metrics):
+    try:
+        events = list(read_events(run.metrics, run.root))
+    except DamagedFile:
+        events = []
+    for event in events:
         kind = event.get("event")
         if kind == TRAIN and _is_number(event.get("train_loss")):
             train = {"step": event.get("step"), "train_loss": float(event["train_loss"])}
@@ -84,24 +88,29 @@ def final_losses(run: RunPaths) -> dict[str, Any]:
 
 
 def folder_size(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += (Path(root) / name).stat().st_size
-            except OSError:
-                continue
-    return total
+    """Bytes of the regular files in a folder; links are neither followed nor counted."""
+    return tree_size(path.parent, path.name)
 
 
 def checkpoint_table(run: RunPaths, metrics: RunMetrics | None = None) -> dict[str, Any]:
     """Rows for the run page: each complete checkpoint (as the console lists them) and
     final/, with the losses of the evaluation at its step (val and every extra set), its
     size, the perplexities stored for it, and `best` on the lowest validation loss. With
-    the run's metrics index (the console), only its eval and status rows are read."""
-    evals = evals_by_step(run, metrics.rows_of(EVAL) if metrics is not None else None)
+    the run's metrics index (the console), only its eval and status rows are read. A file
+    that cannot be read safely is left out and named in `unreadable` ({file, error})."""
+    unreadable: list[dict[str, str]] = []
+    try:
+        evals = evals_by_step(run, metrics.rows_of(EVAL) if metrics is not None else None)
+    except DamagedFile as exc:
+        evals, metrics = {}, None
+        unreadable.append({"file": exc.file, "error": str(exc)})
     perplexities: dict[str, list[dict[str, Any]]] = {}
-    for record in read_evaluations(run):
+    try:
+        stored = read_evaluations(run)
+    except DamagedFile as exc:
+        stored = []
+        unreadable.append({"file": exc.file, "error": str(exc)})
+    for record in stored:
         perplexities.setdefault(str(record.get("checkpoint")), []).append(record)
     rows: list[dict[str, Any]] = []
     for bundle in list_checkpoints(run.root):
@@ -121,14 +130,15 @@ def checkpoint_table(run: RunPaths, metrics: RunMetrics | None = None) -> dict[s
                 "best": bool(bundle.get("is_best")),
             }
         )
-    if run.final.is_dir():
+    # final/ counts only as a real folder of this run: never a link to one elsewhere.
+    if is_real_dir(run.root, run.final.name):
         statuses = metrics.rows_of(STATUS) if metrics is not None else None
         step = _final_step(run, max(evals) if evals else None, statuses)
         rows.append(
             {
                 "checkpoint": "final",
                 "step": step,
-                "time": run.final.stat().st_mtime,
+                "time": _mtime(run.final),
                 "size": folder_size(run.final),
                 "latest": False,
                 "losses": dict(evals.get(step, {})) if step is not None else {},
@@ -141,7 +151,14 @@ def checkpoint_table(run: RunPaths, metrics: RunMetrics | None = None) -> dict[s
     if scored and not any(r["best"] for r in rows):
         # Same rule as the trainer: lowest validation loss, the later step on a tie.
         min(scored, key=lambda r: (r["losses"]["val"], -(r["step"] or 0)))["best"] = True
-    return {"rows": rows, "sets": ["val", *sets], "evals": len(evals)}
+    return {"rows": rows, "sets": ["val", *sets], "evals": len(evals), "unreadable": unreadable}
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.lstat().st_mtime
+    except OSError:
+        return None
 
 
 def _final_step(
@@ -149,13 +166,17 @@ def _final_step(
 ) -> int | None:
     for name in ("state.json", "trainer_state.json"):
         try:
-            state = json.loads((run.final / name).read_text())
-        except (OSError, ValueError):
+            state = read_json_object(run.root, f"{run.final.name}/{name}")
+        except OSError:
             continue
-        if isinstance(state, dict) and isinstance(state.get("step"), int):
+        if isinstance(state.get("step"), int) and not isinstance(state["step"], bool):
             return state["step"]
     last: int | None = None
-    for event in read_events(run.metrics) if statuses is None else statuses:
-        if event.get("event") == STATUS and event.get("state") == FINISHED:
-            last = event.get("step") if isinstance(event.get("step"), int) else last
+    try:
+        events = read_events(run.metrics, run.root) if statuses is None else statuses
+        for event in events:
+            if event.get("event") == STATUS and event.get("state") == FINISHED:
+                last = event.get("step") if isinstance(event.get("step"), int) else last
+    except DamagedFile:
+        pass  # the caller already reported the metrics file
     return last if last is not None else fallback

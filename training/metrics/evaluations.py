@@ -5,9 +5,9 @@ contract")."""
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
+from training.contract.files import append_bytes
 from training.contract.layout import RunPaths
 from training.metrics.tailer import read_events
 
@@ -15,9 +15,9 @@ PERPLEXITY_FILE = "perplexity.jsonl"
 
 
 def read_evaluations(run: RunPaths) -> list[dict[str, Any]]:
-    """Stored perplexity results of this run (written by the evaluation worker), oldest first."""
-    path = run.evaluations / PERPLEXITY_FILE
-    return list(read_events(path))
+    """Stored perplexity results of this run (written by the evaluation worker), oldest
+    first; DamagedFile when the file (or evaluations/) cannot be read safely."""
+    return list(read_events(run.evaluations / PERPLEXITY_FILE, root=run.root))
 
 
 def append_evaluation(run: RunPaths, record: dict[str, Any]) -> None:
@@ -26,8 +26,5 @@ def append_evaluation(run: RunPaths, record: dict[str, Any]) -> None:
     deleted while it was measured."""
     run.evaluations.mkdir(parents=False, exist_ok=True)
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    fd = os.open(run.evaluations / PERPLEXITY_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+    # Never through a link, never blocking on a FIFO: a result lands in this run or nowhere.
+    append_bytes(run.evaluations / PERPLEXITY_FILE, line, root=run.root)

@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from training.contract.files import write_atomic
+from training.contract.reading import read_bytes
+
+# A snapshot of a million-row index is about 50 MB; a larger file is not one of ours.
+MAX_SNAPSHOT_BYTES = 1 << 30
 
 VERSION = 1
 SUFFIX = ".idx"
@@ -50,7 +54,8 @@ def write_snapshot(path: Path, header: dict[str, Any], columns: Sequence[array[A
 def read_snapshot(path: Path) -> tuple[dict[str, Any], list[array[Any]]] | None:
     """(header, columns), or None for a missing, damaged or foreign snapshot."""
     try:
-        data = path.read_bytes()
+        # Never a link, a FIFO or a runaway file: the cache is a folder anyone may damage.
+        data = read_bytes(path.parent, path.name, MAX_SNAPSHOT_BYTES)
     except OSError:
         return None
     cut = data.find(b"\n")

@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from training.contract.protocol import CHECKPOINT, EVAL, RUN_START, STATUS, TRAIN, WARNING
+from training.contract.reading import MAX_LINE_BYTES, open_file, opened
 from training.metrics.snapshot import read_snapshot, remove_snapshot, snapshot_file, write_snapshot
 from training.metrics.tailer import JsonlTailer, decode_event
 
@@ -35,6 +36,8 @@ EVENT_CODES: dict[str, int] = {
 }
 # The key each event kind is charted by: its min/max envelope survives downsampling.
 ENVELOPE_KEYS: dict[int, str] = {1: "train_loss", 2: "val_loss"}
+# What a line may raise when decoded: malformed JSON, odd types, brackets nested too deep.
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 # seq is stored as a signed 64-bit integer; a line with a larger one is malformed.
 MAX_INDEX_SEQ = 2**63 - 1
 # Indexes this large are saved (metrics/snapshot.py), again after this many more rows and when
@@ -73,10 +76,11 @@ _fields_decoder = msgspec.json.Decoder(_Fields)
 def _index_fields(raw: bytes) -> _Fields | None:
     try:
         return _fields_decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except _DECODE_ERRORS:
         pass
     row = decode_event(raw)  # NaN losses, or odd types: the lenient path
-    if row is None:
+    # seq as the row itself holds it: a lenient "7" would index a row readers get as text.
+    if row is None or type(row.get("seq")) is not int:
         return None
     try:
         return msgspec.convert(row, _Fields, strict=False)
@@ -128,6 +132,7 @@ class RunMetrics:
             added = 0
             while True:
                 start, block, reset = self._tailer.read_block()
+                self.malformed += self._tailer.take_skipped()  # lines over MAX_LINE_BYTES
                 if reset:
                     # Truncated or replaced: the new file is the truth; offsets restart.
                     self._clear()
@@ -162,13 +167,10 @@ class RunMetrics:
         offsets, lengths, seqs = columns[0], columns[1], columns[2]
         # The last indexed line must still be where it was, byte for byte the same row.
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            with opened(open_file(self.path.parent, self.path.name)) as fd:
+                line = os.pread(fd, lengths[-1] + 1, offsets[-1])
         except OSError:
             return
-        try:
-            line = os.pread(fd, lengths[-1] + 1, offsets[-1])
-        finally:
-            os.close(fd)
         row = decode_event(line[:-1]) if line.endswith(b"\n") else None
         if row is None or row.get("seq") != seqs[-1] or offsets[-1] + lengths[-1] >= end:
             return
@@ -205,7 +207,7 @@ class RunMetrics:
             rows = [decode(line) for line in lines]
             if self._append_clean(start, lines, rows):
                 return len(rows)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except _DECODE_ERRORS:
             pass
         return self._index_lines(start, lines)
 
@@ -220,6 +222,8 @@ class RunMetrics:
         if seqs[0] <= last_seq or not ordered:  # type: ignore[operator]
             return False
         lengths = [len(line) for line in lines]
+        if max(lengths) > MAX_LINE_BYTES:
+            return False  # an overlong line is malformed: the careful path counts it
         offsets = list(accumulate([start] + [n + 1 for n in lengths[:-1]]))
         codes = [EVENT_CODES.get(r.event, 0) for r in rows]
         nan = float("nan")
@@ -263,9 +267,12 @@ class RunMetrics:
         decode = _fields_decoder.decode
         parsed: list[_Fields | None] = []
         for line in lines:
+            if len(line) > MAX_LINE_BYTES:
+                parsed.append(None)  # malformed, whatever it holds
+                continue
             try:
                 parsed.append(decode(line))
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except _DECODE_ERRORS:
                 parsed.append(_index_fields(line) if line.strip() else None)
         last_seq = self._seqs[-1] if self._seqs else 0
         columns = _new_columns()

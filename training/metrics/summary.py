@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from training.contract.protocol import EVAL, RUN_START, STATUS, TRAIN
+from training.contract.reading import (
+    MAX_LINE_BYTES,
+    LineReader,
+    open_file,
+    rfind_newline,
+    split_path,
+)
 from training.metrics.tailer import decode_event
 
 SUMMARY_KINDS = (TRAIN, EVAL, STATUS, RUN_START)
@@ -22,27 +30,42 @@ class MetricsSummary:
     The first refresh reads the file backwards from its end, a block at a time, only until
     every kind was found (bytes.rfind, so a million train rows cost a few milliseconds
     when the run_start is far back); later refreshes read only the appended bytes, and an
-    unchanged file costs one stat. A truncated or replaced file is read afresh. Same
-    `last()`/`last_seq`/`last_time` as RunMetrics (`malformed` is not counted here)."""
+    unchanged file costs one stat. A truncated or replaced file is read afresh. A line over
+    `max_line` is malformed: passed over (its bytes never held, never read twice), in
+    either direction. Same `last()`/`last_seq`/`last_time` as RunMetrics (`malformed` is
+    not counted here). The file is opened through contract/reading.py: DamagedFile (an
+    OSError) when it is a link, a FIFO or anything but a regular file."""
 
     malformed = 0
 
     def __init__(
-        self, path: str | Path, block_size: int = 1 << 20, scan_limit: int = 1 << 30
+        self,
+        path: str | Path,
+        block_size: int = 1 << 20,
+        scan_limit: int = 1 << 30,
+        root: str | Path | None = None,
+        max_line: int = MAX_LINE_BYTES,
     ) -> None:
         self.path = Path(path)
+        self._root, self._rel = split_path(self.path, root)
         self.block_size = block_size
         self.scan_limit = scan_limit  # bytes read backwards at most, for a kind never found
+        self.max_line = max_line
         self._lock = threading.Lock()
         self._reset()
 
     def _reset(self) -> None:
         self._ident: tuple[int, int] | None = None
         self._head = b""
-        self._end = 0  # just past the last complete line read
+        self._lines = LineReader(0, self.max_line)  # forward reads: its offset is our end
         self._last: dict[str, dict[str, Any]] = {}
         self._seq = 0
         self._time: float | None = None
+
+    @property
+    def _end(self) -> int:
+        """Just past the last complete line read."""
+        return self._lines.offset
 
     @property
     def last_seq(self) -> int:
@@ -58,7 +81,7 @@ class MetricsSummary:
     def refresh(self) -> None:
         with self._lock:
             try:
-                fd = os.open(self.path, os.O_RDONLY)
+                fd = open_file(self._root, self._rel)
             except FileNotFoundError:
                 self._reset()
                 return
@@ -91,40 +114,36 @@ class MetricsSummary:
         if type(seq) is int:
             self._seq = seq
             when = row.get("time")
-            self._time = float(when) if isinstance(when, (int, float)) else None
+            try:
+                self._time = float(when) if isinstance(when, (int, float)) else None
+            except OverflowError:  # a 400-digit integer
+                self._time = None
 
     def _read_forward(self, fd: int, size: int) -> None:
-        data = os.pread(fd, size - self._end, self._end)
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            return
-        for line in data[:cut].split(b"\n"):
-            row = decode_event(line) if line.strip() else None
-            if row is not None:
-                self._note(row)
-        self._end += cut + 1
+        while True:
+            _start, block = self._lines.read(fd, size, self.block_size)
+            if not block:
+                return
+            for line in block.split(b"\n")[:-1]:
+                row = decode_event(line) if line.strip() else None
+                if row is not None:
+                    self._note(row)
 
     def _scan_back(self, fd: int, size: int) -> None:
         """From the end backwards: the last complete line with a seq, and the last line of
         each kind."""
+        floor = max(0, size - self.scan_limit)
+        last_newline = rfind_newline(fd, size, floor, self.block_size)
+        if last_newline < 0 and floor > 0:
+            # No newline in the last scan_limit bytes: one overlong line still unterminated.
+            self._lines = LineReader(size, self.max_line)
+            self._lines.skip_line_at(size)
+            return
+        end = last_newline + 1  # only whole lines count: a half-written last line is "not yet"
+        self._lines = LineReader(end, self.max_line)
         wanted = set(SUMMARY_KINDS)
         seq_found = False
-        cut = size  # [start, cut) is the next region; cut is a line start (or the end)
-        first = True
-        while cut > 0 and (wanted or not seq_found) and size - cut <= self.scan_limit:
-            start = max(0, cut - self.block_size)
-            data = os.pread(fd, cut - start, start)
-            while start > 0 and b"\n" not in data:  # one line longer than a block
-                start = max(0, start - self.block_size)
-                data = os.pread(fd, cut - start, start)
-            skip = 0 if start == 0 else data.index(b"\n") + 1
-            region = data[skip:]
-            if first:
-                # Only whole lines count: a half-written last line is "not yet".
-                end = region.rfind(b"\n") + 1
-                self._end = start + skip + end
-                region = region[:end]
-                first = False
+        for region in self._regions_back(fd, end, floor):
             if not seq_found:
                 for line in reversed(region.split(b"\n")):
                     row = decode_event(line) if line.strip() else None
@@ -138,7 +157,36 @@ class MetricsSummary:
                     if kind not in self._last:
                         self._last[kind] = row
                     wanted.discard(kind)
-            cut = start + skip
+            if not wanted and seq_found:
+                return
+
+    def _regions_back(self, fd: int, end: int, floor: int) -> Iterator[bytes]:
+        """Blocks of whole lines of the file before `end` (a line start), from the end
+        backwards, down to `floor`. A line longer than a block is read alone when it is
+        within max_line, else passed over: its start is searched for without keeping its
+        bytes. Every step moves strictly backwards, so the scan always ends."""
+        pos = end
+        while pos > floor:
+            start = max(floor, pos - self.block_size)
+            data = os.pread(fd, pos - start, start)
+            if len(data) < pos - start:
+                return  # truncated meanwhile: the next refresh reads it afresh
+            if start == 0:
+                yield data
+                return
+            first = data.find(b"\n")
+            if 0 <= first < len(data) - 1:
+                yield data[first + 1 :]  # the bytes before `first` belong to an earlier line
+                pos = start + first + 1
+                continue
+            # No line starts inside this block: the line ending at pos is longer than it.
+            before = rfind_newline(fd, start, floor, self.block_size)
+            if before < 0 and floor > 0:
+                return  # it begins before the scan limit
+            line_start = before + 1
+            if pos - 1 - line_start <= self.max_line:
+                yield os.pread(fd, pos - line_start, line_start)
+            pos = line_start
 
 
 def _last_line_of(region: bytes, kind: str) -> dict[str, Any] | None:

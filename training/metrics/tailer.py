@@ -8,7 +8,9 @@ adds decoding, counts malformed lines, and drops rows whose `seq` was already se
 a restarted file neither loses nor repeats events.
 
 Polling is a stat and a pread: cheap enough to run every 50 ms per followed file, and
-unlike inotify/FSEvents it also works on network filesystems and in containers.
+unlike inotify/FSEvents it also works on network filesystems and in containers. Files are
+opened through contract/reading.py (no link followed, only a regular file, never blocking)
+and lines are bounded: a line over MAX_LINE_BYTES is malformed, skipped unread.
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ from typing import Any
 
 import msgspec
 
+from training.contract.reading import (
+    MAX_LINE_BYTES,
+    LineReader,
+    iter_lines,
+    open_file,
+    opened,
+    split_path,
+)
+
 # The first bytes of the file identify its content: if they change under the same
 # inode, the file was truncated and rewritten between two polls.
 _HEAD_BYTES = 64
@@ -30,33 +41,60 @@ _decoder = msgspec.json.Decoder()
 
 
 def decode_event(raw: bytes) -> dict[str, Any] | None:
-    """One JSON object per line, or None for a malformed line."""
+    """One JSON object per line, or None for a malformed line (one over MAX_LINE_BYTES
+    included: no reader decodes megabytes of one line)."""
+    if len(raw) > MAX_LINE_BYTES:
+        return None
     try:
         row = _decoder.decode(raw)
     except msgspec.DecodeError:
         # Python's json writes NaN/Infinity (a diverged loss); msgspec is strict JSON.
         try:
             row = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
+    except RecursionError:  # brackets nested thousands deep: damage, not an event
+        return None
     return row if isinstance(row, dict) else None
 
 
 class JsonlTailer:
-    """Complete lines of a growing file, with their byte offsets in the current file."""
+    """Complete lines of a growing file, with their byte offsets in the current file.
 
-    def __init__(self, path: str | Path, block_size: int = DEFAULT_BLOCK):
+    `root` is the folder the file is reached from without following links (default: the
+    file's own folder); a file that cannot be read safely raises DamagedFile (an OSError)
+    from read_block, and reading resumes when a regular file is back."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        block_size: int = DEFAULT_BLOCK,
+        root: str | Path | None = None,
+        max_line: int = MAX_LINE_BYTES,
+    ):
         self.path = Path(path)
+        self._root, self._rel = split_path(self.path, root)
         self.block_size = block_size
+        self.max_line = max_line
         self.generation = 0  # bumps when the file is truncated or replaced
         self._fd: int | None = None
         self._ident: tuple[int, int] | None = None
         self._head = b""
-        self._offset = 0  # just past the last complete line returned
+        self._lines = LineReader(0, max_line)
+        self._skipped_before = 0  # overlong lines of earlier files, for take_skipped
+        self._skipped_taken = 0
+        self._reset_pending = False
 
     @property
     def offset(self) -> int:
-        return self._offset
+        """Just past the last complete line returned (or skipped as overlong)."""
+        return self._lines.offset
+
+    def take_skipped(self) -> int:
+        """Overlong lines skipped since the last call (a reader counts them malformed)."""
+        total = self._skipped_before + self._lines.skipped
+        new, self._skipped_taken = total - self._skipped_taken, total
+        return new
 
     def close(self) -> None:
         if self._fd is not None:
@@ -75,9 +113,8 @@ class JsonlTailer:
         replaced since the last call, so offsets restarted at 0."""
         reset = self._check_file()
         if self._fd is None:
-            return self._offset, b"", reset
-        start = self._offset
-        block = self._read_complete(max_bytes or self.block_size)
+            return self.offset, b"", reset
+        start, block = self._lines.read(self._fd, self._fstat_size(), max_bytes or self.block_size)
         if block and not self._head:
             self._head = os.pread(self._fd, _HEAD_BYTES, 0)
         return start, block, reset
@@ -97,10 +134,10 @@ class JsonlTailer:
         """Continue after `offset` of the file whose (device, inode) and first bytes are
         these (an index saved earlier): False, and nothing changed, when the file is
         another one now, shorter, or begins differently."""
-        if self._fd is not None or self._offset:
+        if self._fd is not None or self.offset:
             return False
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = open_file(self._root, self._rel)
         except OSError:
             return False
         st = os.fstat(fd)
@@ -111,7 +148,8 @@ class JsonlTailer:
         ):
             os.close(fd)
             return False
-        self._fd, self._ident, self._offset, self._head = fd, ident, offset, head
+        self._fd, self._ident, self._head = fd, ident, head
+        self._lines = LineReader(offset, self.max_line)
         return True
 
     @property
@@ -124,32 +162,44 @@ class JsonlTailer:
     def _check_file(self) -> bool:
         """Open, reopen after replacement, or rewind after truncation; True on a reset."""
         try:
-            st = os.stat(self.path)
+            # lstat: a link or a FIFO put at the name is another file, never followed.
+            st = os.lstat(self.path)
         except FileNotFoundError:
-            return False  # removed: keep reading what the open descriptor still has
-        ident = (st.st_dev, st.st_ino)
+            return self._take_reset()  # removed: keep reading what the descriptor still has
         if self._fd is None:
-            self._open(ident)
-            return self.generation > 0
-        if ident != self._ident:
+            self._open()
+            return self._take_reset() or self.generation > 0
+        if (st.st_dev, st.st_ino) != self._ident:
             # Drain the old file first: lines appended to it before the swap are not lost.
-            if self._fstat_size() > self._offset and self._has_complete_line():
+            if self._fstat_size() > self.offset and self._has_complete_line():
                 return False
             self.close()
-            self._open(ident)
-            self.generation += 1
-            return True
+            self._restart()
+            self._open()  # DamagedFile when the new file is not a regular one
+            return self._take_reset()
         size = self._fstat_size()
-        if size < self._offset or (self._head and self._head_changed()):
-            self._offset, self._head = 0, b""
-            self.generation += 1
-            return True
-        return False
+        if size < self.offset or (self._head and self._head_changed()):
+            self._restart()
+            return self._take_reset()
+        return self._take_reset()
 
-    def _open(self, ident: tuple[int, int]) -> None:
-        self._fd = os.open(self.path, os.O_RDONLY)
-        self._ident = ident
-        self._offset, self._head = 0, b""
+    def _restart(self) -> None:
+        """Offsets restart at 0 (a truncated or replaced file); the reset is reported with
+        the next block, even when opening the new file fails first."""
+        self._skipped_before += self._lines.skipped
+        self._lines = LineReader(0, self.max_line)
+        self._head = b""
+        self.generation += 1
+        self._reset_pending = True
+
+    def _take_reset(self) -> bool:
+        reset, self._reset_pending = self._reset_pending, False
+        return reset
+
+    def _open(self) -> None:
+        fd = open_file(self._root, self._rel)
+        st = os.fstat(fd)
+        self._fd, self._ident = fd, (st.st_dev, st.st_ino)
 
     def _fstat_size(self) -> int:
         assert self._fd is not None
@@ -161,27 +211,7 @@ class JsonlTailer:
 
     def _has_complete_line(self) -> bool:
         assert self._fd is not None
-        return b"\n" in os.pread(self._fd, self.block_size, self._offset)
-
-    def _read_complete(self, max_bytes: int) -> bytes:
-        assert self._fd is not None
-        size = self._fstat_size()
-        want = min(size - self._offset, max_bytes)
-        if want <= 0:
-            return b""
-        data = os.pread(self._fd, want, self._offset)
-        cut = data.rfind(b"\n")
-        while cut < 0 and self._offset + len(data) < size:
-            # One line longer than max_bytes: keep reading until its newline.
-            more = os.pread(self._fd, max_bytes, self._offset + len(data))
-            if not more:
-                break
-            data += more
-            cut = data.rfind(b"\n")
-        if cut < 0:
-            return b""
-        self._offset += cut + 1
-        return data[: cut + 1]
+        return b"\n" in os.pread(self._fd, self.block_size, self.offset)
 
 
 def split_lines(start: int, block: bytes) -> list[tuple[int, bytes]]:
@@ -200,8 +230,8 @@ class EventTailer:
     """Decoded events of a JSONL file: malformed lines skipped and counted, and rows
     whose `seq` is not above the last one seen dropped (a rewritten file's replay)."""
 
-    def __init__(self, path: str | Path, after_seq: int = 0):
-        self.lines = JsonlTailer(path)
+    def __init__(self, path: str | Path, after_seq: int = 0, root: str | Path | None = None):
+        self.lines = JsonlTailer(path, root=root)
         self.last_seq = after_seq
         self.malformed = 0
 
@@ -209,6 +239,7 @@ class EventTailer:
         rows: list[dict[str, Any]] = []
         while True:
             lines, _reset = self.lines.read_lines()
+            self.malformed += self.lines.take_skipped()
             if not lines:
                 return rows
             for _offset, raw in lines:
@@ -227,16 +258,18 @@ class EventTailer:
         self.lines.close()
 
 
-def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
+def read_events(path: str | Path, root: str | Path | None = None) -> Iterator[dict[str, Any]]:
     """Every complete, valid event of a JSON-lines file, streamed from its start (an
-    unterminated last line is "not yet"); nothing when the file is missing."""
+    unterminated last line is "not yet"); nothing when the file is missing. The file is
+    reached from `root` (default: its own folder) without following links; DamagedFile when
+    it cannot be read safely."""
+    folder, rel = split_path(path, root)
     try:
-        with open(path, "rb") as f:
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    return
-                row = decode_event(raw)
-                if row is not None:
-                    yield row
+        fd = open_file(folder, rel)
     except FileNotFoundError:
         return
+    with opened(fd):
+        for _offset, raw in iter_lines(fd):
+            row = decode_event(raw) if raw.strip() else None
+            if row is not None:
+                yield row

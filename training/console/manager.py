@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -669,6 +670,8 @@ def check_name(name: Any) -> str:
         )
     if has_lone_surrogate(cleaned):
         raise ConfigError([FieldError("name", "the name contains a lone surrogate: not text")])
+    if any(unicodedata.category(c) == "Cc" for c in cleaned):
+        raise ConfigError([FieldError("name", "the name contains control characters")])
     return cleaned
 
 

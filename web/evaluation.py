@@ -277,7 +277,7 @@ def _job_id(data: Any) -> str | None:
 
 
 @socketio.on("eval_generate")
-def on_generate(data: Any) -> dict[str, Any]:
+def on_generate(data: Any = None) -> dict[str, Any]:
     if not isinstance(data, dict):
         return {"error": "send the generation request as an object", "field": None}
     try:
@@ -301,7 +301,7 @@ def _deliver(job: EvalJob, missed: list[dict[str, Any]]) -> None:
 
 
 @socketio.on("join_eval")
-def on_join(data: Any) -> dict[str, Any]:
+def on_join(data: Any = None) -> dict[str, Any]:
     job_id = _job_id(data)
     job = eval_jobs().get(job_id) if job_id else None
     if job is None:
@@ -314,7 +314,7 @@ def on_join(data: Any) -> dict[str, Any]:
 
 
 @socketio.on("leave_eval")
-def on_leave(data: Any) -> dict[str, Any]:
+def on_leave(data: Any = None) -> dict[str, Any]:
     job_id = _job_id(data)
     if job_id is None:
         return {"ok": False, "error": "send {job_id}", "field": "job_id"}
@@ -323,7 +323,7 @@ def on_leave(data: Any) -> dict[str, Any]:
 
 
 @socketio.on("eval_stop")
-def on_stop(data: Any) -> dict[str, Any]:
+def on_stop(data: Any = None) -> dict[str, Any]:
     job_id = _job_id(data)
     if job_id is None or eval_jobs().get(job_id) is None:
         return {"ok": False, "error": f"no evaluation job {job_id!r}", "field": "job_id"}

@@ -7,6 +7,7 @@ and `run_status {run_id, state, ...}` (see training/console/broadcaster.py).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import request
@@ -17,6 +18,21 @@ from training.contract.layout import RunNotFound, is_valid_run_id
 from web.console import console
 from web.extensions import socketio
 from web.security import socket_authorized
+
+log = logging.getLogger(__name__)
+
+
+@socketio.on_error_default
+def on_event_error(exc: Exception) -> Any:
+    """An event handler that raised (a client sent arguments it cannot take): the client
+    gets an error ack instead of silence (it would wait for its ack until its timeout),
+    and an error never opens a connection."""
+    event = getattr(request, "event", None) or {}
+    name = event.get("message")
+    log.warning("Socket.IO event %r: %s: %s", name, type(exc).__name__, exc)
+    if name == "connect":
+        return False
+    return {"ok": False, "error": f"cannot handle {name!r} with these arguments", "field": None}
 
 
 @socketio.on("connect")

@@ -66,7 +66,8 @@ def _field_schema(spec: FieldSpec) -> Schema:
             number["maximum"] = spec.maximum
         options = [number, {"type": "string", "description": "the number as text"}, NULL]
         if spec.special:
-            options.insert(1, {"enum": list(spec.special), "description": str(spec.special)})
+            special = "; ".join(f"{k}: {v}" for k, v in spec.special.items())
+            options.insert(1, {"enum": list(spec.special), "description": special})
         return {"anyOf": options, **described}
     if kind == "choice":
         return {"enum": [*(spec.choices or ()), None], **described}

@@ -744,11 +744,24 @@ def test_malformed_http(console):
     run_probes(console, raw_http_probes(server.token))
 
 
-def test_deep_socket_packets_are_dropped(console, run_id):
+def test_hostile_socket_events(console, run_id):
     """A Socket.IO packet nested deeper than a request body may be is dropped unparsed;
-    the connection and the console go on."""
+    events with wrong types or text no tokenizer takes get an error ack; the connection
+    and the console go on."""
     server, rss = console
     sio = server.socket()
+    for event, data in (
+        ("eval_generate", {"model": {"path": "models/tiny"}, "prompt": "\ud800"}),
+        ("eval_generate", {"model": [], "prompt": ["x"]}),
+        ("eval_generate", "text"),
+        ("join_run", {"run_id": {"a": 1}}),
+        ("join_run", {"run_id": run_id, "after_seq": "x" * 10_000}),
+        ("join_eval", {"job_id": ["x"]}),
+        ("eval_stop", None),
+        ("join_run", (1, 2, 3)),  # more arguments than the handler takes
+    ):
+        ack = sio.call(event, data, timeout=MAX_SECONDS)
+        assert ack.get("ok") is False or ack.get("error"), (event, ack)
     deep: Any = run_id
     for _ in range(200):  # past the bound of 64; python-socketio's client recurses on it
         deep = [deep]

@@ -18,6 +18,7 @@ import pytest
 import schemathesis
 from flask import Flask
 from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -35,7 +36,7 @@ TOKEN = "openapi-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # Examples per operation and generation mode (positive, negative): the whole fuzz run
 # stays within about a minute on two cores, and derandomize makes it the same every time.
-EXAMPLES = 25
+EXAMPLES = 40
 
 
 def make_app(workspace: Path) -> Flask:
@@ -139,6 +140,9 @@ FUZZ_WORKSPACE.mkdir()
 set_fake_mode(FUZZ_WORKSPACE, mode="bad_input")
 FUZZ_APP = make_app(FUZZ_WORKSPACE)
 atexit.register(shutil.rmtree, FUZZ_WORKSPACE.parent, ignore_errors=True)
+# Hypothesis keeps caches (not examples: database=None) beside the fuzzed workspace, not
+# in the checkout.
+set_hypothesis_home_dir(FUZZ_WORKSPACE.parent / "hypothesis")
 STATUSES: Counter[int] = Counter()
 
 schema = schemathesis.openapi.from_wsgi(

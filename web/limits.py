@@ -149,7 +149,7 @@ class JsonErrorRequestHandler(WSGIRequestHandler):
             # A line that is no request (TLS bytes, garbage) reads as HTTP/0.9, whose
             # answers have no status line: answer as HTTP/1.0, so the client sees a 400.
             self.request_version = "HTTP/1.0"
-        self.send_response(code, message or short)
+        self.send_response(code, short)  # the detail (client text in it) goes in the body
         self.send_header("Connection", "close")
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

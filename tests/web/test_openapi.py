@@ -44,11 +44,12 @@ def make_app(workspace: Path) -> Flask:
         {
             "WORKSPACE": workspace,
             "TOKEN": TOKEN,
-            # Nothing the fuzzer sends can start real work: a run that starts runs the fake
-            # trainer, told to exit at once as on bad input (it writes nothing); the only
-            # browse root is a workspace with no model folder and no run with a model, so
-            # no evaluation job can find a model to start a worker for (the test checks
-            # that none started).
+            # Nothing the fuzzer sends can start real work. A run it creates and starts
+            # runs the fake trainer, told to exit at once as on bad input (it writes
+            # nothing). An evaluation job needs a model: the only browse root is a
+            # workspace with no model folder, and a run's model needs its run_id, which
+            # the fuzzer cannot guess (new run_ids are random); the module's teardown
+            # checks that no evaluation worker ever started.
             "TRAINER_MODULE": "tests.fake_trainer",
             "BROWSE_ROOTS": [workspace],
             "STOP_GRACE_SECONDS": 2.0,

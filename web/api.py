@@ -10,20 +10,40 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Flask, current_app, jsonify
 
 from training.console import browse, telemetry
 from training.contract.config import ConfigError, build_config
 from training.contract.fields import FIELDS, GROUPS
 from training.contract.layout import Workspace
+from web.apispec import (
+    ANY_OBJECT,
+    BOOLEAN,
+    arg,
+    array,
+    nullable,
+    obj,
+    openapi_document,
+    operation,
+    string,
+)
 from web.console import console
 from web.errors import ApiError
-from web.security import json_body
+from web.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH
+from web.schemas import CONFIRM, PATH, PATH_PARAMETERS, TEXT, components
+from web.security import cookie_name, json_body
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
+MAX_CACHE_NAMES = 1000
+
 
 @bp.get("/health")
+@operation(
+    "Whether the console is up (no token needed; reveals nothing else)",
+    {200: obj({"ok": BOOLEAN, "version": TEXT, "async_mode": TEXT}, required=["ok"])},
+    public=True,
+)
 def health():
     """Public: tells a script the server is up, and nothing else."""
     return jsonify(
@@ -33,17 +53,71 @@ def health():
     )
 
 
+@bp.get("/openapi.json")
+@operation("This API as an OpenAPI 3.1 document (generated from the routes)", {200: ANY_OBJECT})
+def openapi():
+    return jsonify(api_document(current_app))
+
+
+def api_document(app: Flask) -> dict[str, Any]:
+    """The OpenAPI document of this app: every /api route's declaration (web/apispec.py)."""
+    return openapi_document(
+        app,
+        info={
+            "title": "MLX CPT console",
+            "version": app.config["VERSION"],
+            "description": (
+                "Every /api request but /api/health carries the token (Authorization: "
+                "Bearer, or the console's cookie). Requests that change something send JSON "
+                f"(415 otherwise), at most {MAX_BODY_BYTES // 1024} KB (413), nested at "
+                f"most {MAX_JSON_DEPTH} levels (400). Every error is JSON {{error, field}}: "
+                "400 bad input, 401 token, 403 Host or Origin, 404 unknown run, job or "
+                "route, 405 method, 409 conflict, 413 body too large, 414 request line "
+                "over 64 KB, 415 not JSON, 431 header line over 64 KB or over 100 headers."
+            ),
+        },
+        components=components(),
+        path_parameters=PATH_PARAMETERS,
+        security_schemes={
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "cookie": {"type": "apiKey", "in": "cookie", "name": cookie_name(app.config["PORT"])},
+        },
+    )
+
+
 @bp.get("/fields")
+@operation(
+    "The field registry: every setting with its type, default, help, bounds or choices",
+    {200: obj({"fields": array(ANY_OBJECT), "groups": array(TEXT)}, required=["fields"])},
+)
 def fields():
     return jsonify(fields=[f.to_json() for f in FIELDS], groups=list(GROUPS))
 
 
 @bp.post("/config/validate")
+@operation(
+    "Check a config: every problem with its field (200 with ok: false for a bad config)",
+    {
+        200: obj(
+            {
+                "ok": BOOLEAN,
+                "errors": array(obj({"field": nullable(TEXT), "message": TEXT})),
+                "warnings": array(TEXT),
+                "config": nullable(ANY_OBJECT),
+                "yaml": TEXT,
+                "effective": ANY_OBJECT,
+            },
+            required=["ok", "errors", "config"],
+        )
+    },
+    body=obj(
+        {"config": {**ANY_OBJECT, "description": "Settings by YAML key (see RunConfig)"}},
+        required=["config"],
+    ),
+)
 def validate_config():
     """Every problem of a config, each with its field: the form shows them inline."""
-    config = json_body().get("config")
-    if not isinstance(config, dict):
-        raise ApiError(400, 'send {"config": {...}}: a mapping of settings', "config")
+    config = json_body()["config"]
     manager = console().manager
     # What the form shows about the chosen model whatever the other settings (a quantized
     # model disables full fine-tuning): {"quantization": {bits, group_size, mode} | null}.
@@ -79,11 +153,19 @@ def validate_config():
 
 
 @bp.get("/presets")
+@operation(
+    "Ready-made configs: the workspace's demo.yaml and examples/*.yaml",
+    {200: obj({"presets": array(obj({"name": TEXT, "title": TEXT}))}, required=["presets"])},
+)
 def presets():
     return jsonify(presets=console().presets())
 
 
 @bp.get("/system")
+@operation(
+    "CPU, memory, swap, disk, platform, MLX device and the trainers' processes",
+    {200: obj({"trainers": array(ANY_OBJECT), "workspace": TEXT}, required=["trainers"])},
+)
 def system():
     c = console()
     snapshot = telemetry.system_snapshot(c.workspace.root)
@@ -106,11 +188,25 @@ def system():
 
 
 @bp.get("/files")
+@operation(
+    "The browse roots, or (with ?path) a folder's entries, confined to the roots",
+    {
+        200: obj(
+            {
+                "roots": array(obj({"path": TEXT, "absolute": TEXT})),
+                "path": TEXT,
+                "entries": array(ANY_OBJECT),
+                "truncated": BOOLEAN,
+            }
+        )
+    },
+    query={"path": PATH, "hidden": {"type": "boolean", "default": False}},
+)
 def files():
     """Without ?path: the allowed roots. With it: that folder's entries (model and corpus
     pickers), confined to the roots after resolving symlinks."""
     c = console()
-    path = request.args.get("path")
+    path = arg("path")
     if path is None:
         return jsonify(
             roots=[
@@ -121,11 +217,15 @@ def files():
                 for r in c.browse_roots
             ]
         )
-    hidden = request.args.get("hidden", "false").lower() in ("1", "true", "yes")
-    return jsonify(browse.list_folder(path, c.browse_roots, c.workspace.root, hidden))
+    return jsonify(browse.list_folder(path, c.browse_roots, c.workspace.root, arg("hidden")))
 
 
 @bp.post("/data/report")
+@operation(
+    "A corpus's documents, bytes, estimated tokens and a preview (read-only)",
+    {200: obj({"report": ANY_OBJECT}, required=["report"])},
+    body=obj({"path": PATH}),  # no path: the domain says so, naming the field `data`
+)
 def data_report():
     """A corpus's documents, bytes, estimated tokens and a preview (read-only, no MLX)."""
     c = console()
@@ -134,12 +234,21 @@ def data_report():
 
 
 @bp.get("/caches")
+@operation(
+    "The tokenization caches",
+    {200: obj({"caches": array(ANY_OBJECT), "total_size": {"type": "integer"}})},
+)
 def caches():
     entries = browse.list_caches(_workspace())
     return jsonify(caches=entries, total_size=sum(e["size"] for e in entries))
 
 
 @bp.delete("/caches")
+@operation(
+    "Remove tokenization caches (all without names; never run folders)",
+    {200: obj({"removed": array(TEXT)}, required=["removed"])},
+    body=obj({"confirm": CONFIRM, "names": nullable(array(string(255), MAX_CACHE_NAMES))}),
+)
 def delete_caches():
     """Remove tokenization caches (never run folders): {"confirm": true, "names": [...]}
     (all caches when names is omitted)."""
@@ -147,10 +256,6 @@ def delete_caches():
     if body.get("confirm") is not True:
         raise ApiError(400, 'deleting caches needs {"confirm": true}', "confirm")
     names = body.get("names")
-    if names is not None and (
-        not isinstance(names, list) or not all(isinstance(n, str) for n in names)
-    ):
-        raise ApiError(400, "names must be a list of cache names", "names")
     removed = browse.delete_caches(_workspace(), names)
     return jsonify(removed=removed)
 

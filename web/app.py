@@ -25,6 +25,7 @@ from web import evaluation, security
 from web.console import Console
 from web.errors import register_error_handlers
 from web.extensions import socketio
+from web.limits import MAX_BODY_BYTES, BoundedJSONProvider, socket_json
 
 VERSION = "0.1.0"
 
@@ -46,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "MIN_EMIT_INTERVAL": 0.1,
     "DEMO": False,
     "VERSION": VERSION,
+    # Bodies over this are refused (413) before they are read: web/limits.py.
+    "MAX_CONTENT_LENGTH": MAX_BODY_BYTES,
 }
 
 
@@ -59,7 +62,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(DEFAULTS)
     app.config.update(config or {})
     app.config["TOKEN"] = app.config["TOKEN"] or secrets.token_urlsafe(32)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    # Request bodies parse within web/limits.py's bounds (nesting, NaN, lone surrogates).
+    app.json = BoundedJSONProvider(app)
+    app.json.sort_keys = False
 
     workspace = Workspace(Path(app.config["WORKSPACE"] or default_workspace()).resolve())
     workspace.root.mkdir(parents=True, exist_ok=True)
@@ -93,6 +98,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         # Same-origin only (engine.io compares Origin with Host); HostGuard checks too.
         cors_allowed_origins=None,
         manage_session=False,
+        json=socket_json,  # Socket.IO packets parse within the same bounds
+        # A packet is at most a request body's size (engine.io's default is 1 MB too).
+        max_http_buffer_size=MAX_BODY_BYTES,
         logger=False,
         engineio_logger=False,
     )

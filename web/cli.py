@@ -205,10 +205,18 @@ def serve(app: Any, sock: socket.socket, async_mode: str) -> None:
         return
     from werkzeug.serving import make_server
 
+    from web.limits import JsonErrorRequestHandler
+
     # Werkzeug's threaded server with simple-websocket, as socketio.run would do
-    # (allow_unsafe_werkzeug: this is a local, single-user server), on our own socket.
+    # (allow_unsafe_werkzeug: this is a local, single-user server), on our own socket;
+    # the errors it answers itself (414, 431) are JSON like the app's.
     server = make_server(
-        sock.getsockname()[0], sock.getsockname()[1], app, threaded=True, fd=sock.fileno()
+        sock.getsockname()[0],
+        sock.getsockname()[1],
+        app,
+        threaded=True,
+        request_handler=JsonErrorRequestHandler,
+        fd=sock.fileno(),
     )
     sock.close()
     server.serve_forever()

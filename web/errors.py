@@ -19,6 +19,19 @@ from training.contract.errors import ConfirmRequired, InputError, RunConflict
 from training.contract.layout import RunNotFound
 from training.contract.reading import DamagedFile
 
+# The input a Werkzeug error concerns (the API's errors name a field where there is one).
+HTTP_ERROR_FIELDS = {
+    405: "method",
+    413: "body",
+    414: "url",
+    415: "Content-Type",
+    431: "headers",
+}
+
+
+def is_api_path(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")
+
 
 class ApiError(Exception):
     """An error a handler raises directly: status, message and the field concerned."""
@@ -71,9 +84,15 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         # Pages keep Werkzeug's HTML errors; the API always answers JSON.
-        if not request.path.startswith("/api/"):
+        if not is_api_path(request.path):
             return exc
-        return error_response(exc.code or 500, exc.description or exc.name)
+        code = exc.code or 500
+        response = error_response(code, exc.description or exc.name, HTTP_ERROR_FIELDS.get(code))
+        if code == 405 and exc.response is None:
+            allowed = getattr(exc, "valid_methods", None)
+            if allowed:
+                response.headers["Allow"] = ", ".join(allowed)
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
@@ -82,7 +101,7 @@ def register_error_handlers(app: Flask) -> None:
             if full is not None:
                 return full
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
-        if request.path.startswith("/api/"):
+        if is_api_path(request.path):
             return error_response(500, f"internal error: {type(exc).__name__}")
         return "Internal error", 500
 

@@ -35,6 +35,8 @@ from flask_socketio import join_room, leave_room
 
 from training.console.eval_jobs import EvalJob, EvalJobs, JobLimitError
 from training.console.eval_requests import (
+    MAX_GENERATION_TOKENS,
+    MAX_PROMPT_CHARS,
     EvalContext,
     RequestError,
     export_job,
@@ -42,16 +44,48 @@ from training.console.eval_requests import (
     model_choices,
     perplexity_job,
 )
+from training.contract.exports import FORMATS
+from training.contract.protocol import MAX_TEMPERATURE
 from training.contract.reading import DamagedFile
 from training.metrics.checkpoint_table import checkpoint_table
+from web.apispec import (
+    ANY_OBJECT,
+    BOOLEAN,
+    Schema,
+    arg,
+    array,
+    nullable,
+    obj,
+    operation,
+    ref,
+    string,
+)
 from web.console import console
 from web.errors import ApiError
 from web.extensions import socketio
+from web.schemas import ID, MODEL_REF, PATH, PATH_PARAMETERS, TEXT
 from web.security import json_body
 
 bp = Blueprint("evaluation", __name__, url_prefix="/api")
 
 JOB_KINDS = {"generate": generate_job, "perplexity": perplexity_job, "export": export_job}
+
+# A number a request may also send as text (the domain converts and bounds it).
+NUMBER_OR_TEXT: Schema = {"type": ["number", "string", "null"]}
+
+
+def _bounded(lo: float, hi: float) -> Schema:
+    return {
+        "anyOf": [
+            {"type": "number", "minimum": lo, "maximum": hi},
+            string(32, description="the number as text"),
+            {"type": "null"},
+        ]
+    }
+
+
+STARTED: Schema = obj({"job_id": TEXT, "job": ref("Job")}, required=["job_id", "job"])
+JOB: Schema = obj({"job": ref("Job")}, required=["job"])
 
 
 def room_of(job_id: str) -> str:
@@ -98,15 +132,79 @@ def _start(kind: str, body: dict[str, Any]) -> EvalJob:
 
 
 @bp.get("/eval/models")
+@operation(
+    "Model choices for the pickers: every run's base, checkpoints and final, and the "
+    "folders in <workspace>/models",
+    {200: obj({"runs": array(ANY_OBJECT), "folders": array(ANY_OBJECT)})},
+)
 def models():
     c = console()
     return jsonify(model_choices(_context(), c.store.run_ids()))
 
 
-@bp.post("/eval/<kind>")
-def start_job(kind: str):
-    if kind not in JOB_KINDS:
-        raise ApiError(404, f"no evaluation job {kind!r}; one of {', '.join(JOB_KINDS)}", "kind")
+@bp.post("/eval/generate")
+@operation(
+    "Generate text from a prompt (tokens stream over Socket.IO to the job's room)",
+    {202: STARTED},
+    body=obj(
+        {
+            "model": MODEL_REF,
+            "compare": nullable(MODEL_REF),
+            "prompt": string(MAX_PROMPT_CHARS),
+            "max_tokens": _bounded(1, MAX_GENERATION_TOKENS),
+            "temp": _bounded(0, MAX_TEMPERATURE),
+            "top_p": _bounded(0.01, 1),
+            "seed": _bounded(0, 2**31 - 1),
+        },
+        required=["model", "prompt"],
+    ),
+    errors=[404, 409],
+)
+def generate():
+    return _started("generate")
+
+
+@bp.post("/eval/perplexity")
+@operation(
+    "Measure a model's perplexity on a run's set or a file (stored in the run folder)",
+    {202: STARTED},
+    body=obj(
+        {
+            "model": MODEL_REF,
+            "data": obj({"set": nullable(string(64)), "path": nullable(PATH)}),
+            "run_id": nullable(ID),
+            "sequence_length": NUMBER_OR_TEXT,
+            "num_samples": NUMBER_OR_TEXT,
+            "batch_size": NUMBER_OR_TEXT,
+        },
+        required=["model", "data"],
+    ),
+    errors=[404, 409],
+)
+def perplexity():
+    return _started("perplexity")
+
+
+@bp.post("/eval/export")
+@operation(
+    "Export a model or its adapters (409, field overwrite, when the folder exists)",
+    {202: STARTED},
+    body=obj(
+        {
+            "model": MODEL_REF,
+            "format": nullable({"enum": list(FORMATS)}),
+            "dest": nullable(PATH),
+            "overwrite": BOOLEAN,
+        },
+        required=["model"],
+    ),
+    errors=[404, 409],
+)
+def export():
+    return _started("export")
+
+
+def _started(kind: str) -> Any:
     job = _start(kind, json_body())
     return jsonify(job_id=job.job_id, job=job.to_json()), 202
 
@@ -121,8 +219,13 @@ def _job(job_id: str) -> EvalJob:
 
 
 @bp.get("/eval/jobs")
+@operation(
+    "This console session's evaluation jobs (of one run with ?run_id)",
+    {200: obj({"jobs": array(ref("Job"))}, required=["jobs"])},
+    query={"run_id": PATH_PARAMETERS["run_id"]},
+)
 def list_jobs():
-    run_id = request.args.get("run_id")
+    run_id = arg("run_id")
     jobs = [j.to_json() for j in eval_jobs().list_jobs()]
     if run_id:
         jobs = [j for j in jobs if j["run_id"] == run_id]
@@ -130,17 +233,32 @@ def list_jobs():
 
 
 @bp.get("/eval/jobs/<job_id>")
+@operation("An evaluation job: state, progress, result or error", {200: JOB})
 def get_job(job_id: str):
     return jsonify(job=_job(job_id).to_json())
 
 
 @bp.post("/eval/jobs/<job_id>/stop")
+@operation(
+    "Stop a job (the worker finishes its token or batch)",
+    {200: obj({"ok": BOOLEAN, "job": ref("Job")}, required=["ok", "job"])},
+    body=ANY_OBJECT,
+)
 def stop_job(job_id: str):
     job = _job(job_id)
     return jsonify(ok=eval_jobs().stop(job.job_id), job=job.to_json())
 
 
 @bp.get("/runs/<run_id>/evaluations")
+@operation(
+    "A run's checkpoint table (losses, perplexities, best) and its evaluation jobs",
+    {
+        200: obj(
+            {"rows": array(ANY_OBJECT), "sets": array(TEXT), "jobs": array(ref("Job"))},
+            required=["rows", "sets", "jobs"],
+        )
+    },
+)
 def run_evaluations(run_id: str):
     """The checkpoint table (step, val loss, each extra set's loss, size, best) and the
     perplexities stored for the run, plus its evaluation jobs of this console session."""
@@ -164,7 +282,7 @@ def _job_id(data: Any) -> str | None:
 
 
 @socketio.on("eval_generate")
-def on_generate(data: Any) -> dict[str, Any]:
+def on_generate(data: Any = None) -> dict[str, Any]:
     if not isinstance(data, dict):
         return {"error": "send the generation request as an object", "field": None}
     try:
@@ -188,7 +306,7 @@ def _deliver(job: EvalJob, missed: list[dict[str, Any]]) -> None:
 
 
 @socketio.on("join_eval")
-def on_join(data: Any) -> dict[str, Any]:
+def on_join(data: Any = None) -> dict[str, Any]:
     job_id = _job_id(data)
     job = eval_jobs().get(job_id) if job_id else None
     if job is None:
@@ -201,7 +319,7 @@ def on_join(data: Any) -> dict[str, Any]:
 
 
 @socketio.on("leave_eval")
-def on_leave(data: Any) -> dict[str, Any]:
+def on_leave(data: Any = None) -> dict[str, Any]:
     job_id = _job_id(data)
     if job_id is None:
         return {"ok": False, "error": "send {job_id}", "field": "job_id"}
@@ -210,7 +328,7 @@ def on_leave(data: Any) -> dict[str, Any]:
 
 
 @socketio.on("eval_stop")
-def on_stop(data: Any) -> dict[str, Any]:
+def on_stop(data: Any = None) -> dict[str, Any]:
     job_id = _job_id(data)
     if job_id is None or eval_jobs().get(job_id) is None:
         return {"ok": False, "error": f"no evaluation job {job_id!r}", "field": "job_id"}

@@ -24,6 +24,19 @@ from web.security import socket_authorized
 log = logging.getLogger(__name__)
 
 
+@socketio.on_error_default
+def on_event_error(exc: Exception) -> Any:
+    """An event handler that raised (a client sent arguments it cannot take): the client
+    gets an error ack instead of silence (it would wait for its ack until its timeout),
+    and an error never opens a connection."""
+    event = getattr(request, "event", None) or {}
+    name = event.get("message")
+    log.warning("Socket.IO event %r: %s: %s", name, type(exc).__name__, exc)
+    if name == "connect":
+        return False
+    return {"ok": False, "error": f"cannot handle {name!r} with these arguments", "field": None}
+
+
 @socketio.on("connect")
 def on_connect(auth: Any = None) -> None:
     # Host and Origin were checked by HostGuard on the handshake request already.

@@ -19,12 +19,15 @@ from urllib.parse import urlencode
 from flask import Flask, current_app, g, redirect, request
 from werkzeug.wrappers import Response
 
-from web.errors import error_response
+from web.apispec import operation_of
+from web.errors import error_response, is_api_path
+from web.limits import JSONLimitError, loads_bounded
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 MUTATING_METHODS = ("POST", "PUT", "PATCH", "DELETE")
-# Endpoints anyone on an allowed Host may call: they reveal nothing.
-PUBLIC_ENDPOINTS = {"api.health", "static"}
+# Endpoints anyone on an allowed Host may call: they reveal nothing. API routes say so in
+# their declaration (web/apispec.py operation(public=True): /api/health only).
+PUBLIC_ENDPOINTS = {"static"}
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self' {ws}; font-src 'self'; object-src 'none'; base-uri 'none'; "
@@ -137,7 +140,7 @@ def check_request() -> Response | None:
         if tokens_equal(request.args.get("token"), current_app.config["TOKEN"]):
             return _login_redirect()
         return _unauthorized()
-    if request.endpoint not in PUBLIC_ENDPOINTS and not is_authorized():
+    if not is_public(request.endpoint) and not is_authorized():
         return _unauthorized()
     if request.method in MUTATING_METHODS:
         if request.mimetype != "application/json":
@@ -146,11 +149,13 @@ def check_request() -> Response | None:
                 "send JSON: Content-Type: application/json (forms and text/plain are refused)",
                 "Content-Type",
             )
-        raw = request.get_data(cache=True)
+        raw = request.get_data(cache=True)  # over MAX_CONTENT_LENGTH: 413
         if raw.strip():
             try:
-                body = json.loads(raw)
-            except ValueError as exc:
+                body = loads_bounded(raw)
+            except JSONLimitError as exc:
+                return error_response(400, str(exc), exc.field)
+            except ValueError as exc:  # not JSON, or not UTF-8
                 return error_response(400, f"the body is not valid JSON: {exc}", "body")
             if not isinstance(body, dict):
                 return error_response(400, "the body must be a JSON object", "body")
@@ -160,8 +165,16 @@ def check_request() -> Response | None:
     return None
 
 
+def is_public(endpoint: str | None) -> bool:
+    if endpoint in PUBLIC_ENDPOINTS:
+        return True
+    view = current_app.view_functions.get(endpoint) if endpoint else None
+    op = operation_of(view)
+    return op is not None and op.public
+
+
 def _unauthorized() -> Response:
-    if request.path.startswith("/api/"):
+    if is_api_path(request.path):
         return error_response(
             401,
             "missing or invalid token: send Authorization: Bearer <token> (see console.json "
@@ -182,7 +195,7 @@ def set_security_headers(response: Response) -> Response:
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["X-Frame-Options"] = "DENY"
-    if request.path.startswith("/api/"):
+    if is_api_path(request.path):
         response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -2,8 +2,9 @@
 
 POST /api/ui/parse_yaml {"yaml": text} -> {"config": nested mapping, "warnings": [...]}
     "Load YAML" on the New run page: the file is parsed on the server (the browser has no
-    YAML parser, and this way the same loader as the trainer's -c reads it). Unknown keys
-    and bad values are left to POST /api/config/validate, which reports them per field.
+    YAML parser, and this way the same loader as the trainer's -c reads it, with its
+    limits: size, nesting, aliases, plain tags only). Unknown keys and bad values are left
+    to POST /api/config/validate, which reports them per field.
 """
 
 from __future__ import annotations
@@ -11,21 +12,26 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from training.contract.config import ConfigError, flatten, parse_yaml_text
+from training.contract.limits import MAX_YAML_BYTES
+from web.apispec import ANY_OBJECT, array, obj, operation, string
 from web.errors import ApiError
+from web.schemas import TEXT
 from web.security import json_body
 
 bp = Blueprint("ui_api", __name__, url_prefix="/api/ui")
 
-MAX_YAML_BYTES = 256 * 1024
-
 
 @bp.post("/parse_yaml")
+@operation(
+    "Parse a config file's text (Load YAML on the New run page)",
+    {200: obj({"config": ANY_OBJECT, "warnings": array(TEXT)}, required=["config", "warnings"])},
+    body=obj(
+        {"yaml": string(MAX_YAML_BYTES, description="The text of a config.yaml")},
+        required=["yaml"],
+    ),
+)
 def parse_yaml():
-    text = json_body().get("yaml")
-    if not isinstance(text, str):
-        raise ApiError(400, 'send {"yaml": "..."}: the text of a config file', "yaml")
-    if len(text.encode()) > MAX_YAML_BYTES:
-        raise ApiError(400, "that file is too large for a config (over 256 KB)", "yaml")
+    text = json_body()["yaml"]
     try:
         raw = parse_yaml_text(text)
     except ConfigError as exc:

@@ -166,3 +166,23 @@ def test_a_huge_seq_is_refused_and_one_bad_line_breaks_nothing(server):
     history = server.get(f"/api/runs/{run_id}/metrics").json()
     assert [r["seq"] for r in history["rows"]] == [1, 2] and history["malformed"] == 1
     assert server.run(run_id)["last_seq"] == 2
+
+
+def test_an_error_in_an_event_handler_is_an_error_ack_and_never_a_connection(tmp_path):
+    """The default Socket.IO error handler (web/live.py): an event whose handler raised
+    gets an error ack; a connect whose handler raised stays refused."""
+    from flask import request
+
+    from web.app import create_app
+    from web.live import on_event_error
+
+    app = create_app({"WORKSPACE": tmp_path / "ws", "TOKEN": "t"})
+    try:
+        with app.test_request_context("/socket.io/"):
+            request.event = {"message": "connect", "args": ()}  # type: ignore[attr-defined]
+            assert on_event_error(RuntimeError("boom")) is False
+            request.event = {"message": "join_run", "args": (1, 2)}  # type: ignore[attr-defined]
+            ack = on_event_error(TypeError("too many arguments"))
+            assert ack["ok"] is False and "join_run" in ack["error"]
+    finally:
+        app.extensions["console"].close()

@@ -15,6 +15,7 @@ from typing import Any
 from training.contract.corpus import CorpusError, find_corpus, read_documents
 from training.contract.errors import InputError
 from training.contract.layout import TOKEN_CACHE_META, Workspace
+from training.contract.limits import path_problem
 
 MAX_ENTRIES = 2000
 PREVIEW_CHARS = 2000
@@ -35,9 +36,11 @@ def confine(path: Any, roots: Sequence[Path], base: Path, field: str = "path") -
     one of `roots` after resolving symlinks; PathError otherwise."""
     if not isinstance(path, str) or not path.strip():
         raise PathError("give a path as text", field)
-    if "\x00" in path:
-        raise PathError("the path contains a NUL byte", field)
-    candidate = Path(path.strip()).expanduser()
+    problem = path_problem(path)
+    if problem:
+        raise PathError(problem, field)
+    # os.path's expanduser leaves `~nosuchuser` as it is; pathlib's raises RuntimeError.
+    candidate = Path(os.path.expanduser(path.strip()))
     if not candidate.is_absolute():
         candidate = base / candidate
     real = Path(os.path.realpath(candidate))
@@ -64,14 +67,14 @@ def list_folder(
 ) -> dict[str, Any]:
     """A folder's entries for the model and corpus pickers."""
     folder = confine(path, roots, workspace)
-    if not folder.is_dir():
-        raise PathError(f"{path} is not a folder")
     entries: list[dict[str, Any]] = []
     truncated = False
     try:
+        if not folder.is_dir():
+            raise PathError(f"{path} is not a folder")
         scanned = sorted(os.scandir(folder), key=lambda e: e.name.lower())
-    except PermissionError:
-        raise PathError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise PathError(f"{path}: {exc.strerror or exc}") from None
     for entry in scanned:
         if not show_hidden and entry.name.startswith("."):
             continue
@@ -110,6 +113,13 @@ def data_report(path: Any, roots: Sequence[Path], workspace: Path) -> dict[str, 
     """Documents, bytes, an estimated token count and a preview of a corpus (read-only,
     no tokenizer: the trainer's data report has the exact figures)."""
     real = confine(path, roots, workspace, field="data")
+    try:
+        return _data_report(path, real, workspace)
+    except OSError as exc:  # unreadable, a name the file system refuses, gone meanwhile
+        raise PathError(f"{path}: {exc.strerror or exc}", "data") from None
+
+
+def _data_report(path: str, real: Path, workspace: Path) -> dict[str, Any]:
     try:
         corpus = find_corpus(real)
     except CorpusError as exc:

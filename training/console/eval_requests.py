@@ -21,6 +21,7 @@ from training.contract.corpus import CorpusError, find_corpus
 from training.contract.errors import InputError
 from training.contract.exports import FORMATS, ExportError, check_destination, default_destination
 from training.contract.layout import RunNotFound, Workspace, is_valid_run_id
+from training.contract.limits import has_lone_surrogate
 from training.contract.model_source import (
     ModelSource,
     SourceError,
@@ -147,6 +148,8 @@ def generate_job(ctx: EvalContext, body: dict[str, Any]) -> dict[str, Any]:
         raise RequestError("type a prompt for the model to continue", "prompt")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise RequestError(f"the prompt is over {MAX_PROMPT_CHARS} characters", "prompt")
+    if has_lone_surrogate(prompt):  # Socket.IO's JSON may carry one; no tokenizer takes it
+        raise RequestError("the prompt contains a lone surrogate (\\ud800-\\udfff)", "prompt")
     models = [model_source(ctx, body.get("model"), "model")]
     if body.get("compare"):
         models.append(model_source(ctx, body["compare"], "compare"))

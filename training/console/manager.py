@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ from training.contract.config import ConfigError, FieldError, build_config, reso
 from training.contract.disk import disk_full_error, free_bytes
 from training.contract.errors import ConfirmRequired, RunConflict
 from training.contract.layout import RunNotFound, RunPaths, RunRecord, Workspace, new_run_id
+from training.contract.limits import has_lone_surrogate
 from training.contract.model_facts import model_facts
 from training.contract.protocol import (
     ACTIVE_STATES,
@@ -326,7 +328,8 @@ class TrainingManager:
         config, warnings = self.validate(*([base] if base is not None else []), values)
         for warning in warnings:
             log.info("config: %s", warning)
-        name = clean_name(name) or default_name(config.model, config.data)
+        name = check_name(name) if name is not None else ""
+        name = name or default_name(config.model, config.data)[:MAX_NAME_LENGTH]
         with self._lock:
             if start and not queue:
                 self._check_capacity(config_yaml=config.to_yaml())
@@ -651,9 +654,11 @@ class TrainingManager:
         self._notify(run_id)
 
     def rename(self, run_id: str, name: Any) -> None:
-        cleaned = clean_name(name)
+        cleaned = check_name(name)
         if not cleaned:
-            raise ConfigError([FieldError("name", "give a name of 1 to 200 characters")])
+            raise ConfigError(
+                [FieldError("name", f"give a name of 1 to {MAX_NAME_LENGTH} characters")]
+            )
         with self._lock:
             record = self.store.read_record(run_id)
             record.name = cleaned
@@ -676,7 +681,7 @@ class TrainingManager:
         return self.create_run(
             overrides or {},
             base=values,
-            name=name or f"{source.name} (copy)",
+            name=name or f"{source.name[: MAX_NAME_LENGTH - 7]} (copy)",
             start=start,
             queue=queue,
             cloned_from=run_id,
@@ -806,11 +811,22 @@ class TrainingManager:
         return running
 
 
-def clean_name(name: Any) -> str:
+def check_name(name: Any) -> str:
+    """A run name as a person gave it, with its runs of white space made one space; ""
+    for no name. ConfigError (field `name`) for anything but text of at most
+    MAX_NAME_LENGTH characters: a long name is refused, never cut silently."""
     if not isinstance(name, str):
-        return ""
+        raise ConfigError([FieldError("name", "the name must be text")])
     cleaned = " ".join(name.split())
-    return cleaned[:MAX_NAME_LENGTH]
+    if len(cleaned) > MAX_NAME_LENGTH:
+        raise ConfigError(
+            [FieldError("name", f"the name is over {MAX_NAME_LENGTH} characters ({len(cleaned)})")]
+        )
+    if has_lone_surrogate(cleaned):
+        raise ConfigError([FieldError("name", "the name contains a lone surrogate: not text")])
+    if any(unicodedata.category(c) == "Cc" for c in cleaned):
+        raise ConfigError([FieldError("name", "the name contains control characters")])
+    return cleaned
 
 
 def default_name(model: str | None, data: str | None) -> str:

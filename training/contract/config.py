@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,12 @@ import yaml
 
 from training.contract.field_values import check_bounds, coerce
 from training.contract.fields import FIELDS, FIELDS_BY_NAME, IGNORED_MLX_LM_KEYS, FieldSpec
+from training.contract.limits import (
+    MAX_YAML_ALIASES,
+    MAX_YAML_BYTES,
+    MAX_YAML_DEPTH,
+    MAX_YAML_NODES,
+)
 from training.contract.model_facts import full_on_quantized, quantization, read_model_config
 
 DEFAULT_ITERS = 1000
@@ -48,11 +55,125 @@ class FieldError:
         return {"field": self.field, "message": self.message}
 
 
-# PyYAML reads `1e-5` as a string (YAML 1.1 wants a dot); read it as a float, as mlx-lm does.
 class _Loader(yaml.SafeLoader):
-    pass
+    """The YAML loader of every config: mlx-lm's files read as mlx-lm reads them, and a
+    hostile file refused (a ComposerError or ConstructorError, so a ConfigError) before it
+    can take memory or crash a reader:
+
+    - nesting deeper than MAX_YAML_DEPTH (PyYAML's composer recurses once per level);
+    - more than MAX_YAML_ALIASES aliases, or a document that expands to more than
+      MAX_YAML_NODES values through them ("billion laughs": each alias is a reference, but
+      whatever walks the result, a JSON encoder or a YAML dump, walks every copy);
+    - an alias inside the node it names (`&m [*m]`: a structure that contains itself);
+    - any tag but the plain ones (null, bool, int, float, str, seq, map): `!!binary`,
+      `!!set`, `!!omap`, `!!pairs`, `!!python/...` and custom `!tags` build values no
+      config has and no JSON encoder takes. Timestamps stay text.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+        self._open_anchors: set[str] = set()  # anchors whose node is being composed
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event: Any = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            mark: Any = event.start_mark
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"more than {MAX_YAML_ALIASES} aliases (*name)", mark
+                )
+            if event.anchor in self._open_anchors:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"the alias *{event.anchor} is inside the node it names (a value that "
+                    "contains itself)",
+                    mark,
+                )
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark
+            )
+        anchor = getattr(event, "anchor", None)
+        self._depth += 1
+        if anchor:
+            self._open_anchors.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            if anchor:
+                self._open_anchors.discard(anchor)
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        if node is not None:
+            _check_expansion(node)
+        return node
 
 
+def _check_expansion(root: yaml.Node) -> None:
+    """Values and depth of the document with every alias expanded (an alias is the same
+    node object as its anchor; each node is measured once)."""
+    measured: dict[int, tuple[int, int]] = {}
+
+    def measure(node: yaml.Node) -> tuple[int, int]:
+        known = measured.get(id(node))
+        if known is not None:
+            return known
+        size, depth = 1, 1
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        for child in children:
+            child_size, child_depth = measure(child)
+            size += child_size
+            depth = max(depth, child_depth + 1)
+            if size > MAX_YAML_NODES or depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"the document expands to more than {MAX_YAML_NODES} values or "
+                    f"{MAX_YAML_DEPTH} levels through its aliases",
+                    node.start_mark,
+                )
+        measured[id(node)] = (size, depth)
+        return size, depth
+
+    measure(root)
+
+
+def _refuse_tag(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    raise yaml.constructor.ConstructorError(
+        None,
+        None,
+        f"the tag {node.tag} is not allowed in a config (plain values, lists and mappings only)",
+        node.start_mark,
+    )
+
+
+def _timestamp_as_text(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+
+_PLAIN_TAGS = {
+    f"tag:yaml.org,2002:{name}" for name in ("null", "bool", "int", "float", "str", "seq", "map")
+}
+_Loader.yaml_constructors = {
+    tag: construct
+    for tag, construct in yaml.SafeLoader.yaml_constructors.items()
+    if tag in _PLAIN_TAGS
+}
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_text)
+_Loader.add_constructor(None, _refuse_tag)
+# PyYAML reads `1e-5` as a string (YAML 1.1 wants a dot); read it as a float, as mlx-lm does.
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(
@@ -226,6 +347,8 @@ def flatten(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[FieldError], l
 def _suggest(key: str) -> str:
     import difflib
 
+    if len(key) > 64:  # no setting's name is that long (and difflib is quadratic)
+        return ""
     close = difflib.get_close_matches(key, list(FIELDS_BY_NAME), n=1)
     return f"; did you mean '{close[0]}'?" if close else ""
 
@@ -244,9 +367,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def parse_yaml_text(text: str, source: str | None = None) -> dict[str, Any]:
     """Parse YAML text (a file's, or uploaded in the console) into a raw mapping."""
     where = f" in {source}" if source else ""
+    if len(text) > MAX_YAML_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_YAML_BYTES:
+        raise ConfigError(
+            [FieldError("config", f"the YAML{where} is over {MAX_YAML_BYTES // 1024} KB")]
+        )
     try:
         raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
+        raise ConfigError([FieldError("config", f"invalid YAML{where}: {exc}")]) from None
+    except ValueError as exc:  # a value its tag cannot hold: an int of 5000 digits, ...
         raise ConfigError([FieldError("config", f"invalid YAML{where}: {exc}")]) from None
     if raw is None:
         return {}
@@ -335,7 +464,8 @@ def validate(
 
 
 def resolve_path(value: str, base_dir: Path) -> Path:
-    p = Path(value).expanduser()
+    # os.path's expanduser leaves `~nosuchuser` as it is; pathlib's raises RuntimeError.
+    p = Path(os.path.expanduser(value))
     return p if p.is_absolute() else base_dir / p
 
 
@@ -349,12 +479,15 @@ def _check_paths(config: RunConfig, base_dir: Path) -> list[FieldError]:
     model = config.model
     if model:
         path = resolve_path(model, base_dir)
-        if path.is_dir():
+        kind = _probe(path)
+        if isinstance(kind, FieldError):
+            errors.append(FieldError("model", kind.message))
+        elif kind == "dir":
             if not (path / "config.json").is_file():
                 errors.append(FieldError("model", f"{path} has no config.json: not a model folder"))
             else:
                 errors += _check_model_config(config, path)
-        elif path.exists():
+        elif kind == "file":
             errors.append(FieldError("model", f"{path} is a file; give the model's folder"))
         elif not looks_like_hub_id(model):
             errors.append(
@@ -366,22 +499,41 @@ def _check_paths(config: RunConfig, base_dir: Path) -> list[FieldError]:
             )
     for name in ("data", "valid_data"):
         value = config.get(name)
-        if value and not resolve_path(value, base_dir).exists():
-            errors.append(
-                FieldError(
-                    name,
-                    f"not found: {resolve_path(value, base_dir)}; give a text "
-                    "file, a folder of text files or an mlx-lm data folder",
+        if value:
+            kind = _probe(resolve_path(value, base_dir))
+            if isinstance(kind, FieldError):
+                errors.append(FieldError(name, kind.message))
+            elif kind is None:
+                errors.append(
+                    FieldError(
+                        name,
+                        f"not found: {resolve_path(value, base_dir)}; give a text "
+                        "file, a folder of text files or an mlx-lm data folder",
+                    )
                 )
-            )
     for set_name, value in (config.eval_sets or {}).items():
-        if not resolve_path(value, base_dir).exists():
+        kind = _probe(resolve_path(value, base_dir))
+        if isinstance(kind, FieldError):
+            errors.append(FieldError("eval_sets", f"set '{set_name}': {kind.message}"))
+        elif kind is None:
             errors.append(
                 FieldError(
                     "eval_sets", f"set '{set_name}': not found: {resolve_path(value, base_dir)}"
                 )
             )
     return errors
+
+
+def _probe(path: Path) -> str | None | FieldError:
+    """ "dir", "file", None (nothing there) or why the path cannot be looked at (a name the
+    file system refuses, a symlink loop, no permission)."""
+    try:
+        if path.is_dir():
+            return "dir"
+        return "file" if path.exists() else None
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return FieldError(None, f"cannot look at {path}: {why}")
 
 
 def _check_model_config(config: RunConfig, model_dir: Path) -> list[FieldError]:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from training.contract.fields import FieldSpec
+from training.contract.limits import MAX_PATH_CHARS, has_lone_surrogate, path_problem
 
 # mlx.optimizers.schedulers a YAML `lr_schedule` mapping may name (what build_schedule calls).
 MLX_LM_SCHEDULES = ("cosine_decay", "linear_schedule", "exponential_decay", "step_decay")
@@ -26,7 +27,15 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
     if kind in ("str", "path"):
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ValueError("expected text")
-        return str(value).strip() if kind == "path" else str(value)
+        text = str(value)
+        problem = path_problem(text) if kind == "path" else None
+        if problem is None and len(text) > MAX_PATH_CHARS:
+            problem = f"longer than {MAX_PATH_CHARS} characters"
+        if problem is None and has_lone_surrogate(text):
+            problem = "contains a lone surrogate (\\ud800-\\udfff): not valid text"
+        if problem:
+            raise ValueError(problem)
+        return text.strip() if kind == "path" else text
     if kind == "bool":
         if isinstance(value, bool):
             return value
@@ -48,24 +57,24 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
             try:
                 f = float(value.replace("_", ""))
             except ValueError:
-                raise ValueError(f"expected a whole number, got {value!r}") from None
+                raise ValueError(f"expected a whole number, got {_shown(value)}") from None
             if f.is_integer():
                 return int(f)
-        raise ValueError(f"expected a whole number, got {value!r}")
+        raise ValueError(f"expected a whole number, got {_shown(value)}")
     if kind == "float":
         if isinstance(value, bool):
             raise ValueError("expected a number")
         try:
             f = float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"expected a number, got {value!r}") from None
+            raise ValueError(f"expected a number, got {_shown(value)}") from None
         if not math.isfinite(f):
             raise ValueError("expected a finite number")
         return f
     if kind == "choice":
         text = str(value).strip().lower()
         if text not in spec.choices:  # type: ignore[operator]
-            raise ValueError(f"must be one of {', '.join(spec.choices or ())}, got {value!r}")
+            raise ValueError(f"must be one of {', '.join(spec.choices or ())}, got {_shown(value)}")
         return text
     if kind == "list":
         if isinstance(value, str):
@@ -97,7 +106,7 @@ def _coerce_dict(spec: FieldSpec, value: Any) -> dict[str, Any] | None:
         for item in value:
             name, sep, rest = str(item).partition("=")
             if not sep or not name.strip() or not rest.strip():
-                raise ValueError(f"expected NAME=VALUE, got {item!r}")
+                raise ValueError(f"expected NAME=VALUE, got {_shown(item)}")
             pairs[name.strip()] = rest.strip()
         value = pairs
     if not isinstance(value, Mapping):
@@ -106,12 +115,15 @@ def _coerce_dict(spec: FieldSpec, value: Any) -> dict[str, Any] | None:
         for name, path in value.items():
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", str(name)):
                 raise ValueError(
-                    f"set name {name!r} must be letters, digits, '_', '.', '-' (at most 64)"
+                    f"set name {_shown(name)} must be letters, digits, '_', '.', '-' (at most 64)"
                 )
             if name in ("val", "train"):
-                raise ValueError(f"set name {name!r} is reserved; choose another")
+                raise ValueError(f"set name {_shown(name)} is reserved; choose another")
             if not isinstance(path, str) or not path.strip():
-                raise ValueError(f"set {name!r} needs a path")
+                raise ValueError(f"set {_shown(name)} needs a path")
+            problem = path_problem(path)
+            if problem:
+                raise ValueError(f"set {_shown(name)}: {problem}")
         return {str(k): str(v).strip() for k, v in value.items()} or None
     return {str(k): v for k, v in value.items()} or None
 
@@ -174,3 +186,10 @@ def check_bounds(spec: FieldSpec, value: Any) -> str | None:
 
 def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value as an error message quotes it: its repr, cut short (a message never echoes
+    a megabyte back)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -10,6 +10,7 @@ LoRA/DoRA adapters, or for a full run's checkpoints the trained weights themselv
 
 from __future__ import annotations
 
+import os
 import re
 import stat
 from dataclasses import dataclass, replace
@@ -120,7 +121,7 @@ def normalize_checkpoint(checkpoint: str | int | None) -> str:
 def resolve_run_path(value: str, workspace: Path) -> Path:
     """A path from a run's config: absolute, else relative to the workspace (the demo's
     config says so), else as given (relative to where the trainer was started)."""
-    p = Path(value).expanduser()
+    p = Path(os.path.expanduser(value))  # pathlib's raises on `~nosuchuser`
     if p.is_absolute():
         return p
     in_workspace = workspace / p

@@ -106,6 +106,9 @@ def fields():
                 "config": nullable(ANY_OBJECT),
                 "yaml": TEXT,
                 "effective": ANY_OBJECT,
+                "model": nullable(
+                    obj({"quantization": nullable(ANY_OBJECT)}),
+                ),
             },
             required=["ok", "errors", "config"],
         )

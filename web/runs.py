@@ -195,6 +195,12 @@ def resume_run(run_id: str):
 
 
 @bp.post("/runs/<run_id>/restart")
+@operation(
+    "Start a run that ended before its first checkpoint again from step 0, in its folder",
+    {202: RUN},
+    body=obj({"confirm": CONFIRM}),
+    errors=[409],
+)
 def restart_run(run_id: str):
     """A run that ended before its first checkpoint, started again from step 0 in its own
     folder (its metrics are cleared): {"confirm": true} required."""

@@ -150,10 +150,14 @@ RUN = obj(
         "queue_position": NULLABLE_INTEGER,
         "remote": nullable(BOOLEAN),
         "cloned_from": NULLABLE_TEXT,
+        "disk_full": nullable(
+            obj({"path": TEXT, "needed_bytes": NULLABLE_NUMBER, "free_bytes": NULLABLE_NUMBER})
+        ),
     },
     required=["run_id", "name", "state"],
     description="A run; the single-run view adds pid, alive, adopted, exit, resumes, "
-    "stop_requested, last, checkpoints, latest_checkpoint_step, resumable, malformed_lines",
+    "stop_requested, last, checkpoints, latest_checkpoint_step, resumable, restartable, "
+    "malformed_lines",
 )
 
 QUEUE = obj(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,16 @@ def test_the_message_names_the_model_and_the_fix() -> None:
     message = full_on_quantized("models/q", MLX)
     assert message.startswith("full cannot train models/q: its weights are quantized (4-bit")
     assert message.endswith(FULL_ON_QUANTIZED_FIX)
+
+
+def test_a_config_that_is_no_regular_file_is_not_read(tmp_path: Path) -> None:
+    """A FIFO would block the console's form check forever; a link (the Hugging Face cache
+    is made of them) is followed."""
+    os.mkfifo(tmp_path / "config.json")
+    assert model_facts(tmp_path) is None
+    real = tmp_path / "blob.json"
+    real.write_text(json.dumps({"quantization": {"bits": 4, "group_size": 64}}))
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "config.json").symlink_to(real)
+    assert model_facts(linked) == {"quantization": {"bits": 4, "group_size": 64, "mode": "affine"}}

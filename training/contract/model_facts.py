@@ -9,10 +9,11 @@ preflight (which also looks at the loaded layers) share this rule and its fix.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from training.contract.reading import read_json_followed
 
 # What to do instead: the same words wherever the problem is reported.
 FULL_ON_QUANTIZED_FIX = (
@@ -29,7 +30,7 @@ HF_QUANT_CONFIG = "hf_quant_config.json"
 def read_model_config(folder: Path) -> dict[str, Any]:
     """config.json of a model folder as a mapping; OSError or ValueError when it cannot be
     read or holds no mapping."""
-    data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    data = read_json_followed(folder / "config.json")
     if not isinstance(data, dict):
         raise ValueError("config.json does not hold a mapping")
     return data
@@ -54,7 +55,7 @@ def quantization(
         hf = text_config.get("quantization_config")
     if not isinstance(hf, Mapping) and folder is not None:
         try:
-            hf = json.loads((folder / HF_QUANT_CONFIG).read_text(encoding="utf-8"))
+            hf = read_json_followed(folder / HF_QUANT_CONFIG)
         except (OSError, ValueError):
             hf = None
     if not isinstance(hf, Mapping):

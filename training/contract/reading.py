@@ -230,6 +230,23 @@ def read_json_object(
     return data
 
 
+def read_json_followed(path: str | Path, limit: int = MAX_RECORD_BYTES) -> Any:
+    """A JSON file outside run folders (a model's config.json): links are followed, as
+    model folders are often made of them (the Hugging Face cache), but only a regular file
+    is read, never blocking, at most `limit` bytes."""
+    shown = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise DamagedFile(shown, f"cannot be opened: {exc.strerror or exc}") from None
+    with opened(fd):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DamagedFile(shown, "is not a regular file: not read")
+        return decode_json(read_fd(fd, limit, shown), shown)
+
+
 def read_json_object_at(dir_fd: int, name: str, shown: str, limit: int = MAX_RECORD_BYTES) -> Any:
     with opened(open_file_at(dir_fd, name, shown)) as fd:
         data = decode_json(read_fd(fd, limit, shown), shown)

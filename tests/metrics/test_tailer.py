@@ -108,7 +108,8 @@ def test_offsets_point_at_the_lines(tmp_path):
 
 
 def test_nan_is_read_like_python_writes_it():
-    assert decode_event(b'{"seq": 1, "train_loss": NaN}')["seq"] == 1
+    row = decode_event(b'{"seq": 1, "train_loss": NaN, "grad_norm": -Infinity}')
+    assert row == {"seq": 1, "train_loss": None, "grad_norm": None}  # as JSON can carry them
     assert decode_event(b"[]") is None
     assert decode_event(b"{") is None
 

@@ -48,9 +48,10 @@ def decode_event(raw: bytes) -> dict[str, Any] | None:
     try:
         row = _decoder.decode(raw)
     except msgspec.DecodeError:
-        # Python's json writes NaN/Infinity (a diverged loss); msgspec is strict JSON.
+        # Python's json writes NaN/Infinity (a diverged loss); msgspec is strict JSON. They
+        # read as null, as the trainer writes them: a browser's JSON.parse refuses NaN.
         try:
-            row = json.loads(raw)
+            row = json.loads(raw, parse_constant=lambda _name: None)
         except (ValueError, RecursionError):
             return None
     except RecursionError:  # brackets nested thousands deep: damage, not an event

@@ -17,6 +17,7 @@ JSON 4xx `{"error", "field"}` before it can take memory, recurse or reach a hand
 from __future__ import annotations
 
 import json
+import math
 import re
 import selectors
 from typing import Any
@@ -103,12 +104,30 @@ def _check_text(value: Any) -> None:
             stack.extend((item, field) for item in node)
 
 
+def finite(node: Any) -> Any:
+    """The same data with every NaN and infinity as None (JSON has neither)."""
+    if isinstance(node, float):
+        return node if math.isfinite(node) else None
+    if isinstance(node, dict):
+        return {key: finite(value) for key, value in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [finite(value) for value in node]
+    return node
+
+
 class BoundedJSONProvider(DefaultJSONProvider):
     """Flask's JSON with loads_bounded: request.get_json() and the body guard of
-    web/security.py parse through it."""
+    web/security.py parse through it. Answers are strict JSON: a NaN or infinity (a YAML
+    `.inf` echoed back, say) is written as null, never as a token browsers refuse."""
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         return loads_bounded(s)
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        try:  # the C encoder at full speed; non-finite numbers are rare
+            return super().dumps(obj, allow_nan=False, **kwargs)
+        except ValueError:
+            return super().dumps(finite(obj), allow_nan=False, **kwargs)
 
 
 class socket_json:  # noqa: N801 - a module-like namespace, as python-socketio expects

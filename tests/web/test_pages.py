@@ -5,6 +5,7 @@ What the pages do in a browser is tested in tests/test_browser_*.py."""
 
 from __future__ import annotations
 
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -180,6 +181,14 @@ def test_parse_yaml_endpoint(client) -> None:
     assert body["config"]["learning_rate"] == 1e-4
     assert body["config"]["lora_parameters"] == {"rank": 4}
     assert any("report_to" in w for w in body["warnings"])
+
+
+def test_answers_are_strict_json(client) -> None:
+    """A YAML .inf or .nan echoed back is null: a browser's JSON.parse refuses NaN."""
+    text = "learning_rate: .inf\nwarmup_steps: .nan\n"
+    response = client.post("/api/ui/parse_yaml", json={"yaml": text}, headers=AUTH)
+    body = json.loads(response.get_data(as_text=True), parse_constant=pytest.fail)
+    assert body["config"] == {"learning_rate": None, "warmup_steps": None}
 
 
 @pytest.mark.parametrize(

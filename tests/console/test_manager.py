@@ -257,9 +257,11 @@ def test_a_second_start_while_one_trains_is_refused(manager, workspace):
 
 
 def test_queue_runs_one_after_another_and_failures_do_not_block(manager, workspace):
-    set_fake_mode(workspace, rate=500)
+    # Every trainer fails at step 2, so a (one step) finishes and c fails: no mode switch
+    # between them that the queue could outrun.
+    set_fake_mode(workspace, mode="fail", fail_at=2, rate=500)
     manager.queue_pause()
-    a = manager.create_run(fake_config(iters=10), queue=True)
+    a = manager.create_run(fake_config(iters=1), queue=True)
     b = manager.create_run(fake_config(iters=11), queue=True)
     c = manager.create_run(fake_config(iters=12), queue=True)
     assert manager.queue_state()["run_ids"] == [a, b, c]
@@ -268,10 +270,8 @@ def test_queue_runs_one_after_another_and_failures_do_not_block(manager, workspa
     assert state(manager, b) == "created"
     with pytest.raises(QueueError, match="missing"):
         manager.queue_reorder([a])
-    set_fake_mode(workspace, mode="fail", fail_at=2, rate=500)
     manager.queue_start()
     wait_state(manager, c, "failed")
-    set_fake_mode(workspace, rate=500)
     wait_state(manager, a, "finished")
     assert manager.queue_state()["run_ids"] == []
 

@@ -376,12 +376,7 @@ class TrainingManager:
         if confirm is not True:
             raise ConfirmRequired('resuming starts training again: send {"confirm": true}')
         with self._lock:
-            self.adopt_if_alive(run_id)
-            state, _ = self.state(run_id)
-            if state not in RESUMABLE_STATES:
-                raise RunConflict(
-                    f"run {run_id} is {state}; only {', '.join(RESUMABLE_STATES)} runs resume"
-                )
+            state = self._ended_state(run_id, "resume")
             if not has_checkpoint(self.store.paths(run_id).root):
                 raise RunConflict(
                     f"run {run_id} has no checkpoint to resume from: it ended before its "
@@ -392,6 +387,17 @@ class TrainingManager:
             log.info("run %s: resuming from %s (explicit request)", run_id, state)
             self._spawn(run_id, resume=True, from_state=state)
         self._notify(run_id)
+
+    def _ended_state(self, run_id: str, action: str) -> str:
+        """The state of a run that may train again (no live trainer, a resumable state);
+        RunConflict naming the state otherwise."""
+        self.adopt_if_alive(run_id)
+        state, _ = self.state(run_id)
+        if state not in RESUMABLE_STATES:
+            raise RunConflict(
+                f"run {run_id} is {state}; only {', '.join(RESUMABLE_STATES)} runs {action}"
+            )
+        return state
 
     def restart(self, run_id: str, *, confirm: bool) -> None:
         """Start a run that ended before its first checkpoint (stopped, interrupted, failed
@@ -404,12 +410,7 @@ class TrainingManager:
                 'starting again from step 0 clears the run\'s metrics: send {"confirm": true}'
             )
         with self._lock:
-            self.adopt_if_alive(run_id)
-            state, _ = self.state(run_id)
-            if state not in RESUMABLE_STATES:
-                raise RunConflict(
-                    f"run {run_id} is {state}; only {', '.join(RESUMABLE_STATES)} runs start again"
-                )
+            state = self._ended_state(run_id, "start again")
             paths = self.store.paths(run_id)
             if has_checkpoint(paths.root):
                 raise RunConflict(

@@ -141,3 +141,8 @@ def test_two_ranks_under_mlx_launch_match_one_process(
         assert a[step] == pytest.approx(b[step], rel=1e-4), step
     tokens = [events(run, "train")[-1]["trained_tokens"] for run in (ring, ws / "runs" / "single")]
     assert tokens[0] == tokens[1] == 6 * 2 * 64
+    # Each report lists every rank's own throughput and peak memory (the run page's ranks).
+    for row in events(ring, "train"):
+        assert [r["rank"] for r in row["ranks"]] == [0, 1]
+        assert all(r["tokens_per_second"] > 0 and r["peak_memory"] > 0 for r in row["ranks"])
+    assert all("ranks" not in row for row in events(ws / "runs" / "single", "train"))

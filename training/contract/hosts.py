@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.contract.protocol import PLAIN_PROGRESS_ENV, TOKEN_ENV, WORKSPACE_ENV
+
 BACKENDS: tuple[str, ...] = ("ring", "jaccl", "jaccl-ring", "mpi", "nccl")
 DEFAULT_BACKEND = "ring"
 # mlx.launch's own default first port of the ring backend.
@@ -48,9 +50,9 @@ RESERVED_ENV: frozenset[str] = frozenset(
         "NCCL_PORT",
         "CUDA_VISIBLE_DEVICES",
         "PYTHONPATH",
-        "MLX_CPT_HOME",
-        "MLX_CPT_TOKEN",
-        "MLX_CPT_PLAIN_PROGRESS",
+        WORKSPACE_ENV,
+        TOKEN_ENV,
+        PLAIN_PROGRESS_ENV,
     }
 )
 

@@ -58,7 +58,9 @@ def test_no_hosts_is_one_process_here() -> None:
         ({"distributed": {"env": {"MLX_RANK": "3"}}}, "distributed.env", "set by mlx.launch"),
         ({"distributed": {"env": {"A-B": "1"}}}, "distributed.env", "not an environment"),
         ({"distributed": {"env": {"A": "1\nexport B=2"}}}, "distributed.env", "one line"),
-        ({"distributed": {"python": "venv/bin/python"}}, "distributed.python", "absolute"),
+        ({"distributed": {"python": "venv/bin/python"}}, "distributed.python", "not a Python"),
+        ({"distributed": {"python": "/bin/sh"}}, "distributed.python", "not a Python"),
+        ({"distributed": {"env": {"LD_PRELOAD": "x.so"}}}, "distributed.env", "which code"),
         ({"distributed": {"backend": "tcp"}}, "distributed.backend", "one of"),
         ({"distributed": {"port": 80}}, "distributed.port", "at least 1024"),
         (

@@ -22,7 +22,7 @@ import yaml
 
 from training.contract.field_values import check_bounds, coerce
 from training.contract.fields import FIELDS, FIELDS_BY_NAME, IGNORED_MLX_LM_KEYS, FieldSpec
-from training.contract.hosts import HostPlan, HostsError, check_env, host_plan
+from training.contract.hosts import HostPlan, HostsError, check_env, check_python, host_plan
 from training.contract.limits import (
     MAX_YAML_ALIASES,
     MAX_YAML_BYTES,
@@ -499,14 +499,11 @@ def _check_distributed(config: RunConfig, check_paths: bool, base_dir: Path) -> 
             check_env(name, value)
         except HostsError as exc:
             errors.append(FieldError("distributed.env", str(exc)))
-    python = config.distributed_python
-    if python and not Path(python).is_absolute():
-        errors.append(
-            FieldError(
-                "distributed.python",
-                f"give the absolute path of the Python on each host, not {python}",
-            )
-        )
+    if config.distributed_python:
+        try:
+            check_python(config.distributed_python)
+        except HostsError as exc:
+            errors.append(FieldError("distributed.python", str(exc)))
     if config.distributed_hosts and config.distributed_hostfile:
         errors.append(FieldError("distributed.hostfile", "give the hosts or a hostfile, not both"))
     if errors or (config.distributed_hostfile and not check_paths):

@@ -57,6 +57,14 @@ RESERVED_ENV: frozenset[str] = frozenset(
 )
 
 
+# What a setting may not set for the ranks besides RESERVED_ENV: the loader's, the
+# shell's and Python's start-up hooks (a config must not choose code for the hosts to run).
+_HOOK_PREFIXES = ("LD_", "DYLD_", "PYTHON")
+_HOOK_NAMES = frozenset({"BASH_ENV", "ENV", "PATH", "SHELL", "HOME", "IFS", "PS4"})
+# The Python on each host: an absolute path to an interpreter (python, python3, python3.12).
+_PYTHON_RE = re.compile(r"python(\d+(\.\d+)?)?")
+
+
 class HostsError(ValueError):
     """A host list, hostfile or environment that cannot be launched; the message says why."""
 
@@ -255,6 +263,10 @@ def check_env(name: str, value: Any) -> tuple[str, str]:
         raise HostsError(f"{_shown(name)} is not an environment variable name (letters, digits, _)")
     if name in RESERVED_ENV:
         raise HostsError(f"{name} is set by mlx.launch or the console for every rank")
+    if name.startswith(_HOOK_PREFIXES) or name in _HOOK_NAMES:
+        raise HostsError(
+            f"{name} would change which code the hosts run: set it on the hosts themselves"
+        )
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise HostsError(f"{name}: give its value as text")
     text = str(value)
@@ -263,6 +275,16 @@ def check_env(name: str, value: Any) -> tuple[str, str]:
             f"{name}: the value must be one line of at most {MAX_ENV_VALUE} characters"
         )
     return str(name), text
+
+
+def check_python(path: str) -> str:
+    """The Python every host runs: an absolute path whose name is an interpreter's."""
+    if not path.startswith("/") or not _PYTHON_RE.fullmatch(path.rsplit("/", 1)[-1]):
+        raise HostsError(
+            f"{_shown(path)} is not a Python: give the absolute path of the Python on each "
+            "host (e.g. /Users/me/mlx-cpt/.venv/bin/python)"
+        )
+    return path
 
 
 def host_plan(
@@ -288,6 +310,8 @@ def host_plan(
     else:
         return None
     pairs = tuple(check_env(k, v) for k, v in (env or {}).items())
+    if python is not None:
+        check_python(python)
     plan = HostPlan(
         parsed, backend or DEFAULT_BACKEND, pairs, python, port, source, tuple(file_envs)
     )

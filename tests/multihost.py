@@ -41,6 +41,7 @@ import pytest
 
 from tests.conftest import IN_CI
 from tests.helpers import wait_until
+from tests.trainer_helpers import TINY
 
 SSHD = Path("/usr/sbin/sshd")
 SSH_CONFIG_D = Path("/etc/ssh/ssh_config.d")
@@ -301,3 +302,17 @@ def end_processes_naming(text: str) -> None:
         with contextlib.suppress(psutil.Error):
             if proc.pid != me and any(text in arg for arg in proc.info["cmdline"] or []):
                 proc.kill()
+
+
+def run_config(
+    assets: dict[str, Path], addresses: list[str], **values: object
+) -> dict[str, object]:
+    """A tiny real run on these hosts, with a port range of its own (the namespaces are
+    new, but a rerun must not wait on a closing socket)."""
+    return {
+        "model": str(assets["model"]),
+        "data": str(assets["corpus"]),
+        **TINY,
+        **values,
+        "distributed": {"hosts": addresses, "port": random.randint(20_000, 60_000)},
+    }

@@ -9,7 +9,6 @@ and nothing restarts by itself."""
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import yaml
 
 from tests.helpers import wait_until
 from tests.live_server import LiveServer
-from tests.multihost import StandInHosts, end_processes_naming, stand_in_hosts
+from tests.multihost import StandInHosts, end_processes_naming, run_config, stand_in_hosts
 from tests.trainer_helpers import TINY, events, run_trainer, train_losses
 
 pytestmark = pytest.mark.slow
@@ -45,18 +44,6 @@ def console(tmp_path: Path) -> Iterator[LiveServer]:
     finally:
         server.stop()
         end_processes_naming(str(tmp_path / "ws"))
-
-
-def config(assets: dict[str, Path], addresses: list[str], **values: Any) -> dict[str, Any]:
-    return {
-        "model": str(assets["model"]),
-        "data": str(assets["corpus"]),
-        **TINY,
-        **values,
-        # One port range per test: the namespaces are new, but a rerun must not wait on
-        # a closing socket.
-        "distributed": {"hosts": addresses, "port": random.randint(20_000, 60_000)},
-    }
 
 
 def start(console: LiveServer, body: dict[str, Any]) -> str:
@@ -100,7 +87,7 @@ def single_process_losses(
 def test_two_hosts_train_from_the_api_as_one_process_does(
     tiny_assets: dict[str, Path], tmp_path: Path, hosts: StandInHosts, console: LiveServer
 ) -> None:
-    run_id = start(console, config(tiny_assets, hosts.addresses, iters=6, steps_per_eval=6))
+    run_id = start(console, run_config(tiny_assets, hosts.addresses, iters=6, steps_per_eval=6))
     run = console.wait_for_state(run_id, "finished", "failed", timeout=180)
     assert run["state"] == "finished", (run, log_of(console, run_id))
     run_dir = console.workspace / "runs" / run_id
@@ -136,8 +123,11 @@ def test_two_hosts_train_from_the_api_as_one_process_does(
 def test_stop_goes_through_mlx_launch_and_a_confirmed_resume_uses_the_same_hosts(
     tiny_assets: dict[str, Path], tmp_path: Path, hosts: StandInHosts, console: LiveServer
 ) -> None:
-    # A constant rate after warmup: the uninterrupted reference may have fewer steps.
-    body = config(tiny_assets, hosts.addresses, iters=100_000, lr_schedule="constant")
+    # A constant rate after warmup (the uninterrupted reference has fewer steps), small
+    # enough that float rounding (a sum of two half-batch gradients is not the full batch's
+    # to the last bit) stays far below the tolerance over the dozens of steps this takes.
+    slow = {"lr_schedule": "constant", "learning_rate": 3e-4}
+    body = run_config(tiny_assets, hosts.addresses, iters=100_000, **slow)
     run_id = start(console, body)
     run_dir = console.workspace / "runs" / run_id
     wait_until(
@@ -146,6 +136,12 @@ def test_stop_goes_through_mlx_launch_and_a_confirmed_resume_uses_the_same_hosts
         message="two steps on two hosts",
     )
     assert len(ranks_alive(run_dir)) == 2
+    # The console dies; the ranks train on; a new console adopts mlx.launch (its stdin
+    # FIFO is in the workspace) and stops it through it like the first would have.
+    console.kill()
+    console.start()
+    assert f"run {run_id}: adopted" in console.output()
+    assert console.run(run_id)["state"] == "running"
     assert console.post(f"/api/runs/{run_id}/stop").status_code == 202
     run = console.wait_for_state(run_id, "stopped", "failed", timeout=120)
     assert run["state"] == "stopped", (run, log_of(console, run_id))
@@ -177,12 +173,10 @@ def test_stop_goes_through_mlx_launch_and_a_confirmed_resume_uses_the_same_hosts
 
     # Stopped and resumed across two hosts: the losses of one uninterrupted process.
     two = train_losses(run_dir)
-    one = single_process_losses(
-        tmp_path, tiny_assets, max(two), "uninterrupted", lr_schedule="constant"
-    )
+    one = single_process_losses(tmp_path, tiny_assets, max(two), "uninterrupted", **slow)
     assert sorted(two) == list(range(1, max(two) + 1))
-    for step in two:
-        assert two[step] == pytest.approx(one[step], abs=1e-5), step
+    worst = max(abs(two[step] - one[step]) for step in two)
+    assert worst <= 1e-5, (worst, two, one)
 
 
 @pytest.mark.parametrize("how", ["dies", "drops off the network"])
@@ -193,7 +187,7 @@ def test_a_lost_host_fails_the_run_naming_it(
     hosts: StandInHosts,
     console: LiveServer,
 ) -> None:
-    run_id = start(console, config(tiny_assets, hosts.addresses, iters=100_000))
+    run_id = start(console, run_config(tiny_assets, hosts.addresses, iters=100_000))
     run_dir = console.workspace / "runs" / run_id
     wait_until(
         lambda: any(r["step"] >= 2 for r in events(run_dir, "train")) if run_dir.exists() else 0,
@@ -224,7 +218,7 @@ def test_a_lost_host_fails_the_run_naming_it(
 def test_hosts_are_checked_before_a_launch_and_each_failing_host_is_named(
     tiny_assets: dict[str, Path], hosts: StandInHosts, console: LiveServer
 ) -> None:
-    good = config(tiny_assets, hosts.addresses, iters=6)
+    good = run_config(tiny_assets, hosts.addresses, iters=6)
     answer = console.post("/api/hosts/check", {"config": good})
     assert answer.status_code == 200, answer.text
     body = answer.json()

@@ -41,10 +41,12 @@ LAUNCH = {"hosts": [{"rank": 0, "ssh": "10.0.0.11", "ips": ["10.0.0.11"]},
 
 
 def fake_ssh(tmp_path: Path) -> str:
-    """An ssh client that fails as ssh does when a host is not there (exit 255)."""
+    """An ssh client that fails as ssh does when a host is not there (exit 255), except
+    on 10.255.0.3, which answers and whose remote shell exits 1."""
     script = tmp_path / "ssh"
     script.write_text(
         "#!/bin/sh\nfor a; do host=$last; last=$a; done\n"
+        '[ "$host" = 10.255.0.3 ] && { echo "remote: no" >&2; exit 1; }\n'
         'echo "ssh: connect to host $host port 22: No route to host" >&2\nexit 255\n'
     )
     script.chmod(0o755)
@@ -199,12 +201,14 @@ def test_the_watch_reports_a_host_that_stops_answering(tmp_path: Path) -> None:
 
     hosts = [
         {"rank": 0, "ssh": "127.0.0.1", "ips": ["127.0.0.1"]},  # local: nothing to watch
+        # Looked at first: a remote command that fails is a host that answered, not lost.
+        {"rank": 3, "ssh": "10.255.0.3", "ips": ["10.255.0.3"]},
         {"rank": 1, "ssh": "10.255.0.2", "ips": ["10.255.0.2"]},
         {"rank": 2, "ssh": "-oProxyCommand=touch /tmp/x", "ips": []},  # never given to ssh
     ]
     watch = HostWatch("r1", hosts, 0.2, note, client=fake_ssh(tmp_path)).start()
     try:
-        assert [h.rank for h in watch.hosts] == [1]
+        assert [h.rank for h in watch.hosts] == [3, 1]
         assert done.wait(30)
     finally:
         watch.stop()

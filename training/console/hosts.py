@@ -419,8 +419,9 @@ class HostWatch:
             return f"no answer over SSH within {seconds} s"
         except OSError as exc:
             return f"ssh could not run: {exc}"
-        if result.returncode != 0:
-            return _last_line(result.stderr) or f"ssh exited with code {result.returncode}"
+        if result.returncode == 255:  # ssh's own failure: no connection (any other code
+            # is the remote shell's: the host answered)
+            return _last_line(result.stderr) or "ssh could not connect"
         return None
 
     def _run(self) -> None:

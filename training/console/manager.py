@@ -597,8 +597,8 @@ class TrainingManager:
             reason = f"rank {first.rank} on {host_of(record.launch, first.rank)} {how}"
         elif ended is not None and ended.signal:
             reason = f"mlx.launch {ended.reason}"
-        else:
-            reason = "mlx.launch ended and rank 0 wrote no final status"
+        else:  # rank 0's final status, when it wrote one, says how the run ended
+            reason = "mlx.launch ended; no rank reported a failure"
         return {
             "code": None,  # mlx.launch's own says nothing about the ranks
             "signal": ended.signal if ended is not None else None,

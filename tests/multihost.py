@@ -34,6 +34,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -269,11 +270,11 @@ def _add_hosts(setup: StandInHosts, n: int) -> None:
     )
     setup.ssh_config = config
     for host in setup.hosts:
-        wait_until(
-            lambda h=host: _listening(h.address),
-            timeout=20,
-            message=f"sshd on {host.address}",
-        )
+        wait_until(partial(_listening, host.address), timeout=20, message=f"sshd on {host.address}")
+
+
+def _emptied(setup: StandInHosts, i: int) -> bool:
+    return not setup.pids(i)
 
 
 def _teardown(setup: StandInHosts, held: bool, bridged: bool) -> None:
@@ -285,7 +286,7 @@ def _teardown(setup: StandInHosts, held: bool, bridged: bool) -> None:
         if host.sshd is not None:
             host.sshd.wait()
         setup.kill(i)  # ranks or sessions still in it
-        wait_until(lambda i=i: not setup.pids(i), timeout=20, message="the host's processes")
+        wait_until(partial(_emptied, setup, i), timeout=20, message="the host's processes")
         subprocess.run(["ip", "netns", "del", host.namespace], capture_output=True)
     if bridged:
         subprocess.run(["ip", "link", "del", setup.bridge], capture_output=True)

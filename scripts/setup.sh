@@ -13,11 +13,18 @@ req=requirements.txt
 .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req"
 
 # Debian packages: OpenBLAS makes the Linux CPU wheel 7-18x faster (the trainer
-# preloads it when present); Chromium drives the browser tests.
+# preloads it when present); Chromium drives the browser tests; openssh-server and
+# iproute2 give the multi-host tests their stand-in hosts (network namespaces, each
+# with its own sshd: tests/multihost.py).
 apt_pkgs=()
 if [ "$(uname -s)" = Linux ] && command -v apt-get >/dev/null; then
   ls /usr/lib/*-linux-gnu/libopenblas.so.0 >/dev/null 2>&1 || apt_pkgs+=(libopenblas0-pthread)
-  [ "$profile" = dev ] && ! command -v chromium >/dev/null && apt_pkgs+=(chromium)
+  if [ "$profile" = dev ]; then
+    command -v chromium >/dev/null || apt_pkgs+=(chromium)
+    [ -x /usr/sbin/sshd ] || apt_pkgs+=(openssh-server)
+    command -v ssh >/dev/null || apt_pkgs+=(openssh-client)
+    command -v ip >/dev/null || apt_pkgs+=(iproute2)
+  fi
 fi
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   sudo=""

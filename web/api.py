@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify
 
 from training.console import browse, telemetry
-from training.contract.config import ConfigError, build_config
+from training.contract.config import ConfigError, build_config, parse_yaml_text
 from training.contract.fields import FIELDS, GROUPS
 from training.contract.layout import Workspace
 from web.apispec import (
@@ -25,12 +25,13 @@ from web.apispec import (
     obj,
     openapi_document,
     operation,
+    ref,
     string,
 )
 from web.console import console
 from web.errors import ApiError
 from web.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH
-from web.schemas import CONFIRM, PATH, PATH_PARAMETERS, TEXT, components
+from web.schemas import CONFIRM, PATH, PATH_PARAMETERS, TEXT, components, config_input
 from web.security import cookie_name, json_body
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -153,6 +154,31 @@ def validate_config():
             "num_layers": cfg.effective_num_layers,
         },
     )
+
+
+@bp.post("/hosts/check")
+@operation(
+    "Check a config's hosts as a launch would: SSH without a password, the same project, "
+    "Python and mlx, the shared workspace, the model and data, free ports",
+    {200: obj({"ok": BOOLEAN, "hosts": array(ref("HostReport"))}, required=["ok", "hosts"])},
+    body=obj({"config": config_input("RunConfig")}, required=["config"]),
+)
+def check_hosts():
+    """Each host of a config, checked over SSH (seconds: as long as the slowest host);
+    400 for a config that does not name hosts or is not valid."""
+    config = json_body()["config"]
+    if isinstance(config, str):
+        config = parse_yaml_text(config)
+    manager = console().manager
+    cfg, _ = manager.validate(config)
+    if manager.host_plan(cfg) is None:
+        raise ApiError(
+            400,
+            "the config names no hosts: set distributed.hosts or distributed.hostfile",
+            "distributed.hosts",
+        )
+    reports = manager.check_hosts(cfg)
+    return jsonify(ok=all(r.ok for r in reports), hosts=[r.to_json() for r in reports])
 
 
 @bp.get("/presets")

@@ -41,6 +41,8 @@ DEFAULTS: dict[str, Any] = {
     "AUTODETECT": True,
     "TRAINER_MODULE": "training.continued_pretraining",
     "STOP_GRACE_SECONDS": 120.0,
+    # The SSH client of the console's own host checks (runs on several machines).
+    "SSH_COMMAND": "ssh",
     "MAX_CONCURRENT_RUNS": 1,
     "KEEP_AWAKE": True,
     "POLL_INTERVAL": 0.05,
@@ -118,6 +120,7 @@ def _build_console(app: Flask, workspace: Workspace) -> Console:
             stop_grace_seconds=float(app.config["STOP_GRACE_SECONDS"]),
             max_concurrent_runs=int(app.config["MAX_CONCURRENT_RUNS"]),
             keep_awake=bool(app.config["KEEP_AWAKE"]),
+            ssh=str(app.config["SSH_COMMAND"]),
         ),
         store,
     )

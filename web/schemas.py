@@ -130,6 +130,54 @@ def run_config_schema(*, partial: bool = False) -> Schema:
     }
 
 
+HOST_FACTS = nullable(
+    obj(
+        {
+            "hostname": NULLABLE_TEXT,
+            "python": NULLABLE_TEXT,
+            "mlx": NULLABLE_TEXT,
+            "mlx_lm": NULLABLE_TEXT,
+            "platform": NULLABLE_TEXT,
+        },
+        description="What the host's check found there",
+    )
+)
+
+LAUNCH = obj(
+    {
+        "launcher": NULLABLE_TEXT,
+        "backend": NULLABLE_TEXT,
+        "hosts": array(
+            obj(
+                {
+                    "rank": {"type": "integer"},
+                    "ssh": NULLABLE_TEXT,
+                    "ips": array(TEXT),
+                    "facts": HOST_FACTS,
+                },
+                required=["rank", "ssh", "ips"],
+            )
+        ),
+        "python": NULLABLE_TEXT,
+        "port": NULLABLE_NUMBER,
+        "env": array(TEXT, description="Names of the variables set for every rank"),
+        "source": NULLABLE_TEXT,
+    },
+    description="A run on several machines: mlx.launch's backend and hosts by rank",
+)
+
+HOST_REPORT = obj(
+    {
+        "rank": {"type": "integer"},
+        "host": TEXT,
+        "ssh": TEXT,
+        "ok": BOOLEAN,
+        "problems": array(TEXT, description="Each problem with what to do about it"),
+        "facts": HOST_FACTS,
+    },
+    required=["rank", "host", "ssh", "ok", "problems"],
+)
+
 RUN = obj(
     {
         "run_id": TEXT,
@@ -153,6 +201,7 @@ RUN = obj(
         "disk_full": nullable(
             obj({"path": TEXT, "needed_bytes": NULLABLE_NUMBER, "free_bytes": NULLABLE_NUMBER})
         ),
+        "launch": nullable(ref("Launch")),
     },
     required=["run_id", "name", "state"],
     description="A run; the single-run view adds pid, alive, adopted, exit, resumes, "
@@ -220,6 +269,8 @@ def components() -> dict[str, Schema]:
 COMPONENTS: dict[str, Schema] = {
     "Error": ERROR,
     "Run": RUN,
+    "Launch": LAUNCH,
+    "HostReport": HOST_REPORT,
     "Queue": QUEUE,
     "Job": JOB,
     "ModelRef": MODEL_REF,

@@ -150,7 +150,7 @@ def check_request() -> Response | None:
                 "Content-Type",
             )
         raw = request.get_data(cache=True)  # over MAX_CONTENT_LENGTH: 413
-        if raw.strip():
+        if raw:  # no body is {}; white space alone is no JSON document
             try:
                 body = loads_bounded(raw)
             except JSONLimitError as exc:

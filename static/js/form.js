@@ -21,6 +21,7 @@ const GROUP_INFO = {
   training: ["Training", "Budget, optimizer and learning-rate schedule."],
   evaluation: ["Evaluation", "How often loss is reported and validation runs."],
   checkpoints: ["Checkpoints", "When to save, and what to keep."],
+  distributed: ["Distributed", "Several machines: one rank per host, started by mlx.launch over SSH."],
 };
 const RANK = { essential: 0, important: 1, advanced: 2 };
 

@@ -7,6 +7,7 @@ import { toast } from "./toast.js";
 import { FieldForm } from "./form.js";
 import { LrPlot } from "./lr_schedule.js";
 import { pickPath } from "./picker.js";
+import { addHostsCheck } from "./hosts_check.js";
 
 const EP = {
   fields: "/api/fields",
@@ -49,6 +50,7 @@ async function main() {
   state.fieldNames = new Set(fields.map((f) => f.name));
   state.form = new FieldForm($("#groups"), fields, { onChange: onFormChange });
   addPickers(fields);
+  addHostsCheck(() => state.form.values(), (errors) => state.form.showErrors(errors));
   renderPresets();
   wireConfigPanel();
   wireLaunch();

@@ -8,6 +8,7 @@ import { settings } from "./settings.js";
 import { toast } from "./toast.js";
 import { noteRunState } from "./notify.js";
 import { summary, canResume, isActive, resumeRun, stopRun, deleteRun, diskFull } from "./run_actions.js";
+import { renderRanks } from "./ranks.js";
 
 const runId = document.body.dataset.runId;
 const run = new RunData({ smoothing: settings.get("smoothing") });
@@ -133,6 +134,7 @@ function renderRecord() {
   const disk = diskFull(r);
   const facts = disk ? h("dl", { class: "kv disk-full" }, disk.facts.map(([k, v]) => [h("dt", { text: k }), h("dd", { text: v })])) : null;
   replace(box, h("div", { class: "stack" }, h("div", null, h("strong", { text: `${cap(r.state)}: ` }), reason || "", exitBits ? h("span", { class: "muted", text: ` (${exitBits})` }) : null), facts));
+  renderRanks(r, page.info.lastTrain || (r.last && r.last.train));
   renderProgress();
 }
 
@@ -145,6 +147,7 @@ function renderLive() {
   $("#s-val-sub").textContent = `best ${fmt.loss(minOf(run.eval, "val_loss"))}`;
   $("#s-tps").textContent = fmt.compact(run.last("train", "tokens_per_second"));
   $("#s-mem").textContent = fmt.gb(run.last("train", "peak_memory"));
+  if (page.record) renderRanks(page.record, page.info.lastTrain || (page.record.last && page.record.last.train));
   if (run.evalSets.length !== page.knownSets) {
     page.knownSets = run.evalSets.length;
     page.charts.loss.setSeries(lossSeries());

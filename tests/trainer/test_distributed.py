@@ -23,6 +23,8 @@ from tests.trainer_helpers import (
     trainer_env,
     write_config,
 )
+from training.trainer.cli import build_parser
+from training.trainer.preflight import preflight
 
 pytestmark = pytest.mark.slow
 
@@ -141,3 +143,27 @@ def test_two_ranks_under_mlx_launch_match_one_process(
         assert a[step] == pytest.approx(b[step], rel=1e-4), step
     tokens = [events(run, "train")[-1]["trained_tokens"] for run in (ring, ws / "runs" / "single")]
     assert tokens[0] == tokens[1] == 6 * 2 * 64
+    # Each report lists every rank's own throughput and peak memory (the run page's ranks).
+    for row in events(ring, "train"):
+        assert [r["rank"] for r in row["ranks"]] == [0, 1]
+        assert all(r["tokens_per_second"] > 0 and r["peak_memory"] > 0 for r in row["ranks"])
+    assert all("ranks" not in row for row in events(ws / "runs" / "single", "train"))
+
+
+def test_a_config_naming_hosts_run_as_one_process_warns_how_it_is_launched(
+    tiny_assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    hosts = {"hosts": ["10.0.0.11", "10.0.0.12"]}
+    config = write_config(ws / "config.yaml", tiny_assets, iters=2, distributed=hosts)
+    monkeypatch.chdir(ws)
+    monkeypatch.setenv("MLX_CPT_HOME", str(ws))
+    args = build_parser().parse_args(["-c", str(config), "--run-dir", str(ws / "runs" / "one")])
+    plan = preflight(args, rank=0, world=1)
+    try:
+        [warning] = [w for w in plan.warnings if "distributed.hosts" in w]
+        assert "names 2 hosts but 1 worker(s) run this" in warning
+        assert "mlx.launch --hostfile" in warning
+    finally:
+        plan.release()

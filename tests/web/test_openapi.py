@@ -53,6 +53,9 @@ def make_app(workspace: Path) -> Flask:
             "TRAINER_MODULE": "tests.fake_trainer",
             "BROWSE_ROOTS": [workspace],
             "STOP_GRACE_SECONDS": 2.0,
+            # No host is ever contacted: a config naming hosts (an address, or a name to
+            # look up) gets its SSH checks from `false`, which fails them all.
+            "SSH_COMMAND": "false",
             "TESTING": True,
         }
     )

@@ -156,7 +156,7 @@ class TrainerTable:
                 cmdline = proc.info["cmdline"] or []
                 if proc.pid == me or not is_trainer_cmdline(cmdline):
                     continue
-                if proc.status() == psutil.STATUS_ZOMBIE:
+                if proc.status() == psutil.STATUS_ZOMBIE or _secondary_rank(proc):
                     continue
                 run_id = trainer_run_id(proc, cmdline, runs_dir)
             except (psutil.Error, OSError):
@@ -167,6 +167,17 @@ class TrainerTable:
             ):
                 found[run_id] = proc
         return found
+
+
+def _secondary_rank(proc: psutil.Process) -> bool:
+    """A rank other than 0 of an mlx.launch run (MLX_RANK in its environment): it writes
+    nothing, so it is never a run's trainer (a rank left hanging on a host that dropped
+    off the network is not the run training again)."""
+    try:
+        rank = proc.environ().get("MLX_RANK")
+    except (psutil.Error, OSError):
+        return False
+    return rank is not None and rank != "0"
 
 
 def _running(proc: psutil.Process) -> bool:

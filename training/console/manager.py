@@ -10,7 +10,7 @@ start-up. Remote trainers report through remote_runs.py.
 from __future__ import annotations
 
 import logging
-import signal
+import os
 import sys
 import threading
 import time
@@ -29,6 +29,21 @@ from training.console.detection import (
     log_detection,
     verify_process,
 )
+from training.console.hosts import (
+    HostCheckFailed,
+    HostReport,
+    HostWatch,
+    check_hosts,
+    watch_interval,
+)
+from training.console.launcher import (
+    LaunchFiles,
+    host_of,
+    launch_argv,
+    launcher_path,
+    lost_host,
+    rank_ends,
+)
 from training.console.remote_runs import append_remote_events, check_events
 from training.console.run_description import (
     NO_METRICS,
@@ -40,6 +55,7 @@ from training.console.run_queue import RunQueue
 from training.console.run_state import derive_state
 from training.console.run_store import MAX_NAME_LENGTH, RunStore
 from training.console.trainer_process import (
+    Launch,
     TrainerExit,
     TrainerProcess,
     adopt_trainer,
@@ -49,9 +65,18 @@ from training.console.trainer_process import (
     trainer_argv,
 )
 from training.contract.checkpoints import has_checkpoint
-from training.contract.config import ConfigError, FieldError, build_config, resolve_path
+from training.contract.config import (
+    ConfigError,
+    FieldError,
+    RunConfig,
+    build_config,
+    distributed_plan,
+    looks_like_hub_id,
+    resolve_path,
+)
 from training.contract.disk import disk_full_error, free_bytes
 from training.contract.errors import ConfirmRequired, RunConflict
+from training.contract.hosts import HostPlan, HostsError
 from training.contract.layout import RunNotFound, RunPaths, RunRecord, Workspace, new_run_id
 from training.contract.limits import has_lone_surrogate
 from training.contract.model_facts import model_facts
@@ -91,6 +116,11 @@ class ManagerSettings:
     keep_awake: bool = True
     platform: str = sys.platform
     log_tail_lines: int = 20
+    # Seconds a host may take to accept the console's SSH connection (runs on several
+    # machines: the check before each launch).
+    host_connect_timeout: int = 10
+    # The SSH client the console's own checks run (mlx.launch runs `ssh` from PATH).
+    ssh: str = "ssh"
 
 
 class TrainingManager:
@@ -217,11 +247,26 @@ class TrainingManager:
 
     def _adopt(self, run_id: str, proc: psutil.Process, notify: bool = True) -> None:
         active = adopt_trainer(run_id, proc)
+        launch = self._recorded_launch(run_id, proc)
+        if launch is not None:  # an mlx.launch this console stops through its FIFO too
+            active.launch = Launch(Path(str(launch["control"])))
+            self._watch_hosts(active, launch)
         with self._lock:
             self._active[run_id] = active
         active.watch(self._trainer_ended)
         if notify:
             self._notify(run_id)
+
+    def _recorded_launch(self, run_id: str, proc: psutil.Process) -> dict[str, Any] | None:
+        """run.json's launch entry when `proc` is the mlx.launch it records."""
+        try:
+            record = self.store.read_record(run_id)
+        except (RunNotFound, OSError):
+            return None
+        launch = record.launch
+        if record.pid != proc.pid or not launch or not isinstance(launch.get("control"), str):
+            return None
+        return launch
 
     # -- reading state --
 
@@ -330,6 +375,8 @@ class TrainingManager:
             log.info("config: %s", warning)
         name = check_name(name) if name is not None else ""
         name = name or default_name(config.model, config.data)[:MAX_NAME_LENGTH]
+        # Hosts are checked before anything exists, outside the lock (SSH takes seconds).
+        checked = self.check_launch(config) if start and not queue else None
         with self._lock:
             if start and not queue:
                 self._check_capacity(config_yaml=config.to_yaml())
@@ -348,7 +395,7 @@ class TrainingManager:
                 if queue:
                     self.queue.add(run_id)
                 elif start:
-                    self._spawn(run_id, resume=False)
+                    self._spawn(run_id, resume=False, checked=checked)
             except OSError:
                 # Nothing started (a full disk refused run.json or queue.json): the request
                 # fails whole, so no half-made run is left to explain.
@@ -362,19 +409,25 @@ class TrainingManager:
 
     def start(self, run_id: str) -> None:
         """Start a created or queued run now (an explicit action)."""
+        state, _ = self.state(run_id)
+        if state not in (CREATED, QUEUED):
+            raise RunConflict(f"run {run_id} is {state}; only a new or queued run starts")
+        checked = self._check_run_launch(run_id)
         with self._lock:
             state, _ = self.state(run_id)
             if state not in (CREATED, QUEUED):
                 raise RunConflict(f"run {run_id} is {state}; only a new or queued run starts")
             self._check_capacity(config_yaml=self.store.config_text(run_id))
             self.queue.remove(run_id)
-            self._spawn(run_id, resume=False)
+            self._spawn(run_id, resume=False, checked=checked)
         self._notify(run_id)
 
     def resume(self, run_id: str, *, confirm: bool) -> None:
         """Continue a stopped, interrupted, failed or diverged run from its checkpoint."""
         if confirm is not True:
             raise ConfirmRequired('resuming starts training again: send {"confirm": true}')
+        self._ended_state(run_id, "resume")
+        checked = self._check_run_launch(run_id)  # on the same hosts, checked again
         with self._lock:
             state = self._ended_state(run_id, "resume")
             if not has_checkpoint(self.store.paths(run_id).root):
@@ -385,7 +438,7 @@ class TrainingManager:
                 )
             self._check_capacity(config_yaml=None)
             log.info("run %s: resuming from %s (explicit request)", run_id, state)
-            self._spawn(run_id, resume=True, from_state=state)
+            self._spawn(run_id, resume=True, from_state=state, checked=checked)
         self._notify(run_id)
 
     def _ended_state(self, run_id: str, action: str) -> str:
@@ -409,6 +462,8 @@ class TrainingManager:
             raise ConfirmRequired(
                 'starting again from step 0 clears the run\'s metrics: send {"confirm": true}'
             )
+        self._ended_state(run_id, "start again")
+        checked = self._check_run_launch(run_id)
         with self._lock:
             state = self._ended_state(run_id, "start again")
             paths = self.store.paths(run_id)
@@ -426,8 +481,138 @@ class TrainingManager:
             log.info(
                 "run %s: starting again from step 0 after %s (explicit request)", run_id, state
             )
-            self._spawn(run_id, resume=False, restart=True, from_state=state)
+            self._spawn(run_id, resume=False, restart=True, from_state=state, checked=checked)
         self._notify(run_id)
+
+    # -- runs on several machines (issue 14) --
+
+    def host_plan(self, config: RunConfig) -> HostPlan | None:
+        """How mlx.launch would run this config; None for one process here. ConfigError
+        naming the setting when it cannot be launched."""
+        try:
+            return distributed_plan(config, self.workspace.root)
+        except HostsError as exc:
+            field = "distributed.hostfile" if config.distributed_hostfile else "distributed.hosts"
+            raise ConfigError([FieldError(field, str(exc))]) from None
+
+    def check_hosts(self, config: RunConfig) -> list[HostReport]:
+        """Every host's readiness for this config (SSH without a password, the same project,
+        Python and mlx, the shared workspace, model and data, free ports); [] for a run
+        without hosts. Takes as long as the slowest host."""
+        plan = self.host_plan(config)
+        if plan is None:
+            return []
+        return check_hosts(
+            plan,
+            python=self.settings.python,
+            workspace=self.workspace.root,
+            paths=self._input_paths(config),
+            connect_timeout=self.settings.host_connect_timeout,
+            client=self.settings.ssh,
+        )
+
+    def check_launch(self, config: RunConfig) -> Checked:
+        """The hosts' check before a launch: HostCheckFailed naming each failing host."""
+        reports = self.check_hosts(config)
+        failed = [r for r in reports if not r.ok]
+        if failed:
+            field = "distributed.hostfile" if config.distributed_hostfile else "distributed.hosts"
+            raise HostCheckFailed(failed, field)
+        return Checked(reports)
+
+    def _check_run_launch(self, run_id: str) -> Checked | None:
+        """A run's hosts checked from its config.yaml (None when it cannot be read: the
+        trainer says why); checked now, before the lock is taken."""
+        config = self._run_config(run_id)
+        return None if config is None else self.check_launch(config)
+
+    def _run_config(self, run_id: str) -> RunConfig | None:
+        try:
+            values = self.store.config(run_id)[1]
+            return build_config(values)[0] if values else None
+        except (ConfigError, OSError):
+            return None
+
+    def _input_paths(self, config: RunConfig) -> list[Path]:
+        """The files every rank reads (model folder, data, validation and extra sets), as
+        the ranks resolve them (against the workspace); a hub id is no path."""
+        root = self.workspace.root
+        paths = []
+        if config.model and not (
+            looks_like_hub_id(config.model) and not resolve_path(config.model, root).exists()
+        ):
+            paths.append(resolve_path(config.model, root))
+        for value in (config.data, config.valid_data, *(config.eval_sets or {}).values()):
+            if value:
+                paths.append(resolve_path(value, root))
+        return paths
+
+    def _host_lost(self, active: TrainerProcess, rank: int, host: str, why: str) -> None:
+        """The watch lost a host: end the run at once (its ranks wait in a collective that
+        cannot finish, so a graceful stop would only wait out the grace period)."""
+        with self._lock:
+            if self._active.get(active.run_id) is not active or active.launch is None:
+                return
+            reason = (
+                f"host {host} (rank {rank}) stopped answering over SSH ({why}); the run was "
+                "ended: resume it once the host is back"
+            )
+            active.launch.host_failure = {"rank": rank, "host": host, "reason": reason}
+            log.warning("run %s: %s", active.run_id, reason)
+            active.kill()
+
+    def _watch_hosts(self, active: TrainerProcess, launch: Mapping[str, Any]) -> None:
+        if active.launch is None:
+            return
+        hosts = launch.get("hosts")
+        active.launch.watch = HostWatch(
+            active.run_id,
+            hosts if isinstance(hosts, list) else [],
+            watch_interval(self.settings.stop_grace_seconds),
+            lambda rank, host, why: self._host_lost(active, rank, host, why),
+            client=self.settings.ssh,
+        ).start()
+
+    def _launch_exit(
+        self, active: TrainerProcess, ended: TrainerExit | None, record: RunRecord
+    ) -> dict[str, Any]:
+        """run.json's exit of a launch. mlx.launch exits 0 whatever its ranks did, so its
+        code is kept apart (`launcher_code`): the ranks' ends come from its log (which
+        rank ended, with which code) and from the host watch."""
+        assert active.launch is not None
+        tail = self._exit_log(active.run_id)
+        try:
+            text = "\n".join(self.store.log_tail(active.run_id, 400))
+        except OSError:
+            text = ""
+        ends = rank_ends(text)
+        failure = active.launch.host_failure or lost_host(record.launch, ends)
+        killed = ended.killed_by_console if ended is not None else "SIGKILL" in active.signals_sent
+        bad = [e for e in ends if e.code != 0]
+        if failure is not None:
+            reason = str(failure["reason"])
+        elif bad:
+            first = bad[0]
+            how = "was killed" if first.code is None else f"exited with code {first.code}"
+            reason = f"rank {first.rank} on {host_of(record.launch, first.rank)} {how}"
+        elif ended is not None and ended.signal:
+            reason = f"mlx.launch {ended.reason}"
+        else:  # rank 0's final status, when it wrote one, says how the run ended
+            reason = "mlx.launch ended; no rank reported a failure"
+        return {
+            "code": None,  # mlx.launch's own says nothing about the ranks
+            "signal": ended.signal if ended is not None else None,
+            "killed_by_console": killed,
+            "reason": reason,
+            "time": time.time(),
+            "log_tail": tail,
+            "launcher_code": ended.code if ended is not None else None,
+            "ranks": [
+                {"rank": e.rank, "host": host_of(record.launch, e.rank), "code": e.code}
+                for e in ends
+            ],
+            "host_failure": failure,
+        }
 
     def model_facts(self, model: Any) -> dict[str, Any] | None:
         """What the New run form shows about a model folder (its quantization), from its
@@ -484,10 +669,13 @@ class TrainingManager:
         restart: bool = False,
         from_queue: bool = False,
         from_state: str = "",
+        checked: Checked | None = None,
     ) -> None:
-        """Write run.json, then start the trainer; the caller holds the lock."""
+        """Write run.json, then start the trainer (for a run with hosts: mlx.launch, once
+        its hosts pass their check: `checked`, or checked now); the caller holds the lock."""
         paths = self.store.paths(run_id)
         record = self.store.read_record(run_id)
+        plan, checked = self._launch_plan(run_id, record, checked, from_queue)
         now = time.time()
         if resume or restart:  # another attempt of the same run: say where it began
             checkpoints = self.store.checkpoints(run_id) if resume else []
@@ -506,14 +694,42 @@ class TrainingManager:
         record.stop_requested = False
         record.remote = False  # from now on a trainer of this console's (a resumed remote run)
         record.start_seq = self.store.summary(run_id).last_seq
+        files = LaunchFiles.of(self.workspace, run_id) if plan is not None else None
+        record.launch = None
+        if plan is not None and files is not None:
+            record.launch = {
+                **plan.to_record(),
+                "hostfile": str(files.hostfile),
+                "control": str(files.control),
+                "checked": [r.to_json() for r in (checked.reports if checked else [])],
+            }
         # Before the process: a disk that refuses this (OSError, HTTP 507) starts nothing.
         self.store.write_record(record)
         argv = self.trainer_argv(paths, resume, restart)
+        stdin = None
         try:
+            if plan is not None and files is not None:
+                files.create(plan)
+                argv = launch_argv(
+                    launcher_path(self.settings.python),
+                    plan,
+                    files,
+                    workspace=self.workspace.root,
+                    python=self.settings.python,
+                    trainer_args=argv[1:],
+                )
+                stdin = files.open_stdin()
             active = spawn_trainer(
-                run_id, argv, cwd=self.workspace.root, stdout=paths.stdout, from_queue=from_queue
+                run_id,
+                argv,
+                cwd=self.workspace.root,
+                stdout=paths.stdout,
+                from_queue=from_queue,
+                stdin=stdin,
             )
         except OSError as exc:
+            if files is not None:
+                files.remove()
             record.exit = {
                 "code": None,
                 "signal": None,
@@ -524,6 +740,9 @@ class TrainingManager:
             self._record_or_keep(record)
             log.error("run %s: could not start the trainer: %s", run_id, exc)
             raise RunConflict(f"could not start the trainer: {exc}") from exc
+        finally:
+            if stdin is not None:
+                os.close(stdin)  # mlx.launch holds its own (read-write: never end-of-file)
         record.pid, record.cmdline = active.pid, argv
         record.pid_create_time = create_time(active.pid)
         self._record_or_keep(record)
@@ -531,9 +750,47 @@ class TrainingManager:
         log.info(
             "run %s: trainer started, pid %d%s", run_id, active.pid, " (resume)" if resume else ""
         )
+        if plan is not None and files is not None and record.launch is not None:
+            active.launch = Launch(files.control)
+            lower_priority(active.pid)
+            self._watch_hosts(active, record.launch)
+            log.info(
+                "run %s: mlx.launch (%s) runs %d ranks on %s",
+                run_id,
+                plan.backend,
+                plan.world,
+                ", ".join(h.name for h in plan.hosts),
+            )
         active.watch(self._trainer_ended)
         if self.settings.keep_awake:
             keep_awake(run_id, active.pid, self.settings.platform)
+
+    def _launch_plan(
+        self, run_id: str, record: RunRecord, checked: Checked | None, from_queue: bool
+    ) -> tuple[HostPlan | None, Checked | None]:
+        """The run's hosts, checked (now, unless the caller did). A queued run whose hosts
+        fail is recorded as failed with them named, so the queue moves on."""
+        config = self._run_config(run_id)
+        if config is None:
+            return None, None
+        try:
+            plan = self.host_plan(config)
+            if plan is not None and checked is None:
+                checked = self.check_launch(config)
+        except ConfigError as exc:
+            if not from_queue:
+                raise
+            record.state, record.started = STARTING, time.time()
+            record.exit = {
+                "code": None,
+                "signal": None,
+                "reason": f"could not start: {exc}",
+                "time": time.time(),
+                "log_tail": [],
+            }
+            self._record_or_keep(record)
+            raise RunConflict(f"could not start: {exc}") from exc
+        return plan, checked
 
     # -- exits --
 
@@ -541,12 +798,17 @@ class TrainingManager:
         """Forget the trainer and, for our own child, record how it ended in run.json."""
         with self._lock:
             active.cancel_kill()
+            if active.launch is not None:
+                active.launch.stop_watching()
             if self._active.get(active.run_id) is active:
                 del self._active[active.run_id]
-            if ended is not None:
+            if ended is not None or active.launch is not None:
                 try:
                     record = self.store.read_record(active.run_id)
-                    if record.pid == active.pid:
+                    if record.pid == active.pid and active.launch is not None:
+                        record.exit = self._launch_exit(active, ended, record)
+                        self._record_or_keep(record)
+                    elif record.pid == active.pid and ended is not None:
                         record.exit = ended.to_record(time.time(), self._exit_log(active.run_id))
                         if ended.code == EXIT_DISK_FULL:  # the numbers its status could not carry
                             root = self.store.paths(active.run_id).root
@@ -554,11 +816,16 @@ class TrainingManager:
                         self._record_or_keep(record)
                 except RunNotFound:
                     pass
-        if ended is None:
+            if active.launch is not None:
+                LaunchFiles.of(self.workspace, active.run_id).remove()
+        if ended is None and active.launch is None:
             log.info(
                 "run %s: adopted trainer ended (its exit code is not ours to see)", active.run_id
             )
+        elif active.launch is not None:
+            log.info("run %s: mlx.launch ended", active.run_id)
         else:
+            assert ended is not None
             log.info("run %s: trainer ended: %s", active.run_id, ended.reason)
         if not self._closed:  # a closed console notifies nobody and starts nothing
             self._after_exit(active)
@@ -614,9 +881,9 @@ class TrainingManager:
                 return STOPPING
             record.stop_requested = True  # derive_state reads this (no "stopping" state)
             self._record_or_keep(record)  # a full disk must not keep a trainer from stopping
-            active.send_signal(signal.SIGTERM)
+            how = active.request_stop()
             active.kill_after(self.settings.stop_grace_seconds, self._kill)
-            log.info("run %s: stop requested (SIGTERM to pid %d)", run_id, active.pid)
+            log.info("run %s: stop requested (%s)", run_id, how)
         self._notify(run_id)
         return STOPPING
 
@@ -630,7 +897,7 @@ class TrainingManager:
                 self.settings.stop_grace_seconds,
             )
             try:
-                active.send_signal(signal.SIGKILL)
+                active.kill()
             except (psutil.Error, ProcessLookupError):
                 pass
 
@@ -649,6 +916,7 @@ class TrainingManager:
                 if reason:
                     raise RunConflict(f"run {run_id} {reason}, then delete it")
             self.store.delete_run(run_id)
+            LaunchFiles.of(self.workspace, run_id).remove()
             # After the folder: deleting is how a full disk gets space back.
             self.queue.discard(run_id)
             log.info("run %s: deleted", run_id)
@@ -808,6 +1076,8 @@ class TrainingManager:
             running = self.active_run_ids()
             for active in self._active.values():
                 active.cancel_kill()
+                if active.launch is not None:  # the next console watches its hosts
+                    active.launch.stop_watching()
         self.store.close()
         return running
 
@@ -833,3 +1103,19 @@ def check_name(name: Any) -> str:
 def default_name(model: str | None, data: str | None) -> str:
     parts = [Path(p).name for p in (model, data) if p]
     return " on ".join(parts) or "run"
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A launch's hosts, checked and ready (their reports go into run.json)."""
+
+    reports: list[HostReport]
+
+
+def lower_priority(pid: int) -> None:
+    """mlx.launch (0.32) polls its ranks' pipes without sleeping and keeps a core busy
+    for the whole run: at the lowest priority it takes only what the ranks leave."""
+    try:
+        psutil.Process(pid).nice(19)
+    except (psutil.Error, OSError) as exc:
+        log.info("mlx.launch pid %d keeps its priority: %s", pid, exc)

@@ -105,6 +105,43 @@ def disk_full_info(
     return None
 
 
+def launch_info(launch: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a client may know of a run's launch (run.json is data: only the expected
+    keys, typed): backend, port, Python, environment names, and each host by rank with
+    what its check said about it."""
+    if not isinstance(launch, dict):
+        return None
+    checked = {
+        c.get("rank"): c.get("facts") for c in launch.get("checked") or [] if isinstance(c, dict)
+    }
+    hosts = []
+    for host in launch.get("hosts") or []:
+        if not isinstance(host, dict) or not isinstance(host.get("rank"), int):
+            continue
+        ips = host.get("ips")
+        ips = ips if isinstance(ips, list) else []
+        facts = checked.get(host["rank"])
+        hosts.append(
+            {
+                "rank": host["rank"],
+                "ssh": _text(host.get("ssh")),
+                "ips": [ip for ip in ips if isinstance(ip, str)],
+                "facts": facts if isinstance(facts, dict) else None,
+            }
+        )
+    env = launch.get("env")
+    env = env if isinstance(env, list) else []
+    return {
+        "launcher": _text(launch.get("launcher")),
+        "backend": _text(launch.get("backend")),
+        "hosts": hosts,
+        "python": _text(launch.get("python")),
+        "port": _number(launch.get("port")),
+        "env": [name for name in env if isinstance(name, str)],
+        "source": _text(launch.get("source")),
+    }
+
+
 def describe_run(
     store: RunStore,
     record: RunRecord,
@@ -162,6 +199,8 @@ def describe_run(
         "cloned_from": record.cloned_from,
         # {path, needed_bytes, free_bytes} when it failed for lack of space, else null.
         "disk_full": disk_full_info(state, record, status),
+        # A run on several machines: its hosts by rank, the backend (else null).
+        "launch": launch_info(record.launch),
     }
     if detail:
         checkpoints = store.checkpoints(run_id)

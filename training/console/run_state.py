@@ -20,6 +20,7 @@ from training.contract.protocol import (
     EXIT_OK,
     FAILED,
     FINAL_STATES,
+    FINISHED,
     INTERRUPTED,
     QUEUED,
     RUNNING,
@@ -50,6 +51,11 @@ def derive_state(
     if alive and status in FINAL_STATES:
         # Reported, but still flushing and exiting: not yet safe to resume or delete.
         return STOPPING, f"the trainer reported {status} and is exiting"
+    failure = (record.exit or {}).get("host_failure") if not alive else None
+    if isinstance(failure, Mapping) and status != FINISHED:
+        # A run on several machines lost a host: whatever rank 0 managed to say (a ring
+        # error, or nothing), the run failed, and the host is named.
+        return FAILED, str(failure.get("reason") or "a host of the run was lost")
     if status in FINAL_STATES:
         return status, message or f"the trainer reported {status}"
     if alive:

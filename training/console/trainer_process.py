@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 
+from training.console.launcher import interrupt_local_ranks, kill_group, send_ctrl_c
 from training.console.run_state import exit_reason
 from training.contract.files import open_append
 from training.contract.layout import PROJECT_ROOT, RunPaths
@@ -56,8 +57,23 @@ class TrainerExit:
 
 
 @dataclass
+class Launch:
+    """What the console holds of a run on several machines (console/launcher.py): the
+    FIFO that is mlx.launch's stdin, the watch on its hosts, and a host the watch lost."""
+
+    control: Path
+    watch: Any = None  # console.hosts.HostWatch, stopped when the launch ends
+    host_failure: dict[str, Any] | None = None
+
+    def stop_watching(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+
+
+@dataclass
 class TrainerProcess:
-    """A trainer this console follows: its child (Popen) or an adopted process."""
+    """A trainer this console follows: its child (Popen) or an adopted process; for a run
+    on several machines, the mlx.launch process that runs its ranks (`launch`)."""
 
     run_id: str
     pid: int
@@ -66,6 +82,7 @@ class TrainerProcess:
     from_queue: bool = False
     signals_sent: set[str] = field(default_factory=set)
     kill_timer: threading.Timer | None = None
+    launch: Launch | None = None
 
     def running(self) -> bool:
         """Alive and still this run's trainer, so a signal cannot reach a reused pid: our
@@ -81,6 +98,42 @@ class TrainerProcess:
         elif self.adopted is not None:
             self.adopted.send_signal(sig)  # psutil re-checks the start time first
         self.signals_sent.add(sig.name)
+
+    def _process(self) -> psutil.Process | None:
+        """The process as psutil sees it (our unreaped child's pid cannot be reused)."""
+        if self.adopted is not None:
+            return self.adopted
+        try:
+            return psutil.Process(self.pid) if self.running() else None
+        except psutil.Error:
+            return None
+
+    def request_stop(self) -> str:
+        """Ask for a graceful stop (finish the step, checkpoint, exit); says how, for the
+        log. A trainer gets SIGTERM; a launch gets Ctrl-C through mlx.launch's stdin,
+        which every rank's terminal turns into SIGINT (and local ranks get SIGINT)."""
+        if self.launch is None:
+            self.send_signal(signal.SIGTERM)
+            return f"SIGTERM to pid {self.pid}"
+        delivered = send_ctrl_c(self.launch.control)
+        proc = self._process()
+        if proc is not None:
+            interrupt_local_ranks(proc)
+        self.signals_sent.add(signal.SIGINT.name)
+        if delivered:
+            return f"Ctrl-C through the stdin of mlx.launch (pid {self.pid}) to every rank"
+        return f"mlx.launch (pid {self.pid}) does not read its stdin FIFO {self.launch.control}"
+
+    def kill(self) -> None:
+        """SIGKILL: the trainer, or mlx.launch's whole process group (its ssh clients, so
+        every host's sshd hangs up on its rank)."""
+        if self.launch is None:
+            self.send_signal(signal.SIGKILL)
+            return
+        self.signals_sent.add(signal.SIGKILL.name)
+        proc = self._process()
+        if proc is not None:
+            kill_group(proc)
 
     def kill_after(self, seconds: float, kill: Callable[[TrainerProcess], None]) -> None:
         """Call `kill(self)` after the grace period unless cancel_kill() comes first."""
@@ -149,17 +202,24 @@ def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def spawn_trainer(
-    run_id: str, argv: list[str], *, cwd: Path, stdout: Path, from_queue: bool = False
+    run_id: str,
+    argv: list[str],
+    *,
+    cwd: Path,
+    stdout: Path,
+    from_queue: bool = False,
+    stdin: int | None = None,
 ) -> TrainerProcess:
     """Start the trainer with its output appended to `stdout`; OSError if it cannot start
-    (DamagedFile when stdout.log is a link or a FIFO: never written through, never waited on)."""
+    (DamagedFile when stdout.log is a link or a FIFO: never written through, never waited on).
+    `stdin`: a descriptor for its stdin (mlx.launch's FIFO), else /dev/null."""
     out = open_append(stdout)
     try:
         popen = subprocess.Popen(
             argv,
             cwd=cwd,
             env=child_env(),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin is None else stdin,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # survives the console; Ctrl-C is not its signal

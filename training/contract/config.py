@@ -22,6 +22,7 @@ import yaml
 
 from training.contract.field_values import check_bounds, coerce
 from training.contract.fields import FIELDS, FIELDS_BY_NAME, IGNORED_MLX_LM_KEYS, FieldSpec
+from training.contract.hosts import HostPlan, HostsError, check_env, check_python, host_plan
 from training.contract.limits import (
     MAX_YAML_ALIASES,
     MAX_YAML_BYTES,
@@ -239,6 +240,12 @@ class RunConfig:
     save_every: int
     keep_checkpoints: int
     keep_best: bool
+    distributed_hosts: list[str] | None
+    distributed_hostfile: str | None
+    distributed_backend: str
+    distributed_python: str | None
+    distributed_env: dict[str, str] | None
+    distributed_port: int
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> RunConfig:
@@ -456,10 +463,64 @@ def validate(
     n_layers = values["num_layers"]
     if n_layers is not None and n_layers == 0:
         errors.append(FieldError("num_layers", "must be at least 1, or -1 for all layers"))
+    errors += [
+        e
+        for e in _check_distributed(config, check_paths, base_dir or Path.cwd())
+        if e.field not in skipped
+    ]
     if check_paths:
         errors += [
             e for e in _check_paths(config, base_dir or Path.cwd()) if e.field not in skipped
         ]
+    return errors
+
+
+def distributed_plan(config: RunConfig, base_dir: Path) -> HostPlan | None:
+    """How mlx.launch runs this config (hosts by rank, backend, environment, Python,
+    port); None for one process on this machine. A hostfile is read (relative to
+    `base_dir`). HostsError when the settings cannot be launched."""
+    hostfile = config.distributed_hostfile
+    return host_plan(
+        config.distributed_hosts,
+        resolve_path(hostfile, base_dir) if hostfile else None,
+        config.distributed_backend,
+        config.distributed_env,
+        config.distributed_python,
+        config.distributed_port,
+    )
+
+
+def _check_distributed(config: RunConfig, check_paths: bool, base_dir: Path) -> list[FieldError]:
+    """The `distributed` settings: a host list (or, with the path checks, a hostfile) that
+    mlx.launch can start, an environment it can pass on, and a batch the hosts share."""
+    errors: list[FieldError] = []
+    for name, value in (config.distributed_env or {}).items():
+        try:
+            check_env(name, value)
+        except HostsError as exc:
+            errors.append(FieldError("distributed.env", str(exc)))
+    if config.distributed_python:
+        try:
+            check_python(config.distributed_python)
+        except HostsError as exc:
+            errors.append(FieldError("distributed.python", str(exc)))
+    if config.distributed_hosts and config.distributed_hostfile:
+        errors.append(FieldError("distributed.hostfile", "give the hosts or a hostfile, not both"))
+    if errors or (config.distributed_hostfile and not check_paths):
+        return errors
+    try:
+        plan = distributed_plan(config, base_dir)
+    except HostsError as exc:
+        field = "distributed.hostfile" if config.distributed_hostfile else "distributed.hosts"
+        return [FieldError(field, str(exc))]
+    if plan is not None and config.batch_size % plan.world:
+        errors.append(
+            FieldError(
+                "batch_size",
+                f"{config.batch_size} sequences cannot be shared by {plan.world} hosts: "
+                f"give a multiple of {plan.world}",
+            )
+        )
     return errors
 
 

@@ -18,7 +18,14 @@ from training.contract.layout import PROJECT_ROOT
 FieldType = Literal["str", "path", "int", "float", "bool", "choice", "dict", "list", "schedule"]
 Importance = Literal["essential", "important", "advanced"]
 
-GROUPS: tuple[str, ...] = ("model", "data", "training", "evaluation", "checkpoints")
+GROUPS: tuple[str, ...] = (
+    "model",
+    "data",
+    "training",
+    "evaluation",
+    "checkpoints",
+    "distributed",
+)
 
 
 @dataclass(frozen=True)
@@ -315,6 +322,51 @@ FIELDS: tuple[FieldSpec, ...] = (
         "keep_best", "bool", True,
         "Also keep the checkpoint with the lowest validation loss.",
         "checkpoints", "advanced", resumable=True,
+    ),
+    # -- distributed (issue 14: one rank per host, started by mlx.launch) --------------------
+    # Where the ranks run, not what they train: the global batch is the same on any number
+    # of hosts, so these may change on resume.
+    FieldSpec(
+        "distributed.hosts", "list", None,
+        "Machines to train on, one rank each in rank order: SSH hosts reachable without a "
+        "password, each as HOST=IP (the address the other hosts reach it on; an address "
+        "alone is its own). Empty: one process on this machine.",
+        "distributed", "important", resumable=True, cli="--hosts",
+        example="mac1.local=192.168.1.11,mac2.local=192.168.1.12",
+    ),
+    FieldSpec(
+        "distributed.hostfile", "path", None,
+        "An mlx.launch hostfile (JSON, e.g. written by mlx.distributed_config for a "
+        "Thunderbolt ring) instead of `hosts`.",
+        "distributed", "advanced", resumable=True, cli="--hostfile",
+    ),
+    FieldSpec(
+        "distributed.backend", "choice", "ring",
+        "How the ranks talk: ring (TCP, any machines), jaccl or jaccl-ring (RDMA over "
+        "Thunderbolt 5, macOS), mpi, nccl (CUDA). A hostfile that names its backend "
+        "keeps it.",
+        "distributed", "advanced", choices=("ring", "jaccl", "jaccl-ring", "mpi", "nccl"),
+        resumable=True, cli="--backend",
+    ),
+    FieldSpec(
+        "distributed.python", "path", None,
+        "The Python to run on every host (with mlx and this project's requirements). "
+        "Empty: the console's own Python, at the same path on each host.",
+        "distributed", "advanced", resumable=True, cli="--host-python",
+    ),
+    FieldSpec(
+        "distributed.env", "dict", None,
+        "Environment variables for every rank, NAME=VALUE (e.g. "
+        "MLX_METAL_FAST_SYNCH=1).",
+        "distributed", "advanced", resumable=True, cli="--host-env",
+        example="MLX_METAL_FAST_SYNCH=1",
+    ),
+    FieldSpec(
+        "distributed.port", "int", 32323,
+        "First port the ranks listen on (ring: one more per host address; jaccl and "
+        "nccl: rank 0's). The console checks they are free on each host before launch.",
+        "distributed", "advanced", minimum=1024, maximum=65535, resumable=True,
+        cli="--host-port",
     ),
 )
 # fmt: on

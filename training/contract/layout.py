@@ -152,6 +152,12 @@ class Workspace:
         """The run queue's order and settings (written by the console only)."""
         return self.root / "queue.json"
 
+    @property
+    def launch_dir(self) -> Path:
+        """The console's files of runs on several machines, one folder per run_id: the
+        hostfile mlx.launch reads and the FIFO that is its stdin (console/launcher.py)."""
+        return self.root / "launch"
+
     def run(self, run_id: str) -> RunPaths:
         if not is_valid_run_id(run_id):
             raise ValueError(f"invalid run_id {run_id!r}")
@@ -204,6 +210,10 @@ class RunRecord:
     # No process of this console's: a trainer on another machine (POST /api/callbacks) or
     # one launched from the command line. Its state comes from its events alone.
     remote: bool = False
+    # A run on several machines (issue 14): how mlx.launch runs it, from HostPlan.to_record
+    # (backend, hosts by rank, Python, port, environment names) plus the launch's files
+    # (`hostfile`, `control`: the FIFO that is mlx.launch's stdin). None: one process.
+    launch: dict[str, Any] | None = None
     v: int = RECORD_VERSION
     # Never written: why run.json could not be read (the run then reads `unreadable`, and
     # the console refuses to rewrite the file over what it could not read).
@@ -263,6 +273,7 @@ _RECORD_FIELDS: dict[str, tuple[Any, str]] = {
     ),
     "cloned_from": (_optional(lambda v: isinstance(v, str)), "text or null"),
     "remote": (lambda v: isinstance(v, bool), "true or false"),
+    "launch": (_optional(lambda v: isinstance(v, dict)), "an object or null"),
     "v": (_is_int, "a whole number"),
 }
 

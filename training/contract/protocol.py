@@ -83,6 +83,10 @@ WORKSPACE_ENV = "MLX_CPT_HOME"
 # The console's access token: read by the console and by a reporting trainer, and never
 # passed on to the processes the console starts (console/trainer_process.child_env).
 TOKEN_ENV = "MLX_CPT_TOKEN"
+# Set (to 1) for the ranks the console starts with mlx.launch: their stdout is a terminal
+# (mlx.launch runs `ssh -tt`) whose output ends in stdout.log, so the trainer prints plain
+# report lines instead of redrawing a status line.
+PLAIN_PROGRESS_ENV = "MLX_CPT_PLAIN_PROGRESS"
 
 # -- the evaluation worker's events (stdout, one JSON object per line) -------------------------
 

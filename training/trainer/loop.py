@@ -184,12 +184,20 @@ def _clear_cache(threshold: int) -> None:
         mx.clear_cache()
 
 
-def _mean_over_workers(group: Any, value: float) -> float:
-    """The mean of one number over the workers (a report's loss): one tiny all-reduce, run
-    only at reports, where every worker arrives together."""
+def _over_workers(group: Any, window: _Window) -> tuple[float, list[dict[str, Any]] | None]:
+    """A report's loss as the mean over the workers, and each worker's own throughput and
+    peak memory (the run page's ranks): one tiny all-gather, run only at reports, where
+    every worker arrives together. Alone: the window's loss and no ranks."""
     if group is None or group.size() <= 1:
-        return value
-    return scalar(mx.distributed.all_sum(mx.array(value), stream=mx.cpu)) / group.size()
+        return window.loss, None
+    mine = [window.loss, window.local_tokens / window.seconds, mx.get_peak_memory() / 1e9]
+    rows = mx.distributed.all_gather(mx.array(mine), stream=mx.cpu).reshape(-1, len(mine))
+    values: list[list[float]] = rows.tolist()  # type: ignore[assignment]
+    ranks = [
+        {"rank": i, "tokens_per_second": tps, "peak_memory": memory}
+        for i, (_, tps, memory) in enumerate(values)
+    ]
+    return sum(row[0] for row in values) / len(values), ranks
 
 
 def train(
@@ -212,8 +220,9 @@ def train(
 
     With several workers (`group`), a stop request travels inside each step's gradient
     all-reduce (make_step), so the workers stop after the same step, one or two steps after
-    the signal; their losses are averaged at each report, and a non-finite gradient norm
-    (the same on every worker) is divergence.
+    the signal; their losses are averaged at each report (which also lists each worker's
+    tokens per second and peak memory as `ranks`), and a non-finite gradient norm (the
+    same on every worker) is divergence.
     """
     accum = args.grad_accumulation_steps
     accumulate, update, compiled_state = make_step(model, optimizer, loss, accum, args.grad_clip)
@@ -269,7 +278,7 @@ def train(
         mx.random.seed(step_seed(args.seed, step))
         grad: Any = None
         step_loss = mx.array(0.0)
-        step_targets = 0
+        step_targets = local_targets = 0
         for micro in range(accum):
             batch = next_batch
             tokens, lengths = mx.array(batch.tokens), mx.array(batch.lengths)
@@ -283,6 +292,7 @@ def train(
                 mx.async_eval(compiled_state, value, norm, agreed_stop)
             step_loss = step_loss + value
             step_targets += batch.targets
+            local_targets += batch.targets if world == 1 else int(batch.lengths[:, 1].sum())
             state.cursor = batch.cursor
             next_batch = next(batches)  # built in numpy while the step computes
         mx.eval(compiled_state, step_loss, norm, agreed_stop)
@@ -303,18 +313,21 @@ def train(
             return DIVERGED
         state.step, state.last_loss = step, local_loss
         state.trained_tokens += step_targets
-        window.add(local_loss, step_targets, elapsed, grad_norm)
+        window.add(local_loss, step_targets, elapsed, grad_norm, local_targets)
         callback.on_step(state, elapsed)
 
         if step % args.steps_per_report == 0 or last or stop_now:
-            mean_loss = _mean_over_workers(group, window.loss)
+            mean_loss, ranks = _over_workers(group, window)
             if not math.isfinite(mean_loss):
                 callback.on_warning(
                     step, "nan", f"loss is {mean_loss} at step {step}; stopping (diverged)"
                 )
                 return DIVERGED
             _spike_check(state, mean_loss, args.loss_spike_factor, step, callback)
-            callback.on_train_loss_report(window.report(step, state, optimizer, mean_loss))
+            report = window.report(step, state, optimizer, mean_loss)
+            if ranks is not None:
+                report["ranks"] = ranks
+            callback.on_train_loss_report(report)
             window = _Window()
         if stop_now:
             break
@@ -338,11 +351,15 @@ class _Window:
     tokens: int = 0
     seconds: float = 0.0
     norm_sum: float = 0.0
+    local_tokens: int = 0  # this worker's share of `tokens`
 
-    def add(self, loss: float, tokens: int, seconds: float, norm: float) -> None:
+    def add(
+        self, loss: float, tokens: int, seconds: float, norm: float, local_tokens: int = 0
+    ) -> None:
         self.loss_sum += loss
         self.steps += 1
         self.tokens += tokens
+        self.local_tokens += local_tokens
         self.seconds += seconds
         self.norm_sum += norm
 

@@ -285,6 +285,13 @@ def preflight(args: argparse.Namespace, rank: int = 0, world: int = 1) -> Plan:
     if config.batch_size % world:
         message = f"{config.batch_size} is not divisible by the {world} workers; change either"
         raise ConfigError([FieldError("batch_size", message)])
+    hosts = config.distributed_hosts
+    if hosts and len(hosts) != world:
+        warnings.append(
+            f"distributed.hosts names {len(hosts)} hosts but {world} worker(s) run this: the "
+            "console starts it with mlx.launch on those hosts; by hand, run it under "
+            "mlx.launch --hostfile (README 'Several machines')"
+        )
     check_optimizer(config)
     workspace = workspace_for(args.run_dir)
     try:

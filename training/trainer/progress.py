@@ -8,11 +8,13 @@ lines are written, so the log reads like a table.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, TextIO
 
 from training.contract.disk import is_disk_full
+from training.contract.protocol import PLAIN_PROGRESS_ENV
 
 
 def human(n: float) -> str:
@@ -42,7 +44,9 @@ class Progress:
         enabled: bool = True,
     ) -> None:
         self.stream = stream or sys.stdout
-        self.tty = self.stream.isatty() if tty is None else tty
+        if tty is None:  # a terminal, unless the console asked for plain lines
+            tty = self.stream.isatty() and not os.environ.get(PLAIN_PROGRESS_ENV)
+        self.tty = tty
         self.enabled = enabled
         self.total_steps = total_steps
         self.start_step = start_step

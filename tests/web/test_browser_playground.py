@@ -3,8 +3,12 @@ console and real evaluation workers, on a LoRA run of the real trainer."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -173,6 +177,16 @@ def test_export_card_asks_before_replacing_and_shows_a_quantized_export(
     expect(final.locator("td").nth(4)).to_contain_text("val 4-bit", timeout=10_000)
     card.scroll_into_view_if_needed()
     save_screenshot(page, "run-export")
+
+    # The run's metrics as CSV, downloaded through the page's link: a row per event.
+    with page.expect_download() as download:
+        page.locator("#act-metrics-csv").click()
+    assert download.value.suggested_filename == f"{LORA_RUN_ID}-metrics.csv"
+    table = Path(download.value.path()).read_text()
+    jsonl = Workspace(server.workspace).run(LORA_RUN_ID).metrics.read_text().splitlines()
+    header, *rows = list(csv.reader(io.StringIO(table)))
+    assert header[:4] == ["seq", "event", "step", "time"] and len(rows) == len(jsonl)
+    assert [r[0] for r in rows] == [str(json.loads(line)["seq"]) for line in jsonl]
     assert_no_js_errors(page)
 
 

@@ -30,6 +30,9 @@ def server(
     broken = ws / "models" / "broken"
     broken.mkdir(parents=True)
     (broken / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    other = ws / "models" / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
     (ws / "corpora" / "empty.txt").write_text("")
     (ws / "corpora" / "prose.txt").write_text("The quick brown fox jumps over the lazy dog. " * 40)
     with live_server(ws, args=["--no-autodetect"]) as srv:
@@ -242,6 +245,17 @@ def test_bad_export_options_are_400_naming_the_field(
     response = server.post("/api/eval/export", {"model": FINAL, **body})
     assert response.status_code == 400, response.text
     assert response.json()["field"] == field and response.json()["error"]
+    assert (sorted(exports.rglob("*")) if exports.exists() else []) == before
+
+
+def test_gguf_of_another_architecture_is_400_and_writes_nothing(server: LiveServer) -> None:
+    exports = server.workspace / "exports"
+    before = sorted(exports.rglob("*")) if exports.exists() else []
+    body = {"model": {"path": "models/other"}, "format": "gguf", "dest": "exports/other-gguf"}
+    response = server.post("/api/eval/export", body)
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == "format"
+    assert "llama family" in response.json()["error"]
     assert (sorted(exports.rglob("*")) if exports.exists() else []) == before
 
 

@@ -45,4 +45,4 @@ def quantized_model(tiny_assets: dict[str, Path], tmp_path_factory: pytest.TempP
 
 
 # The evaluation/export tests' shared session fixture (a short LoRA run in a workspace).
-from tests.eval_fixtures import lora_workspace  # noqa: E402, F401
+from tests.eval_fixtures import lora_workspace, quant_workspace  # noqa: E402, F401

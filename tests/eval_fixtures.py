@@ -123,3 +123,75 @@ def lora_workspace(
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     return ws
+
+
+# A model for the quantization tests: the tiny model's tokenizer (vocab 512) under wider
+# layers (hidden 128, MLP 384, 2 blocks, 4 heads of 32), so every group size (32, 64, 128)
+# divides every layer and the embedding is a seventh of the weights, not a quarter:
+# size ratios mean what they say. Trained for a few steps, so its perplexity (about 210
+# against 512 for a uniform guess) has something for quantization to lose.
+QUANT_RUN_ID = "20260101-000000-full128"
+QUANT_DIMS = {
+    "hidden_size": 128,
+    "intermediate_size": 384,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "num_hidden_layers": 2,
+}
+QUANT_CONFIG = {
+    "model": "models/scratch-128",
+    "data": "corpora/python-stdlib.jsonl",
+    "fine_tune_type": "full",
+    "max_seq_length": SEQ,
+    "batch_size": 4,
+    "iters": 40,
+    "learning_rate": 0.006,
+    "warmup_steps": 4,
+    "steps_per_report": 10,
+    "steps_per_eval": 40,
+    "val_batches": 2,
+    "save_every": 40,
+}
+
+
+def build_wide_model(tiny: Path, out: Path) -> Path:
+    """The tiny scratch model's tokenizer and config with QUANT_DIMS, random-init weights
+    as training/scratch.py makes them."""
+    import mlx.core as mx
+
+    from training.scratch import init_weights
+
+    out.mkdir(parents=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy2(tiny / name, out / name)
+    config = {**json.loads((tiny / "config.json").read_text()), **QUANT_DIMS}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    mx.save_safetensors(str(out / "model.safetensors"), init_weights(config, 0), {"format": "mlx"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def quant_workspace(
+    tiny_assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Workspace:
+    """A workspace with one finished full run of the real trainer on the wider model:
+    final/ is a model folder. Read-only: copy before writing."""
+    ws = Workspace(tmp_path_factory.mktemp("quant-ws"))
+    build_wide_model(tiny_assets["model"], ws.root / QUANT_CONFIG["model"])
+    target = ws.root / "corpora" / tiny_assets["corpus"].name
+    target.parent.mkdir(parents=True)
+    shutil.copy2(tiny_assets["corpus"], target)
+    config = ws.root / "quant.yaml"
+    config.write_text(yaml.safe_dump(QUANT_CONFIG))
+    done = subprocess.run(
+        [sys.executable, "-m", "training.continued_pretraining", "-c", str(config),
+         "--run-dir", str(ws.run(QUANT_RUN_ID).root)],
+        cwd=ws.root,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return ws

@@ -55,6 +55,8 @@ def _sample(spec: FieldSpec) -> tuple[list[str], Any]:
         return [spec.flag, str(n)], n
     if spec.type == "float":
         return [spec.flag, "0.25"], 0.25
+    if spec.type == "list" and spec.choices:
+        return [spec.flag, ",".join(spec.choices)], list(spec.choices)
     if spec.type == "list":
         return [spec.flag, "self_attn.q_proj,mlp.up_proj"], ["self_attn.q_proj", "mlp.up_proj"]
     return [spec.flag, "some/path"], "some/path"
@@ -160,6 +162,8 @@ def _bad_case(name: str, ws: Path, assets: dict[str, Path]) -> tuple[list[str], 
         )
         (bundle / "state.json").write_text('{"step": 2, "torn')
         return ["--run-dir", str(run), "--resume"], "run_dir"
+    if name == "unknown report_to tracker":
+        return ["--report-to", "tensorboard,swanlab"], "report_to"
     if name == "report URL checked before the corpus scan":
         (corpus / "bin.txt").write_bytes(b"\x00\x01\x02binary")
         return ["--report-url", "ftp://x", "--data", "corpus/bin.txt"], "report_url"
@@ -185,6 +189,7 @@ BAD_CASES = [
     "tokenizer without EOS",
     "corrupt checkpoint state",
     "report URL checked before the corpus scan",
+    "unknown report_to tracker",
 ]
 
 

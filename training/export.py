@@ -1,12 +1,15 @@
-"""Export a run's final model or any checkpoint as a folder mlx-lm loads (the command line
-of training/evaluate/exporting.py).
+"""Export a run's final model or any checkpoint as a folder mlx-lm loads, quantized or
+not, or as a GGUF file (the command line of training/evaluate/exporting.py).
 
-Formats (`model`: a standalone folder, LoRA/DoRA fused in; `adapter`: the adapters
-alone) and the guarantees (built aside and renamed, nothing replaced without --overwrite)
-are in training/evaluate/exporting.py.
+Formats (`model`: a standalone folder, LoRA/DoRA fused in, optionally quantized to 4 or 8
+bits; `adapter`: the adapters alone; `gguf`: a float16 GGUF file, llama family) and the
+guarantees (built aside and renamed, nothing replaced without --overwrite) are in
+training/evaluate/exporting.py. A quantized export of a run's model is measured on the
+run's validation text next to the unquantized model (--no-perplexity skips it).
 
     python -m training.export --run RUN_ID|RUN_DIR [--checkpoint final|latest|STEP]
-        [--format model|adapter] [--out DIR] [--overwrite] [--workspace DIR]
+        [--format model|adapter|gguf] [--quantize 4|8 [--group-size 32|64|128]]
+        [--perplexity | --no-perplexity] [--out DIR] [--overwrite] [--workspace DIR]
 """
 
 from __future__ import annotations
@@ -17,11 +20,31 @@ import sys
 from pathlib import Path
 
 from training.contract.blas import reexec_with_openblas
-from training.contract.exports import FORMATS, ExportError, default_destination
+from training.contract.eval_text import run_eval_text
+from training.contract.exports import (
+    DEFAULT_GROUP_SIZE,
+    FORMATS,
+    GROUP_SIZES,
+    QUANTIZE_BITS,
+    ExportError,
+    Quantization,
+    default_destination,
+    parse_quantization,
+)
 from training.contract.layout import RunPaths, Workspace, is_valid_run_id
-from training.contract.model_source import SourceError, resolve_run_source, run_workspace_root
+from training.contract.model_source import (
+    ModelSource,
+    SourceError,
+    resolve_run_source,
+    run_workspace_root,
+)
 from training.contract.protocol import EXIT_BAD_INPUT, EXIT_OK, WORKSPACE_ENV
-from training.evaluate.exporting import export_source
+from training.evaluate.exporting import (
+    ExportResult,
+    PerplexityCheck,
+    export_source,
+    store_perplexities,
+)
 from training.evaluate.models import EvaluationError
 
 
@@ -46,6 +69,55 @@ def _run_and_workspace(run: str, workspace: str | None) -> tuple[RunPaths, Works
     return ws.run(run), ws
 
 
+def perplexity_check(
+    source: ModelSource, workspace: Workspace, wanted: bool | None, quant: Quantization | None
+) -> PerplexityCheck | None:
+    """The run's validation text for a quantized export's measurement: always when asked
+    (--perplexity: an error when there is none), by default when the run has one."""
+    if quant is None or wanted is False:
+        if wanted:
+            raise ExportError(
+                "--perplexity measures a quantized export: give --quantize", "perplexity"
+            )
+        return None
+    if source.run_dir is None:
+        if wanted:
+            raise ExportError("only a run's model has a validation text to measure", "perplexity")
+        return None
+    try:
+        return PerplexityCheck(run_eval_text(RunPaths(source.run_dir), workspace.root))
+    except SourceError as exc:
+        if wanted:
+            raise ExportError(str(exc), "perplexity") from exc
+        print(f"not measuring perplexity: {exc}", file=sys.stderr)
+        return None
+
+
+def _say(message: str, done: int | None = None, total: int | None = None) -> None:
+    """Stages on stderr; of a measurement's batches only the last."""
+    if done is None or done == total:
+        print(f"{message}...", file=sys.stderr)
+
+
+def describe(result: ExportResult) -> str:
+    """What the command prints: where, how big, the perplexities, how to load it."""
+    what = f" ({result.quantization.label})" if result.quantization else ""
+    lines = [f"exported {result.size / 1e6:.1f} MB to {result.path}{what}"]
+    measured = result.perplexity
+    if measured:
+        before = measured["unquantized"]["perplexity"]
+        after = measured["quantized"]["perplexity"]
+        lines.append(
+            f"perplexity on {measured['data_label']}: {after:.4f} quantized, {before:.4f} "
+            f"unquantized ({after / before - 1:+.2%})"
+        )
+    python = result.load_python()
+    if python:
+        lines.append(f"load it with {python}")
+    lines.append(f"{'or run' if python else 'run it with'}: {result.load_command()}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training.export",
@@ -57,7 +129,27 @@ def main(argv: list[str] | None = None) -> int:
         "--format",
         default="model",
         choices=FORMATS,
-        help="model: a standalone folder (adapters fused in); adapter: LoRA/DoRA adapters only",
+        help="model: a standalone folder (adapters fused in); adapter: LoRA/DoRA adapters "
+        "only; gguf: one float16 GGUF file (llama family)",
+    )
+    parser.add_argument(
+        "--quantize",
+        metavar="BITS",
+        help=f"quantize the model format with mlx-lm: {' or '.join(map(str, QUANTIZE_BITS))} "
+        "bits per weight",
+    )
+    parser.add_argument(
+        "--group-size",
+        metavar="N",
+        help=f"weights per quantization group: {', '.join(map(str, GROUP_SIZES))} (default "
+        f"{DEFAULT_GROUP_SIZE}); every layer's input size must divide by it",
+    )
+    parser.add_argument(
+        "--perplexity",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure a quantized export and the unquantized model on the run's validation "
+        "text (default: when the run has one); stored with the run's perplexities",
     )
     parser.add_argument("--out", help="destination folder (default: <workspace>/exports/...)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
@@ -66,29 +158,33 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # base models are local folders
 
     try:
+        quant = parse_quantization(args.quantize, args.group_size)
         run, workspace = _run_and_workspace(args.run, args.workspace)
         source = resolve_run_source(
             run, args.checkpoint, Path(args.workspace) if args.workspace else None
         )
-        dest = Path(args.out) if args.out else default_destination(workspace, source, args.format)
+        check = perplexity_check(source, workspace, args.perplexity, quant)
+        dest = (
+            Path(args.out)
+            if args.out
+            else default_destination(workspace, source, args.format, quant)
+        )
         result = export_source(
             source,
             dest,
             args.format,
             workspace,
             overwrite=args.overwrite,
-            progress=lambda message: print(f"{message}...", file=sys.stderr),
+            quantization=quant,
+            perplexity=check,
+            progress=_say,
         )
     except (ExportError, SourceError, EvaluationError) as exc:
         field = getattr(exc, "field", None)
         print(f"error{f' ({field})' if field else ''}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    hint = (
-        f"mlx_lm.load({str(result.source.model)!r}, adapter_path={str(result.path)!r})"
-        if result.format == "adapter"
-        else f"mlx_lm.load({str(result.path)!r})"
-    )
-    print(f"exported {result.size / 1e6:.1f} MB to {result.path}\nload it with {hint}")
+    store_perplexities(result)
+    print(describe(result))
     return EXIT_OK
 
 

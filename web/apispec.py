@@ -21,6 +21,8 @@ document served at GET /api/openapi.json (so the two are never kept apart by han
 - `responses`: the success statuses and their bodies. The error statuses every route can
   answer are added (ERROR_STATUSES); `errors` adds a route's own (409, ...).
 - `public`: no token needed (only /api/health).
+- `media_type`: the success responses' content type (default JSON; a CSV download says
+  text/csv). Errors are always JSON.
 
 A view without a declaration is not part of the API document; tests/web/test_openapi.py
 fails on any /api route without one.
@@ -86,6 +88,7 @@ class Operation:
     errors: tuple[int, ...] = ()
     public: bool = False
     description: str | None = None
+    media_type: str = "application/json"
 
 
 def operation(
@@ -97,6 +100,7 @@ def operation(
     errors: Iterable[int] = (),
     public: bool = False,
     description: str | None = None,
+    media_type: str = "application/json",
 ) -> Callable[[F], F]:
     """Declare a view's request and responses; its requests are checked against them."""
     op = Operation(
@@ -107,6 +111,7 @@ def operation(
         tuple(errors),
         public,
         description,
+        media_type,
     )
     if body is not None:
         _check_declaration(body, "body")
@@ -477,7 +482,7 @@ def _operation_document(
     for status, schema in sorted(op.responses.items()):
         responses[str(status)] = {
             "description": "Success",
-            "content": {"application/json": {"schema": schema}},
+            "content": {op.media_type: {"schema": schema}},
         }
     for status in error_statuses(op, method, bool(params)):
         responses[str(status)] = {

@@ -12,7 +12,8 @@ HTTP (all under /api):
                                             top_p, seed} → 202 {job_id}
   POST /eval/perplexity                    {model, data: {set} | {path}, sequence_length?,
                                             num_samples?, batch_size?} → 202 {job_id}
-  POST /eval/export                        {model, format, dest?, overwrite} → 202 {job_id};
+  POST /eval/export                        {model, format, quantize?, group_size?,
+                                            perplexity?, dest?, overwrite} → 202 {job_id};
                                             409 field "overwrite" when dest exists
   GET  /eval/jobs[?run_id=]                {jobs: [...]}
   GET  /eval/jobs/<job_id>                 {job}
@@ -44,7 +45,7 @@ from training.console.eval_requests import (
     model_choices,
     perplexity_job,
 )
-from training.contract.exports import FORMATS
+from training.contract.exports import FORMATS, GROUP_SIZES, QUANTIZE_BITS
 from training.contract.protocol import MAX_TEMPERATURE
 from training.contract.reading import DamagedFile
 from training.metrics.checkpoint_table import checkpoint_table
@@ -187,12 +188,26 @@ def perplexity():
 
 @bp.post("/eval/export")
 @operation(
-    "Export a model or its adapters (409, field overwrite, when the folder exists)",
+    "Export a model (quantized or not), its adapters or a GGUF file (409, field overwrite, "
+    "when the folder exists)",
     {202: STARTED},
     body=obj(
         {
             "model": MODEL_REF,
             "format": nullable({"enum": list(FORMATS)}),
+            "quantize": nullable(
+                {"enum": list(QUANTIZE_BITS), "description": "bits per weight (model format)"}
+            ),
+            "group_size": nullable(
+                {"enum": list(GROUP_SIZES), "description": "weights per group (default 64)"}
+            ),
+            "perplexity": nullable(
+                {
+                    "type": "boolean",
+                    "description": "measure the quantized export and the unquantized model "
+                    "on the run's validation text (default: when the run has one)",
+                }
+            ),
             "dest": nullable(PATH),
             "overwrite": BOOLEAN,
         },

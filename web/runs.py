@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response, jsonify
 
 from training.contract.config import parse_yaml_text
 from training.contract.protocol import RUN_STATES
@@ -299,6 +299,24 @@ def run_metrics(run_id: str):
         downsampled=bool(max_points) and len(rows) < total,
         more=more,
         malformed=metrics.malformed,
+    )
+
+
+@bp.get("/runs/<run_id>/metrics.csv")
+@operation(
+    "A run's metrics as CSV: one row per event of metrics.jsonl, the columns the union of "
+    "their keys (seq, event, step, time first), the numbers as the file writes them",
+    {200: {"type": "string"}},
+    media_type="text/csv",
+)
+def run_metrics_csv(run_id: str):
+    """Streamed: the rows are written in blocks as the client reads (a million-row run
+    takes a few megabytes of memory); the file's lines when the request came."""
+    table = console().store.metrics_csv(run_id)
+    return Response(
+        table,
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{run_id}-metrics.csv"'},
     )
 
 

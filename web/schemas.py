@@ -72,8 +72,9 @@ def _field_schema(spec: FieldSpec) -> Schema:
     if kind == "choice":
         return {"enum": [*(spec.choices or ()), None], **described}
     if kind == "list":
+        item = {"type": "string"} if spec.choices is None else {"enum": list(spec.choices)}
         return {
-            "anyOf": [array(TEXT), {"type": "string", "description": "comma-separated"}, NULL],
+            "anyOf": [array(item), {"type": "string", "description": "comma-separated"}, NULL],
             **described,
         }
     if kind == "dict":

@@ -2,8 +2,11 @@
  * The run page's evaluation panel (mounts into <section id="evaluation" data-run-id>):
  *
  * - the checkpoint table from GET /api/runs/<run_id>/evaluations: step, validation loss,
- *   each extra held-out set's loss (the forgetting monitor), size, stored perplexities,
- *   the best checkpoint marked; per row: Playground, Perplexity…, Export…;
+ *   each extra held-out set's loss (the forgetting monitor), size, stored perplexities
+ *   (a quantized export's beside the model's, e.g. "val 41.2 · val 4-bit 41.9"), the best
+ *   checkpoint marked; per row: Playground, Perplexity…, Export… (the export card);
+ * - the export card (static/js/export_card.js): format, bits, destination, progress,
+ *   size, perplexities and the command that loads the result;
  * - evaluation jobs with live progress (live.js followJob: `eval_progress`, `eval_result`,
  *   `eval_error`);
  * - the Playground for this run (static/js/playground.js).
@@ -13,6 +16,7 @@
 import { api, reportError, runUrl } from "./api.js";
 import { confirmDialog } from "./dialog.js";
 import { $, debounce, fmt, h, replace } from "./dom.js";
+import { mountExportCard } from "./export_card.js";
 import { followJob, getSocket } from "./live.js";
 import { mountPlayground } from "./playground.js";
 import { toast } from "./toast.js";
@@ -22,10 +26,14 @@ function lossCell(value) {
 }
 
 function perplexitySummary(records) {
-  // The newest result per text, e.g. "val 41.2 · general 188".
+  // The newest result per text and model, e.g. "val 41.2 · val 4-bit 41.9 · general 188":
+  // a quantized export's (its `quantization`) beside the model's own.
   const latest = new Map();
-  for (const r of records || []) latest.set(r.data_label, r);
-  return [...latest.values()].map((r) => `${r.data_label} ${fmt.num(r.perplexity, 4)}`).join(" · ");
+  for (const r of records || []) {
+    const q = r.quantization ? ` ${r.quantization.bits}-bit` : "";
+    latest.set(`${r.data_label}${q}`, r);
+  }
+  return [...latest.entries()].map(([label, r]) => `${label} ${fmt.num(r.perplexity, 4)}`).join(" · ");
 }
 
 function textChoice(sets) {
@@ -62,6 +70,7 @@ export function mountEvaluation(root, runId) {
   const table = h("table", { class: "table", id: "eval-table" });
   const jobs = h("div", { class: "ev-jobs", id: "eval-jobs", "aria-live": "polite" });
   const playgroundRoot = h("div", { id: "run-playground" });
+  const exportRoot = h("div", { id: "run-export" });
   replace(
     root,
     h(
@@ -77,6 +86,7 @@ export function mountEvaluation(root, runId) {
       h("div", { class: "table-wrap" }, table),
       jobs
     ),
+    exportRoot,
     h(
       "section",
       { class: "card section", "aria-labelledby": "pg-title" },
@@ -86,12 +96,20 @@ export function mountEvaluation(root, runId) {
   );
   const state = { sets: ["val"], rows: [], fineTuneType: null };
   const playground = mountPlayground(playgroundRoot, { runId });
+  const exporter = mountExportCard(exportRoot, runId, { onDone: (res) => onExported(res) });
+  modelKind().then((kind) => exporter.setLora(kind !== "full"));
+
+  function onExported(res) {
+    toast(`${fmt.bytes(res.size)} written to ${res.path}`, { kind: "success", title: "Export complete", timeout: 12000 });
+    if (res.perplexity) refresh(); // the perplexities are stored with the run
+  }
 
   async function refresh() {
     try {
       const res = await api.get(runUrl(runId, "/evaluations"));
       state.sets = res.sets || ["val"];
       state.rows = res.rows || [];
+      exporter.setCheckpoints(state.rows.map((r) => r.checkpoint));
       render();
     } catch (err) {
       if (err.status !== 404) reportError(err, "Cannot read the checkpoint table");
@@ -154,7 +172,7 @@ export function mountEvaluation(root, runId) {
                     },
                   }),
                   h("button", { class: "btn btn-sm", type: "button", text: "Perplexity…", on: { click: () => askPerplexity(row) } }),
-                  h("button", { class: "btn btn-sm", type: "button", text: "Export…", on: { click: () => askExport(row) } })
+                  h("button", { class: "btn btn-sm", type: "button", text: "Export…", on: { click: () => exporter.open(row.checkpoint) } })
                 )
               )
             )
@@ -223,68 +241,6 @@ export function mountEvaluation(root, runId) {
     } catch (err) {
       reportError(err, "Cannot start the perplexity job");
     }
-  }
-
-  async function askExport(row) {
-    const lora = (await modelKind()) !== "full";
-    const id = `exp-${Math.random().toString(36).slice(2, 7)}`;
-    const format = h(
-      "select",
-      { class: "select", id, name: "format" },
-      h("option", { value: "model", text: lora ? "Model folder (adapters fused into the base)" : "Model folder" }),
-      lora ? h("option", { value: "adapter", text: "Adapter folder (LoRA/DoRA only)" }) : null
-    );
-    const dest = h("input", {
-      class: "input mono",
-      name: "dest",
-      placeholder: "default: exports/<run>-<checkpoint> in the workspace",
-      "aria-label": "Destination folder",
-    });
-    const ok = await confirmDialog({
-      title: `Export ${row.checkpoint}`,
-      body: [h("div", { class: "ev-form" }, h("label", { for: id, text: "Format" }), format, h("label", { text: "Destination" }), dest)],
-      confirmLabel: "Export",
-    });
-    if (!ok) return;
-    const body = { model: { run_id: runId, checkpoint: row.checkpoint }, format: format.value };
-    if (dest.value.trim()) body.dest = dest.value.trim();
-    startExport(body, row);
-  }
-
-  async function startExport(body, row) {
-    let res;
-    try {
-      res = await api.post("/api/eval/export", body);
-    } catch (err) {
-      if (err.status === 409 && err.field === "overwrite") {
-        // The server names the folder it would replace (an earlier export, nothing else).
-        const folder = err.body.dest || body.dest || "the destination folder";
-        const replaceIt = await confirmDialog({
-          title: "Replace the existing export?",
-          body: [
-            h("p", null, "The folder ", h("code", { class: "mono", text: folder }), " holds an earlier export."),
-            `Everything in ${folder} will be deleted and replaced by this export once it is complete.`,
-          ],
-          confirmLabel: "Replace",
-          danger: true,
-        });
-        if (replaceIt) startExport({ ...body, overwrite: true }, row);
-        return;
-      }
-      reportError(err, "Cannot export");
-      return;
-    }
-    const view = showJob(`Export · ${row.checkpoint} · ${body.format}`, res.job_id);
-    followJob(res.job_id, {
-      events: ["eval_progress", "eval_result", "eval_error"],
-      onEvent(name, msg) {
-        if (name === "eval_progress") view.progress(msg);
-        else if (name === "eval_result") {
-          view.end(`exported to ${msg.path}`, "done");
-          toast(`${fmt.bytes(msg.size)} written to ${msg.path}`, { kind: "success", title: "Export complete", timeout: 12000 });
-        } else view.end(msg.error, "failed");
-      },
-    });
   }
 
   async function modelKind() {

@@ -86,6 +86,7 @@ export class FieldForm {
     if (f.required) control.setAttribute("aria-required", "true");
     const error = h("p", { class: "field-error", id: errId, hidden: true });
     const isBool = f.type === "bool";
+    const picks = f.type === "list" && f.choices ? choicePicks(f, control) : null;
     const label = h(
       "label",
       { class: "field-label", for: id },
@@ -101,11 +102,12 @@ export class FieldForm {
         "div",
         null,
         isBool ? h("span", { class: "check" }, control, h("span", { class: "muted", text: "enabled" })) : control,
+        picks ? picks.box : null,
         h("p", { class: "field-help", id: helpId, text: helpText(f) }),
         error
       )
     );
-    this.rows.set(f.name, { row, control, error, spec: f });
+    this.rows.set(f.name, { row, control, error, spec: f, sync: picks ? picks.sync : null });
     const fire = () => {
       if (f.name === "lr_schedule") this.customSchedule = null;
       this.applyDependencies();
@@ -188,7 +190,7 @@ export class FieldForm {
   setValues(config) {
     const flat = flatten(config || {}, this.byName);
     this.customSchedule = null;
-    for (const [name, { control, spec }] of this.rows) {
+    for (const [name, { control, spec, sync }] of this.rows) {
       const value = name in flat ? flat[name] : spec.default;
       if (spec.type === "bool") control.checked = Boolean(value);
       else if (name === "lr_schedule" && value && typeof value === "object") {
@@ -197,6 +199,7 @@ export class FieldForm {
       } else if (spec.type === "choice" || spec.type === "schedule") {
         control.value = value == null ? String(spec.default) : String(value);
       } else control.value = formatValue(spec, value);
+      if (sync) sync();
     }
     this.applyDependencies();
   }
@@ -257,6 +260,43 @@ export class FieldForm {
     slot.note.replaceChildren(...parts.map((c) => (typeof c === "string" ? document.createTextNode(c) : c)));
     slot.note.hidden = !parts.length;
   }
+}
+
+/**
+ * A list whose items are choices (report_to): one checkbox per choice beside the text field
+ * (which stays the value, so YAML's comma-separated text shows as it is). Ticking one rewrites
+ * the text in the choices' order; typing ticks the boxes the text names.
+ */
+function choicePicks(f, control) {
+  const items = () =>
+    control.value
+      .split(",")
+      .map((v) => v.trim().toLowerCase())
+      .filter(Boolean);
+  const boxes = f.choices.map((c) =>
+    h("input", { type: "checkbox", value: String(c), name: `${f.name}.choice`, dataset: { choice: String(c) } })
+  );
+  const sync = () => {
+    const now = items();
+    for (const box of boxes) box.checked = now.includes(box.value);
+  };
+  for (const box of boxes) {
+    box.addEventListener("change", () => {
+      const now = items();
+      const others = now.filter((v) => !f.choices.map(String).includes(v)); // a typo stays, to be refused
+      const picked = boxes.filter((b) => b.checked).map((b) => b.value);
+      control.value = [...picked, ...others].join(",");
+      control.dispatchEvent(new Event("input", { bubbles: true }));
+    });
+  }
+  control.addEventListener("input", sync);
+  sync();
+  const box = h(
+    "div",
+    { class: "choice-picks", role: "group", "aria-label": `${labelText(f)} choices` },
+    boxes.map((b) => h("label", { class: "check" }, b, h("span", { text: b.value })))
+  );
+  return { box, sync };
 }
 
 const WORDS = { lr: "LR", lora: "LoRA", dtype: "Data type", iters: "Steps (iters)", val: "Validation" };

@@ -124,6 +124,9 @@ lora_parameters:
         ({"iters": 10, "epochs": 2}, "epochs", "only one of"),
         ({"lerning_rate": 1e-3}, "lerning_rate", "did you mean 'learning_rate'"),
         ({"lora_parameters": {"alpha": 16}}, "lora_parameters.alpha", "unknown setting"),
+        ({"report_to": "tensorboard,mlflow"}, "report_to", "one of tensorboard, wandb"),
+        ({"report_to": ["swanlab"]}, "report_to", "'swanlab'"),
+        ({"report_to": 3}, "report_to", "comma-separated"),
     ],
 )
 def test_bad_values_name_the_field_and_say_why(changes, field, fragment):
@@ -156,10 +159,24 @@ def test_form_strings_are_coerced():
     assert config.get("lora_parameters.keys") == ["self_attn.q_proj", "self_attn.v_proj"]
 
 
+def test_report_to_takes_mlx_lm_s_format():
+    """mlx-lm's report_to is comma-separated text ("wandb,swanlab"); a YAML list works too.
+    Names are case-insensitive, each kept once, in order; project_name names the project."""
+    for value in ("WandB, tensorboard,wandb", ["wandb", "TensorBoard"]):
+        config, warnings = build_config({**BASE, "report_to": value, "project_name": "cpt"})
+        assert config.report_to == ["wandb", "tensorboard"] and not warnings
+        assert config.project_name == "cpt"
+    config, _ = build_config({**BASE, "report_to": ""})
+    assert config.report_to is None
+    # Trackers may change on resume: they are not part of the config hash.
+    assert config.config_hash() == build_config({**BASE, "report_to": "wandb"})[0].config_hash()
+
+
 @pytest.mark.parametrize(
     "layer",
     [
         BASE,
+        {**BASE, "report_to": ["tensorboard", "wandb"], "project_name": "p"},
         {**BASE, "fine_tune_type": "lora", "lora_parameters": {"rank": 4, "keys": ["a.b"]}},
         {**BASE, "epochs": 1.5, "eval_sets": {"general": "g.jsonl"}, "optimizer": "sgd"},
         {**BASE, "lr_schedule": {"name": "cosine_decay", "arguments": [1e-4, 100]}},

@@ -300,6 +300,37 @@ def test_metrics_endpoint(client, app):
     assert_error(api(client, "get", "/api/runs/20260101-000000-aaaaaa/logs?tail=x"), 400, "tail")
 
 
+def test_metrics_download_as_csv(client, app, tmp_path):
+    """GET /api/runs/<run_id>/metrics.csv: a streamed attachment, one row per event, the
+    union of the keys as columns; a metrics file that is a link is refused (422)."""
+    store = app.extensions["console"].store
+    from training.contract.layout import RunRecord
+
+    paths = store.create_run(RunRecord("20260101-000000-aaaaaa", "r", 1.0), "")
+    rows = [{"seq": i, "event": "train", "step": i, "train_loss": 1 / i} for i in range(1, 2501)]
+    rows.append({"seq": 2501, "event": "eval", "step": 2500, "val_loss": 0.5, "note": "a, b"})
+    paths.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    response = api(client, "get", "/api/runs/20260101-000000-aaaaaa/metrics.csv")
+    assert response.status_code == 200 and response.is_streamed
+    assert response.mimetype == "text/csv"
+    assert (
+        'filename="20260101-000000-aaaaaa-metrics.csv"' in response.headers["Content-Disposition"]
+    )
+    lines = response.get_data(as_text=True).splitlines()
+    assert lines[0] == "seq,event,step,train_loss,val_loss,note"
+    assert len(lines) == 1 + len(rows)
+    assert lines[3] == f"3,train,3,{1 / 3!r},,"
+    assert lines[-1] == '2501,eval,2500,,0.5,"a, b"'
+
+    assert_error(api(client, "get", "/api/runs/20260101-000000-nosuch/metrics.csv"), 404)
+    outside = tmp_path / "elsewhere.jsonl"
+    outside.write_text(paths.metrics.read_text())
+    paths.metrics.unlink()
+    paths.metrics.symlink_to(outside)
+    data = assert_error(api(client, "get", "/api/runs/20260101-000000-aaaaaa/metrics.csv"), 422)
+    assert data["file"] == "metrics.jsonl"
+
+
 def test_callbacks_from_a_remote_trainer(client):
     run_id = "20260202-000000-remote"
     events = [

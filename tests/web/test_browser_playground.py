@@ -3,8 +3,12 @@ console and real evaluation workers, on a LoRA run of the real trainer."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -127,7 +131,7 @@ def test_any_model_folder_through_the_folder_picker(page: Page, server: LiveServ
     assert_no_js_errors(page)
 
 
-def test_export_dialog_offers_the_adapter_and_names_the_folder_it_replaces(
+def test_export_card_asks_before_replacing_and_shows_a_quantized_export(
     page: Page, server: LiveServer
 ) -> None:
     old = server.workspace / "exports" / "earlier"
@@ -138,17 +142,51 @@ def test_export_dialog_offers_the_adapter_and_names_the_folder_it_replaces(
     page.goto(f"{server.base_url}runs/{LORA_RUN_ID}")
     row = page.locator("#eval-table tr[data-checkpoint='step-00000010']")
     row.get_by_role("button", name="Export…").click()
-    dialog = page.locator("dialog")
+    card = page.locator("#export-card")
+    expect(card.locator("select[name=checkpoint]")).to_have_value("step-00000010")
     # A LoRA run (from its run record): the adapter format is offered.
-    expect(dialog.locator("select[name=format] option[value=adapter]")).to_be_attached()
-    dialog.locator("select[name=format]").select_option("adapter")
-    dialog.locator("input[name=dest]").fill("exports/earlier")
-    dialog.locator("[data-confirm]").click()
+    expect(card.locator("select[name=format] option[value=adapter]")).to_be_enabled()
+    card.locator("select[name=format]").select_option("adapter")
+    expect(card.locator("select[name=quantize]")).to_be_disabled()  # only models quantize
+    card.locator("input[name=dest]").fill("exports/earlier")
+    card.locator("button[name=export]").click()
     confirm = page.get_by_role("dialog", name="Replace the existing export?")
     expect(confirm).to_contain_text(str(old.resolve()), timeout=10_000)
     confirm.get_by_role("button", name="Cancel").click()
     expect(page.locator("dialog")).to_have_count(0)
     assert (old / "README.md").is_file()  # nothing replaced without the confirmation
+
+    # The final model, fused and quantized to 4 bits: progress, then where it went, its
+    # size, its perplexity next to the unquantized model's, and the command to load it.
+    card.locator("select[name=checkpoint]").select_option("final")
+    card.locator("select[name=format]").select_option("model")
+    card.locator("select[name=quantize]").select_option("4")
+    card.locator("select[name=group_size]").select_option("32")
+    expect(card.locator("input[name=perplexity]")).to_be_checked()
+    card.locator("input[name=dest]").fill("")
+    card.locator("button[name=export]").click()
+    status = card.locator("#export-status")
+    expect(status).to_have_attribute("data-state", "done", timeout=120_000)
+    expect(card.locator("dd[data-key=format]")).to_have_text("model · 4-bit, group size 32")
+    expect(card.locator("dd[data-key=size]")).to_contain_text("KB")
+    expect(card.locator("dd[data-key=perplexity]")).to_contain_text("quantized")
+    expect(card.locator("dd[data-key=command]")).to_contain_text(
+        f"mlx_lm.generate --model {server.workspace.resolve()}/exports/{LORA_RUN_ID}-final-4bit-g32"
+    )
+    final = page.locator("#eval-table tr[data-checkpoint='final']")
+    expect(final.locator("td").nth(4)).to_contain_text("val 4-bit", timeout=10_000)
+    card.scroll_into_view_if_needed()
+    save_screenshot(page, "run-export")
+
+    # The run's metrics as CSV, downloaded through the page's link: a row per event.
+    with page.expect_download() as download:
+        page.locator("#act-metrics-csv").click()
+    assert download.value.suggested_filename == f"{LORA_RUN_ID}-metrics.csv"
+    table = Path(download.value.path()).read_text()
+    jsonl = Workspace(server.workspace).run(LORA_RUN_ID).metrics.read_text().splitlines()
+    header, *rows = list(csv.reader(io.StringIO(table)))
+    assert header[:4] == ["seq", "event", "step", "time"] and len(rows) == len(jsonl)
+    assert [r[0] for r in rows] == [str(json.loads(line)["seq"]) for line in jsonl]
     assert_no_js_errors(page)
 
 

@@ -189,15 +189,33 @@ def test_form_rules_pickers_yaml_and_command_line(
 
     # Load YAML (mlx-lm keys), then the command line shows what differs from defaults.
     config = tmp_path / "mine.yaml"
-    config.write_text("learning_rate: 2e-4\niters: 123\ngrad_checkpoint: true\n")
+    config.write_text(
+        "learning_rate: 2e-4\niters: 123\ngrad_checkpoint: true\nreport_to: tensorboard\n"
+    )
     page.locator("#yaml-file").set_input_files(str(config))
     expect(page.locator('[name="iters"]')).to_have_value("123")
     expect(page.locator('[name="learning_rate"]')).to_have_value("0.0002")
+    # report_to: both trackers offered as boxes beside mlx-lm's comma-separated text.
+    trackers = page.get_by_role("group", name="Report to choices")
+    expect(page.locator('[name="report_to"]')).to_have_value("tensorboard")
+    expect(trackers.get_by_role("checkbox", name="tensorboard")).to_be_checked()
+    expect(trackers.get_by_role("checkbox", name="wandb")).not_to_be_checked()
+    trackers.get_by_role("checkbox", name="wandb").check()
+    expect(page.locator('[name="report_to"]')).to_have_value("tensorboard,wandb")
+    expect(page.locator("#config-yaml")).to_contain_text("report_to:")
     page.get_by_role("tab", name="Command line").click()
     cli = page.locator("#config-cli")
     expect(cli).to_contain_text("python -m training.continued_pretraining")
     expect(cli).to_contain_text("--iters 123")
     expect(cli).to_contain_text("--grad-checkpoint")
+    expect(cli).to_contain_text("--report-to tensorboard,wandb")
+    # Typing names the boxes too; an unknown tracker is refused next to the field.
+    page.fill('[name="report_to"]', "wandb,mlflow")
+    expect(trackers.get_by_role("checkbox", name="tensorboard")).not_to_be_checked()
+    expect(trackers.get_by_role("checkbox", name="wandb")).to_be_checked()
+    expect(page.locator('[data-field="report_to"] .field-error')).to_contain_text("mlflow")
+    page.fill('[name="report_to"]', "")
+    expect(page.locator('[data-field="report_to"] .field-error')).to_be_hidden()
     assert_no_js_errors(page)
 
 

@@ -174,13 +174,13 @@ def test_vendored_files_carry_their_version() -> None:
 
 
 def test_parse_yaml_endpoint(client) -> None:
-    text = "model: models/m\nlearning_rate: 1e-4\nlora_parameters:\n  rank: 4\nreport_to: wandb\n"
+    text = "model: models/m\nlearning_rate: 1e-4\nlora_parameters:\n  rank: 4\nmask_prompt: true\n"
     response = client.post("/api/ui/parse_yaml", json={"yaml": text}, headers=AUTH)
     assert response.status_code == 200
     body = response.get_json()
     assert body["config"]["learning_rate"] == 1e-4
     assert body["config"]["lora_parameters"] == {"rank": 4}
-    assert any("report_to" in w for w in body["warnings"])
+    assert any("mask_prompt" in w for w in body["warnings"])
 
 
 def test_answers_are_strict_json(client) -> None:

@@ -30,6 +30,9 @@ def server(
     broken = ws / "models" / "broken"
     broken.mkdir(parents=True)
     (broken / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    other = ws / "models" / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
     (ws / "corpora" / "empty.txt").write_text("")
     (ws / "corpora" / "prose.txt").write_text("The quick brown fox jumps over the lazy dog. " * 40)
     with live_server(ws, args=["--no-autodetect"]) as srv:
@@ -184,6 +187,76 @@ def test_export_job_loads_with_mlx_lm_and_asks_before_overwriting(server: LiveSe
     assert again.json()["dest"] == str(path)  # the dialog names the folder it replaces
     confirmed = server.post("/api/eval/export", {**body, "overwrite": True})
     assert confirmed.status_code == 202
+
+
+def test_quantized_export_job_is_measured_next_to_the_unquantized_model(
+    server: LiveServer,
+) -> None:
+    """The run page's export card: a LoRA run's final model fused and quantized to 4 bits by
+    a real worker, its perplexity on the run's validation set next to the unquantized
+    model's, both stored with the run for the checkpoint table; the command to load it."""
+    from mlx_lm import load
+
+    body = {"model": FINAL, "format": "model", "quantize": 4, "group_size": 32}
+    response = server.post("/api/eval/export", body)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    job = wait_until(
+        lambda: (
+            (j := server.get(f"/api/eval/jobs/{job_id}").json()["job"])["state"] != "running" and j
+        ),
+        120,
+        message="the quantized export",
+    )
+    assert job["state"] == "done", job
+    result = job["result"]
+    assert result["quantization"] == {"bits": 4, "group_size": 32, "mode": "affine"}
+    path = Path(result["path"])
+    assert path.name == f"{LORA_RUN_ID}-final-4bit-g32" and load(str(path))
+    assert result["command"] == f"mlx_lm.generate --model {path} --prompt 'Hello'"
+    measured = result["perplexity"]
+    assert measured["data_label"] == "val"
+    assert measured["quantized"]["tokens"] == measured["unquantized"]["tokens"] > 0
+    table = server.get(f"/api/runs/{LORA_RUN_ID}/evaluations").json()
+    (final,) = [r for r in table["rows"] if r["checkpoint"] == "final"]
+    stored = {bool(p.get("quantization")): p["perplexity"] for p in final["perplexity"]}
+    assert stored == {
+        False: measured["unquantized"]["perplexity"],
+        True: measured["quantized"]["perplexity"],
+    }
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"quantize": 5}, "quantize"),
+        ({"quantize": 4, "group_size": 48}, "group_size"),
+        ({"quantize": 4, "group_size": 128}, "group_size"),  # the tiny model's hidden size is 64
+        ({"format": "gguf", "quantize": 8}, "quantize"),
+        ({"perplexity": True}, "perplexity"),
+        ({"format": "tflite"}, "format"),
+    ],
+)
+def test_bad_export_options_are_400_naming_the_field(
+    server: LiveServer, body: dict[str, Any], field: str
+) -> None:
+    exports = server.workspace / "exports"
+    before = sorted(exports.rglob("*")) if exports.exists() else []
+    response = server.post("/api/eval/export", {"model": FINAL, **body})
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == field and response.json()["error"]
+    assert (sorted(exports.rglob("*")) if exports.exists() else []) == before
+
+
+def test_gguf_of_another_architecture_is_400_and_writes_nothing(server: LiveServer) -> None:
+    exports = server.workspace / "exports"
+    before = sorted(exports.rglob("*")) if exports.exists() else []
+    body = {"model": {"path": "models/other"}, "format": "gguf", "dest": "exports/other-gguf"}
+    response = server.post("/api/eval/export", body)
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == "format"
+    assert "llama family" in response.json()["error"]
+    assert (sorted(exports.rglob("*")) if exports.exists() else []) == before
 
 
 @pytest.mark.parametrize(

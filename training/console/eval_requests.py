@@ -19,14 +19,22 @@ from typing import Any
 from training.console.browse import PathError, confine, display_path
 from training.contract.corpus import CorpusError, find_corpus
 from training.contract.errors import InputError
-from training.contract.exports import FORMATS, ExportError, check_destination, default_destination
+from training.contract.eval_text import EvalText, run_eval_text
+from training.contract.exports import (
+    FORMATS,
+    ExportError,
+    Quantization,
+    check_destination,
+    check_export_options,
+    default_destination,
+    parse_quantization,
+)
 from training.contract.layout import RunNotFound, Workspace, is_valid_run_id
 from training.contract.limits import has_lone_surrogate
 from training.contract.model_source import (
     ModelSource,
     SourceError,
     folder_source,
-    resolve_run_path,
     resolve_source,
     run_choices,
     run_config,
@@ -167,34 +175,12 @@ def generate_job(ctx: EvalContext, body: dict[str, Any]) -> dict[str, Any]:
 # -- perplexity -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EvalText:
-    """The text behind a run's named set: a corpus path and, for a validation split held
-    out of the training corpus, the fraction (the trainer's split picks the documents)."""
-
-    path: Path
-    holdout_fraction: float | None = None
-
-
 def run_eval_data(ctx: EvalContext, run_id: str, name: str) -> EvalText:
     """`val` (the run's validation data, as the trainer chose it) or an extra eval set."""
-    config = run_config(ctx.workspace.run(run_id))
-    root = ctx.workspace.root
-    if name == "val":
-        if config.get("valid_data"):
-            return EvalText(resolve_run_path(str(config["valid_data"]), root))
-        data = resolve_run_path(str(config.get("data") or ""), root)
-        if (data / "valid.jsonl").is_file():
-            return EvalText(data)
-        fraction = config.get("val_fraction", 0.05)
-        if not isinstance(fraction, (int, float)) or fraction <= 0:
-            raise RequestError(f"run {run_id} has no validation set (val_fraction 0)", "data")
-        return EvalText(data, float(fraction))
-    sets = config.get("eval_sets") or {}
-    if name not in sets:
-        known = ", ".join(["val", *sorted(sets)])
-        raise RequestError(f"run {run_id} has no eval set {name!r}; one of: {known}", "data")
-    return EvalText(resolve_run_path(str(sets[name]), root))
+    try:
+        return run_eval_text(ctx.workspace.run(run_id), ctx.workspace.root, name)
+    except SourceError as exc:
+        raise RequestError(str(exc), exc.field or "data") from exc
 
 
 def _check_text(path: Path) -> None:
@@ -271,11 +257,17 @@ def export_job(ctx: EvalContext, body: dict[str, Any]) -> dict[str, Any]:
     fmt = body.get("format") or "model"
     if fmt not in FORMATS:
         raise RequestError(f"format must be one of {', '.join(FORMATS)}", "format")
-    if fmt == "adapter" and not source.lora:
-        raise RequestError("only LoRA/DoRA models have an adapter to export", "format")
+    try:
+        quant = parse_quantization(body.get("quantize"), body.get("group_size"))
+        # What config.json rules out (GGUF of another architecture, a group size that does
+        # not divide, a quantized base): 400 before a worker starts.
+        check_export_options(fmt, quant, source)
+    except ExportError as exc:
+        raise RequestError(str(exc), exc.field) from exc
     overwrite = body.get("overwrite", False)
     if not isinstance(overwrite, bool):
         raise RequestError("overwrite must be true or false", "overwrite")
+    measure = _export_perplexity(ctx, source, quant, body.get("perplexity"))
     if body.get("dest"):
         try:
             # A folder the person names: it may not exist yet, so confine its real parent.
@@ -283,7 +275,7 @@ def export_job(ctx: EvalContext, body: dict[str, Any]) -> dict[str, Any]:
         except PathError as exc:
             raise RequestError(str(exc), "dest") from exc
     else:
-        dest = default_destination(ctx.workspace, source, fmt)
+        dest = default_destination(ctx.workspace, source, fmt, quant)
     dest = Path(os.path.realpath(dest.expanduser()))
     try:
         dest = check_destination(dest, source, ctx.workspace, overwrite, ctx.roots)
@@ -293,7 +285,7 @@ def export_job(ctx: EvalContext, body: dict[str, Any]) -> dict[str, Any]:
         if exc.field == "overwrite":
             raise RequestError(str(exc), "overwrite", 409, {"dest": str(dest)}) from exc
         raise RequestError(str(exc), exc.field) from exc
-    return {
+    spec: dict[str, Any] = {
         "model": source.to_json(),
         "workspace": str(ctx.workspace.root),
         "dest": str(dest),
@@ -301,3 +293,33 @@ def export_job(ctx: EvalContext, body: dict[str, Any]) -> dict[str, Any]:
         "overwrite": overwrite,
         "run_id": source.run_id,
     }
+    if quant is not None:
+        spec.update(quantize=quant.bits, group_size=quant.group_size)
+    if measure is not None:
+        spec["perplexity"] = measure
+    return spec
+
+
+def _export_perplexity(
+    ctx: EvalContext, source: ModelSource, quant: Quantization | None, wanted: Any
+) -> dict[str, Any] | None:
+    """The text a quantized export is measured on: the run's validation set. `perplexity`
+    true asks for it (400 when there is none), false skips it, absent: when there is one."""
+    if wanted is not None and not isinstance(wanted, bool):
+        raise RequestError("perplexity must be true or false", "perplexity")
+    if quant is None or wanted is False:
+        if wanted:
+            raise RequestError(
+                "perplexity measures a quantized export: give quantize", "perplexity"
+            )
+        return None
+    try:
+        if not source.run_id:
+            raise SourceError("only a run's model has a validation text to measure", "perplexity")
+        text = run_eval_text(ctx.workspace.run(source.run_id), ctx.workspace.root)
+        _check_text(text.path)
+    except (SourceError, RequestError) as exc:
+        if wanted:
+            raise RequestError(str(exc), "perplexity") from exc
+        return None
+    return text.to_json()

@@ -42,6 +42,7 @@ from training.contract.reading import (
     read_text,
     split_path,
 )
+from training.metrics.csv_export import MetricsCsv
 from training.metrics.store import MetricsCache, RunMetrics
 from training.metrics.summary import MetricsSummary
 
@@ -229,6 +230,12 @@ class RunStore:
     def metrics(self, run_id: str) -> RunMetrics:
         """The run's metrics index, refreshed to the end of metrics.jsonl."""
         return self.metrics_cache.get(self.paths(run_id).metrics)
+
+    def metrics_csv(self, run_id: str) -> MetricsCsv:
+        """The run's metrics.jsonl as CSV, streamed (its keys read first: DamagedFile now,
+        not halfway through a download)."""
+        paths = self.paths(run_id)
+        return MetricsCsv(paths.metrics, paths.root)
 
     def summary(self, run_id: str) -> MetricsSummary:
         """The newest row of each kind and the last seq, from the tail of metrics.jsonl

@@ -237,6 +237,8 @@ class RunConfig:
     steps_per_report: int
     steps_per_eval: int
     val_batches: int
+    report_to: list[str] | None
+    project_name: str | None
     save_every: int
     keep_checkpoints: int
     keep_best: bool

@@ -83,12 +83,26 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
             items = [str(v).strip() for v in value]
         else:
             raise ValueError("expected a list or comma-separated text")
+        if spec.choices is not None:
+            return _choices_list(spec, [v.lower() for v in items if v])
         return [v for v in items if v] or None
     if kind == "dict":
         return _coerce_dict(spec, value)
     if kind == "schedule":
         return _coerce_schedule(spec, value)
     raise AssertionError(f"unknown field type {kind}")
+
+
+def _choices_list(spec: FieldSpec, items: list[str]) -> list[str] | None:
+    """A list whose items are choices (report_to): each known, each once, in order."""
+    choices = [str(c) for c in spec.choices or ()]
+    unknown = [item for item in items if item not in choices]
+    if unknown:
+        raise ValueError(
+            f"unknown value {_shown(unknown[0])}: each must be one of {', '.join(choices)} "
+            "(comma-separated)"
+        )
+    return list(dict.fromkeys(items)) or None
 
 
 def _coerce_dict(spec: FieldSpec, value: Any) -> dict[str, Any] | None:

@@ -26,6 +26,8 @@ GROUPS: tuple[str, ...] = (
     "checkpoints",
     "distributed",
 )
+# The trackers `report_to` may name (training/trainer/trackers.py has one writer each).
+REPORTERS: tuple[str, ...] = ("tensorboard", "wandb")
 
 
 @dataclass(frozen=True)
@@ -307,6 +309,22 @@ FIELDS: tuple[FieldSpec, ...] = (
         "cheap. -1 evaluates the whole validation set.",
         "evaluation", "advanced", minimum=1, special={-1: "whole validation set"}, resumable=True,
     ),
+    FieldSpec(
+        "report_to", "list", None,
+        "Also log the metrics to these trackers, as mlx-lm's `report_to` (comma-separated): "
+        "tensorboard writes event files into the run's tensorboard/ folder; wandb logs to "
+        "Weights & Biases (files in the run's wandb/ folder; WANDB_MODE=offline logs "
+        "without a network). A tracker that fails only warns: training goes on.",
+        "evaluation", "important", choices=REPORTERS, example="tensorboard,wandb",
+        resumable=True,
+    ),
+    FieldSpec(
+        "project_name", "str", None,
+        "The Weights & Biases project the run is logged to (mlx-lm's `project_name`); "
+        "the wandb run is named after the run and keeps its run_id across resumes. Empty: "
+        "mlx-cpt.",
+        "evaluation", "advanced", example="my-project", resumable=True,
+    ),
     # -- checkpoints ------------------------------------------------------------------------
     FieldSpec(
         "save_every", "int", 100,
@@ -381,8 +399,6 @@ IGNORED_MLX_LM_KEYS: dict[str, str] = {
     "test_batches": "use `python -m training.evaluation perplexity` on the final model",
     "adapter_path": "adapters and weights are written to the run folder",
     "resume_adapter_file": "use --resume to continue a run exactly",
-    "report_to": "metrics go to the run's metrics.jsonl and --report-url",
-    "project_name": "runs are named in the console",
     "mask_prompt": "continued pre-training trains on every token",
     "config": "the config file is given with -c",
 }
@@ -411,6 +427,8 @@ def settings_markdown() -> str:
         ]
         for spec in fields_in_group(group):
             kind = spec.type if spec.choices is None else " \\| ".join(map(str, spec.choices))
+            if spec.type == "list" and spec.choices is not None:
+                kind = f"list of {kind}"
             note = spec.help.replace("|", "\\|")
             if spec.depends_on:
                 dep = spec.depends_on

@@ -19,7 +19,16 @@ STATUS = "status"
 WARNING = "warning"
 EVENTS: tuple[str, ...] = (RUN_START, TRAIN, EVAL, CHECKPOINT, STATUS, WARNING)
 
-WARNING_KINDS: tuple[str, ...] = ("loss_spike", "nan", "memory", "truncation", "data", "config")
+# `tracker`: a report_to tracker (TensorBoard, wandb) failed; training went on without it.
+WARNING_KINDS: tuple[str, ...] = (
+    "loss_spike",
+    "nan",
+    "memory",
+    "truncation",
+    "data",
+    "config",
+    "tracker",
+)
 
 
 def eval_set_keys(name: str) -> tuple[str, str, str]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from training.contract.exports import GGUF_FILE, Quantization
 from training.contract.layout import RunPaths, Workspace
 from training.contract.model_source import ModelSource
 from training.metrics.checkpoint_table import final_losses
@@ -52,6 +53,8 @@ def _data_report(run_root: Path, run_start: dict[str, Any] | None) -> dict[str, 
 
 
 def _usage(source: ModelSource, fmt: str) -> str:
+    if fmt == "gguf":
+        return f"llama-cli -m path/to/this/folder/{GGUF_FILE} -p 'Hello'"
     if fmt == "adapter":
         return (
             "from mlx_lm import load, generate\n\n"
@@ -65,7 +68,15 @@ def _usage(source: ModelSource, fmt: str) -> str:
     )
 
 
-def render_model_card(source: ModelSource, fmt: str, workspace: Workspace) -> str:
+def render_model_card(
+    source: ModelSource,
+    fmt: str,
+    workspace: Workspace,
+    quantization: Quantization | None = None,
+    perplexity: dict[str, Any] | None = None,
+) -> str:
+    """The card; `quantization` and `perplexity` (exporting.py's measurement of the
+    quantized export against the unquantized model) add their sections."""
     run = (
         RunPaths(source.run_dir)
         if source.run_dir is not None
@@ -75,17 +86,26 @@ def render_model_card(source: ModelSource, fmt: str, workspace: Workspace) -> st
     )
     summary = final_losses(run) if run else {"train": None, "eval": None, "run_start": None}
     start = summary["run_start"] or {}
+    tags = ["mlx", "continued-pretraining", source.fine_tune_type or "full"]
+    if quantization is not None:
+        tags += ["quantized", f"{quantization.bits}-bit"]
+    if fmt == "gguf":
+        tags.append("gguf")
     front = {
         "library_name": "mlx",
         "pipeline_tag": "text-generation",
         "base_model": str(source.model.name),
-        "tags": ["mlx", "continued-pretraining", source.fine_tune_type or "full"],
+        "tags": tags,
     }
     what = {
         "model": "a standalone model folder"
         + (" (adapters fused into the base model)" if source.lora else ""),
         "adapter": "a LoRA/DoRA adapter folder, applied over the base model",
+        "gguf": f"a float16 GGUF file ({GGUF_FILE}, written by mlx-lm's GGUF writer)"
+        + (" with the adapters fused into the base model" if source.lora else ""),
     }[fmt]
+    if quantization is not None:
+        what += f" (quantized: {quantization.label})"
     lines = [
         "---",
         yaml.safe_dump(front, sort_keys=False).rstrip(),
@@ -98,7 +118,7 @@ def render_model_card(source: ModelSource, fmt: str, workspace: Workspace) -> st
         "",
         "## Use",
         "",
-        "```python",
+        "```python" if fmt != "gguf" else "```sh",
         _usage(source, fmt),
         "```",
         "",
@@ -108,6 +128,8 @@ def render_model_card(source: ModelSource, fmt: str, workspace: Workspace) -> st
         f"- run: `{source.run_id or '-'}`, checkpoint `{source.checkpoint or '-'}`",
         f"- fine-tune type: {source.fine_tune_type or 'full'}",
     ]
+    if quantization is not None:
+        lines += _quantization_lines(quantization, perplexity)
     if run is not None:
         report = _data_report(run.root, summary["run_start"])
         lines += ["", "## Training data", ""]
@@ -140,6 +162,27 @@ def render_model_card(source: ModelSource, fmt: str, workspace: Workspace) -> st
     versions = {"training": start.get("versions"), "export": export_versions()}
     lines += ["", "## Versions", "", "```json", json.dumps(versions, indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def _quantization_lines(quantization: Quantization, perplexity: dict[str, Any] | None) -> list[str]:
+    lines = [
+        "",
+        "## Quantization",
+        "",
+        f"- {quantization.bits} bits per weight, group size {quantization.group_size} "
+        f"({quantization.mode}), by mlx-lm's `quantize_model`; the scales and the layers "
+        "left unquantized keep the model's dtype",
+    ]
+    if perplexity:
+        before, after = perplexity["unquantized"], perplexity["quantized"]
+        change = after["perplexity"] / before["perplexity"] - 1
+        lines += [
+            f"- perplexity on `{perplexity['data_label']}` ({after['tokens']:,} tokens in "
+            f"{after['sequences']} sequences of {after['sequence_length']}): "
+            f"{after['perplexity']:.4f} quantized, {before['perplexity']:.4f} unquantized "
+            f"({change:+.2%})",
+        ]
+    return lines
 
 
 def _is_int(value: Any) -> bool:

@@ -28,8 +28,11 @@ Jobs:
    "sequence_length"?, "num_samples"?, "batch_size"?, "seed"?, "run_dir"?}
                                             with run_dir, the result is appended to
                                             <run_dir>/evaluations/perplexity.jsonl
-  {"kind": "export", "job_id", "model": source, "workspace", "dest"?, "format",
-   "overwrite"}
+  {"kind": "export", "job_id", "model": source, "workspace", "dest", "format",
+   "overwrite", "quantize"?: 4|8, "group_size"?, "perplexity"?: {"data", "data_label",
+   "holdout_fraction"?, "num_samples"?}}   a quantized export measured on that text next
+                                            to the unquantized model (both results are
+                                            appended to the run's perplexity.jsonl)
 where a source is ModelSource.to_json() (training/contract/model_source.py).
 
     python -m training.eval_worker [--job FILE] [--events FILE]
@@ -51,6 +54,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from training.contract.errors import InputError
+from training.contract.eval_text import EvalText
+from training.contract.exports import parse_quantization
 from training.contract.layout import RunPaths, Workspace
 from training.contract.model_source import ModelSource
 from training.contract.protocol import (
@@ -69,7 +74,12 @@ from training.contract.protocol import (
     PERPLEXITY,
     WORKER_PROTOCOL_VERSION,
 )
-from training.evaluate.exporting import export_source
+from training.evaluate.exporting import (
+    ExportStopped,
+    PerplexityCheck,
+    export_source,
+    store_perplexities,
+)
 from training.evaluate.generation import GenerationSettings, generate_tokens
 from training.evaluate.models import EvaluationError, load_source
 from training.evaluate.perplexity import (
@@ -253,15 +263,50 @@ def run_export(job: Job) -> dict[str, Any]:
     workspace = Workspace(Path(job.get("workspace", str, required=True)))
     fmt = job.get("format", str, "model")
     dest = job.get("dest", str, required=True)
-    result = export_source(
-        source,
-        Path(dest),
-        fmt,
-        workspace,
-        overwrite=bool(job.get("overwrite", bool, False)),
-        progress=lambda message: job.progress("exporting", message),
-    )
-    return result.to_json()
+    quant = parse_quantization(job.spec.get("quantize"), job.spec.get("group_size"))
+    check = None
+    measure = job.get("perplexity", dict)
+    if measure is not None:
+        data = measure.get("data")
+        if not isinstance(data, str) or not data:
+            raise EvaluationError("perplexity needs the text to measure on (data)", "perplexity")
+        fraction = measure.get("holdout_fraction")
+        samples = measure.get("num_samples", DEFAULT_NUM_SAMPLES)
+        if (
+            not isinstance(samples, int)
+            or isinstance(samples, bool)
+            or not (samples == -1 or samples >= 1)
+        ):
+            raise EvaluationError("num_samples must be -1 (all) or at least 1", "num_samples")
+        text = EvalText(
+            Path(data),
+            str(measure.get("data_label") or Path(data).name),
+            float(fraction) if isinstance(fraction, (int, float)) else None,
+        )
+        check = PerplexityCheck(text, num_samples=samples)
+
+    def progress(message: str, **extra: Any) -> None:
+        job.progress("exporting", message, **extra)
+
+    try:
+        result = export_source(
+            source,
+            Path(dest),
+            fmt,
+            workspace,
+            overwrite=bool(job.get("overwrite", bool, False)),
+            quantization=quant,
+            perplexity=check,
+            progress=progress,
+            should_stop=job.stop.is_set,
+        )
+    except ExportStopped:
+        return {"stopped": True}
+    out = result.to_json()
+    stored = store_perplexities(result, job.events.job_id)
+    if stored is not None:
+        out["stored"] = str(stored)
+    return out
 
 
 JOBS: dict[str, Callable[[Job], dict[str, Any]]] = {

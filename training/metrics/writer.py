@@ -18,9 +18,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from training.contract.disk import DiskFull, disk_full_error
 from training.contract.protocol import (
@@ -209,9 +209,19 @@ class HttpReporter:
             return "retry"
 
 
+class EventSink(Protocol):
+    """Something else that takes every written event: HttpReporter, the trainer's trackers
+    (training/trainer/trackers.py). put() must never raise nor block training."""
+
+    def put(self, event: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class TrainingMetricsLogger:
     """Appends events to metrics.jsonl; `seq` continues from the file's last event (or
     from `first_seq`, the last event of a file a restart cleared, when that is higher).
+    Each written event then goes to the reporter and the `sinks`, in that order.
 
     `enabled=False` (distributed ranks other than 0) makes every call a no-op that still
     returns the event, so callers need no rank checks.
@@ -224,9 +234,11 @@ class TrainingMetricsLogger:
         reporter: HttpReporter | None = None,
         enabled: bool = True,
         first_seq: int = 0,
+        sinks: Sequence[EventSink] = (),
     ) -> None:
         self.path = Path(path) if path is not None else None
         self.reporter = reporter
+        self.sinks = list(sinks)
         self.enabled = enabled and self.path is not None
         self._fd: int | None = None
         self.seq = 0
@@ -257,6 +269,8 @@ class TrainingMetricsLogger:
             raise
         if self.reporter is not None:
             self.reporter.put(record)
+        for sink in self.sinks:
+            sink.put(record)
         return record
 
     def _append(self, fd: int, data: bytes) -> None:
@@ -299,6 +313,10 @@ class TrainingMetricsLogger:
         return self.emit(WARNING, step, kind=kind, message=message, **fields)
 
     def close(self) -> None:
+        # The sinks first: a tracker that fails to finish its files says so in this file.
+        sinks, self.sinks = self.sinks, []
+        for sink in sinks:
+            sink.close()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

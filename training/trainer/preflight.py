@@ -9,6 +9,7 @@ claim_folder creates a new run folder only after prepare() succeeded too.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,20 @@ def check_config(args: argparse.Namespace, base_dir: Path) -> tuple[RunConfig, l
 def check_report_url(url: str | None) -> None:
     if url and not url.startswith(("http://", "https://")):
         raise ConfigError([FieldError("report_url", "must be an http:// or https:// URL")])
+
+
+# The package each report_to tracker needs (training/trainer/trackers.py imports it).
+TRACKER_PACKAGES = {"tensorboard": "tensorboardX", "wandb": "wandb"}
+
+
+def check_trackers(config: RunConfig) -> None:
+    """report_to names only trackers whose library is installed (looked up, not imported:
+    importing wandb takes a second, and only a starting run needs it)."""
+    for name in config.report_to or ():
+        package = TRACKER_PACKAGES[name]
+        if importlib.util.find_spec(package) is None:
+            message = f"{name} needs the {package} package: pip install {package}"
+            raise ConfigError([FieldError("report_to", message)])
 
 
 def check_folder(
@@ -282,6 +297,7 @@ def preflight(args: argparse.Namespace, rank: int = 0, world: int = 1) -> Plan:
     base_dir = Path.cwd()
     config, warnings = check_config(args, base_dir)
     check_report_url(args.report_url)
+    check_trackers(config)
     if config.batch_size % world:
         message = f"{config.batch_size} is not divisible by the {world} workers; change either"
         raise ConfigError([FieldError("batch_size", message)])

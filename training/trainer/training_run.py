@@ -59,6 +59,7 @@ from training.trainer.preflight import Plan
 from training.trainer.progress import Progress
 from training.trainer.session import SessionContext, StopFlag, TrainingSession
 from training.trainer.token_cache import default_progress, load_or_tokenize, remember_scan
+from training.trainer.trackers import TrackerContext, open_trackers
 from training.trainer.weights import load_optimizer, load_trainable
 
 
@@ -186,6 +187,8 @@ def run(plan: Plan, prepared: Prepared, stop: StopFlag) -> int:
     progress = Progress(total_steps=prepared.total_steps, enabled=writer)
     state = prepared.state  # a failure reports the step it reached
     try:
+        if writer and plan.config.report_to:
+            _start_trackers(plan, prepared, logger, progress)
         if writer:
             if plan.rewrite_config:  # new runs, resumes that changed the budget or intervals
                 write_atomic(paths.config, plan.config.to_yaml())
@@ -201,6 +204,26 @@ def run(plan: Plan, prepared: Prepared, stop: StopFlag) -> int:
         progress.close()
         logger.close()
     return {FINISHED: EXIT_OK, STOPPED: EXIT_OK, DIVERGED: EXIT_DIVERGED}[outcome]
+
+
+def _start_trackers(
+    plan: Plan, prepared: Prepared, logger: TrainingMetricsLogger, progress: Progress
+) -> None:
+    """report_to's trackers take every event from now on; one that fails only warns."""
+
+    def warn(step: int, name: str, message: str) -> None:
+        logger.warning(step, "tracker", message, tracker=name)
+        progress.line(f"warning (tracker): {message}")
+
+    paths = plan.folder.paths
+    context = TrackerContext(
+        run_dir=paths.root,
+        run_id=paths.run_id,
+        config=plan.config,
+        resumed_from=prepared.resumed_from,
+        restart=plan.folder.mode == "restart",
+    )
+    logger.sinks.append(open_trackers(list(plan.config.report_to or ()), context, warn))
 
 
 def report_failure(logger: TrainingMetricsLogger, step: int, exc: Exception, run_dir: Path) -> int:

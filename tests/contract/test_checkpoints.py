@@ -117,6 +117,31 @@ def test_latest_pointing_at_a_missing_bundle_reads_as_none(tmp_path: Path) -> No
     assert read_latest(tmp_path) is None
 
 
+def test_a_reader_racing_retention_reads_the_newer_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between reading latest.json and looking at its bundle, a running trainer may save
+    twice and prune that bundle; the reader follows the pointer it moved to, not None."""
+    from training.contract import checkpoints
+
+    _save(tmp_path, 1)
+    real = checkpoints._bundle_at
+    raced: list[str] = []
+
+    def bundle_at(fd: int, name: str, step: int):  # type: ignore[no-untyped-def]
+        if not raced:
+            raced.append(name)
+            _save(tmp_path, 2)
+            _save(tmp_path, 3)
+            apply_retention(tmp_path / "checkpoints", keep=1, keep_best=False)
+        return real(fd, name, step)
+
+    monkeypatch.setattr(checkpoints, "_bundle_at", bundle_at)
+    latest = read_latest(tmp_path)
+    assert raced == ["step-00000001"]
+    assert latest is not None and latest["step"] == 3
+
+
 def _outside_bundle(tmp_path: Path) -> Path:
     """A complete bundle in a folder outside the run (what a link may point at)."""
     elsewhere = tmp_path / "elsewhere"

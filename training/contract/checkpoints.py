@@ -228,13 +228,24 @@ def read_latest(run_dir: str | Path) -> dict[str, Any] | None:
     if fd is None:
         return None
     with opened(fd):
-        try:
-            data = read_json_object_at(fd, LATEST_FILE, f"{CHECKPOINTS_DIR}/{LATEST_FILE}")
-        except OSError:
-            return None
-        name = data.get("bundle")
-        step = bundle_step(name) if isinstance(name, str) else None
-        if step is None or _bundle_at(fd, str(name), step) is None:
+        data: dict[str, Any] | None = None
+        # A reader racing a running trainer may find the bundle it just read of already
+        # pruned by a newer save; latest.json has moved on by then, so read it again.
+        for _ in range(5):
+            try:
+                now = read_json_object_at(fd, LATEST_FILE, f"{CHECKPOINTS_DIR}/{LATEST_FILE}")
+            except OSError:
+                return None
+            if now == data:
+                return None  # the same pointer twice, to a bundle that is not there
+            data = now
+            name = data.get("bundle")
+            step = bundle_step(name) if isinstance(name, str) else None
+            if step is None:
+                return None
+            if _bundle_at(fd, str(name), step) is not None:
+                break
+        else:
             return None
     recorded = data.get("step")
     if not isinstance(recorded, int) or isinstance(recorded, bool):

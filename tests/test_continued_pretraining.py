@@ -42,6 +42,12 @@ def _sample(spec: FieldSpec) -> tuple[list[str], Any]:
     """A valid value for a field as CLI words and as the YAML value."""
     if spec.name == "eval_sets":
         return [spec.flag, "general=g.txt"], {"general": "g.txt"}
+    if spec.name == "distributed.hosts":
+        return [spec.flag, "10.0.0.1,10.0.0.2"], ["10.0.0.1", "10.0.0.2"]
+    if spec.name == "distributed.python":
+        return [spec.flag, "/usr/bin/python3"], "/usr/bin/python3"
+    if spec.name == "distributed.env":
+        return [spec.flag, "OMP_NUM_THREADS=1"], {"OMP_NUM_THREADS": "1"}
     if spec.name == "optimizer_config":
         value = {"adamw": {"betas": [0.9, 0.95]}}
         return [spec.flag, json.dumps(value)], value

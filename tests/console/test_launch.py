@@ -34,7 +34,7 @@ from training.console.run_state import derive_state
 from training.contract.config import build_config, distributed_plan
 from training.contract.hosts import host_plan
 from training.contract.layout import PROJECT_ROOT, RunRecord, Workspace
-from training.contract.protocol import FAILED, FINISHED
+from training.contract.protocol import FAILED, FINISHED, STOPPED
 
 LAUNCH = {"hosts": [{"rank": 0, "ssh": "10.0.0.11", "ips": ["10.0.0.11"]},
                     {"rank": 1, "ssh": "mac2", "ips": ["10.0.0.12"]}]}  # fmt: skip
@@ -225,6 +225,12 @@ def test_a_lost_host_fails_the_run_whatever_rank_0_last_said() -> None:
     assert derive_state(record, None, False) == (FAILED, failure["reason"])
     # A run that finished before the host went away stays finished.
     assert derive_state(record, {"state": "finished"}, False)[0] == FINISHED
+    # A stop rank 0 completed (its checkpoint saved with every rank) stays stopped when
+    # mlx.launch's teardown then cuts another rank's session; unasked, it is a failure.
+    stopped = {"state": "stopped", "message": "stopped on request"}
+    assert derive_state(record, stopped, False)[0] == FAILED
+    asked = RunRecord("r1", "r1", 0.0, pid=5, exit=record.exit, stop_requested=True)
+    assert derive_state(asked, stopped, False) == (STOPPED, "stopped on request")
 
 
 def test_run_json_s_launch_is_shown_only_as_typed_data() -> None:

@@ -52,7 +52,10 @@ def derive_state(
         # Reported, but still flushing and exiting: not yet safe to resume or delete.
         return STOPPING, f"the trainer reported {status} and is exiting"
     failure = (record.exit or {}).get("host_failure") if not alive else None
-    if isinstance(failure, Mapping) and status != FINISHED:
+    # Rank 0 can only finish a step, or a requested stop's checkpoint, with every rank:
+    # a session that ended after that (mlx.launch tearing down the others) lost nothing.
+    ended_whole = status == FINISHED or (status == STOPPED and record.stop_requested)
+    if isinstance(failure, Mapping) and not ended_whole:
         # A run on several machines lost a host: whatever rank 0 managed to say (a ring
         # error, or nothing), the run failed, and the host is named.
         return FAILED, str(failure.get("reason") or "a host of the run was lost")

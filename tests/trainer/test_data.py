@@ -27,7 +27,6 @@ from training.trainer.data import (
     plan_total_steps,
     scan_inputs,
 )
-from training.trainer.mixture import MixState
 from training.trainer.token_cache import TokenizedCorpus, scan_corpus, tokenizer_fingerprint
 from training.trainer.tokenization import load_or_tokenize
 

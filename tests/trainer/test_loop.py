@@ -21,9 +21,9 @@ from training.trainer.loop import (
     step_seed,
     train,
 )
+from training.trainer.mixture import MixState
 from training.trainer.model_setup import load_base, prepare_trainable
 from training.trainer.optimization import build_optimizer
-from training.trainer.mixture import MixState
 from training.trainer.token_cache import scan_corpus, tokenizer_fingerprint
 from training.trainer.tokenization import load_or_tokenize
 

@@ -501,8 +501,8 @@ def data_report(
     whole corpus tokenized are null until it is (a final `tokenization` event has them)."""
     seq_len = config.max_seq_length
     seqs_per_step = config.batch_size * config.grad_accumulation_steps
-    weights = integer_weights([s.source.weight for s in sources])
-    shares = [w / sum(weights) for w in weights]
+    total_weight = sum(s.source.weight for s in sources)
+    shares = [s.source.weight / total_weight for s in sources]
     main = sources[0]
     totals = main.totals()
     val = held.get("val")

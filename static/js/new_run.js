@@ -7,6 +7,7 @@ import { toast } from "./toast.js";
 import { FieldForm } from "./form.js";
 import { LrPlot } from "./lr_schedule.js";
 import { pickPath } from "./picker.js";
+import { SourcesTable } from "./sources.js";
 
 const EP = {
   fields: "/api/fields",
@@ -49,6 +50,7 @@ async function main() {
   state.fieldNames = new Set(fields.map((f) => f.name));
   state.form = new FieldForm($("#groups"), fields, { onChange: onFormChange });
   addPickers(fields);
+  state.sources = new SourcesTable(state.form.controlFor("data"), state.form.controlFor("eval_sets"));
   renderPresets();
   wireConfigPanel();
   wireLaunch();
@@ -102,6 +104,7 @@ function fillForm(source) {
   const config = { ...source };
   for (const key of KEEP) if (!(key in config) && key in current) config[key] = current[key];
   state.form.setValues(config);
+  state.sources.load();
 }
 
 function applyPreset(preset, announce) {
@@ -117,6 +120,7 @@ async function loadClone(runId) {
   try {
     const { config, name } = await api.get(runUrl(runId, "/config"));
     state.form.setValues(config || {});
+    state.sources.load();
     $("#f-name").value = `${name || runId} (copy)`;
     toast(`Settings copied from ${name || runId}. Change what you need, then start.`, { title: "Clone & edit" });
   } catch (err) {
@@ -212,7 +216,7 @@ function applyModelFacts(model) {
 }
 
 async function loadReport() {
-  const data = state.form.values().data;
+  const data = state.sources.firstPath();
   const box = $("#data-report");
   if (!data) {
     state.report = null;

@@ -114,6 +114,9 @@ def test_two_sources_keep_their_shares_report_tokens_and_resume_exactly(
     [start] = events(straight, "run_start")
     sources = start["data"]["sources"]
     assert [(s["name"], s["weight"]) for s in sources] == [("python-stdlib", 0.8), ("general", 0.2)]
+    keys = {"name", "path", "documents", "tokens", "weight", "epochs_planned"}
+    assert all(keys <= set(s) for s in sources)
+    assert Path(sources[1]["path"]).name == "general.jsonl"
     assert all(s["documents"] > 0 and s["tokens"] > 0 for s in sources)
     # The general set runs out long before the budget: it is repeated.
     assert sources[1]["epochs_planned"] > 1 > sources[0]["epochs_planned"] > 0
@@ -209,3 +212,34 @@ def test_training_starts_while_the_corpus_tokenizes_and_resumes_exactly(
     resumed = events(stopped, "run_start")
     assert resumed[0]["data"]["tokenization"]["done"] is False
     _assert_same_losses(straight, stopped, steps)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("notes.csv", ["unsupported file type '.csv'"]),
+        ("rows.parquet", ["'text'", "text_field", "content"]),
+    ],
+)
+def test_an_unknown_format_or_a_missing_field_is_bad_input_naming_file_and_field(
+    tiny_assets: dict[str, Path], tmp_path: Path, name: str, expected: list[str]
+) -> None:
+    bad = tmp_path / name
+    if name.endswith(".parquet"):
+        pq.write_table(pa.table({"content": ["one document", "another"]}), bad)
+    else:
+        bad.write_text("text\nhello\n")
+    data = [str(tiny_assets["corpus"]), {"path": str(bad), "weight": 0.1}]
+    config = _config(tmp_path / "config.yaml", data, tiny_assets["model"], iters=2)
+    ws, run_dir = tmp_path / "ws", tmp_path / "ws" / "runs" / "bad"
+    ws.mkdir()
+    proc = subprocess.run(
+        _argv("-c", config, "--run-dir", run_dir), cwd=ws, env=_env(ws, 20_000),
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    message = proc.stdout + proc.stderr
+    assert proc.returncode == 2, message
+    assert str(bad) in message and "Traceback" not in message
+    for fragment in expected:
+        assert fragment in message
+    assert not run_dir.exists()  # nothing created

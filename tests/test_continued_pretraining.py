@@ -410,7 +410,7 @@ sys.exit(main(sys.argv[3:]))
     "where",
     [
         ("training.trainer.preflight", "load_base"),
-        ("training.trainer.training_run", "load_or_tokenize"),
+        ("training.trainer.training_run", "make_sources"),
     ],
     ids=["model load", "tokenization"],
 )

@@ -17,6 +17,7 @@ from training.contract.fields import FIELDS, IGNORED_MLX_LM_KEYS, FieldSpec
 from training.contract.layout import RUN_ID_RE
 from training.contract.limits import MAX_PATH_CHARS, MAX_YAML_BYTES
 from training.contract.protocol import RUN_STATES
+from training.contract.sources import MAX_SOURCES
 from web.apispec import (
     ANY_OBJECT,
     BOOLEAN,
@@ -83,6 +84,27 @@ def _field_schema(spec: FieldSpec) -> Schema:
             "anyOf": [
                 {"type": "object", "additionalProperties": values},
                 {"type": "string", "description": "NAME=VALUE lines, or a JSON object"},
+                NULL,
+            ],
+            **described,
+        }
+    if kind == "sources":
+        source = obj(
+            {
+                "path": string(MAX_PATH_CHARS, min_length=1),
+                "weight": {"anyOf": [{"type": "number", "minimum": 0}, TEXT, NULL]},
+                "name": nullable(string(64)),
+                "text_field": nullable(string(256)),
+            },
+            required=["path"],
+            additional=False,
+            description="A source: batches draw from it in proportion to its weight",
+        )
+        return {
+            "anyOf": [
+                {"type": "string", "maxLength": MAX_PATH_CHARS, "description": "one path"},
+                array(source, MAX_SOURCES),
+                source,
                 NULL,
             ],
             **described,

@@ -6,6 +6,7 @@ import { followRun, followedRuns } from "./live.js";
 import { RunData, MetricChart, seriesColor, liveIngest } from "./chart.js";
 import { settings } from "./settings.js";
 import { badge, isActive } from "./run_actions.js";
+import { forgetting, signed } from "./forgetting.js";
 
 const MAX_RUNS = 8;
 const METRIC_TABLE = { val_loss: "eval" };
@@ -76,6 +77,7 @@ async function update() {
     }
   }
   renderChart();
+  renderTradeoff();
   renderDiff();
 }
 
@@ -143,6 +145,64 @@ function renderChart() {
 }
 
 const xAxis = () => (document.querySelector('input[name="x-axis"]:checked') || {}).value || "step";
+
+// -- forgetting vs gain: one point per run ---------------------------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs, ...children) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
+  el.append(...children);
+  return el;
+}
+
+/** x: domain gain (validation loss fall), y: general-loss rise; runs with less forgetting
+ * for the same gain sit lower. */
+function renderTradeoff() {
+  const points = state.picked
+    .filter((id) => state.data.has(id))
+    .map((id) => ({ id, meta: state.runs.find((r) => r.run_id === id) || {}, f: forgetting(state.data.get(id).run) }))
+    .filter((p) => p.f && p.f.rise !== null && p.f.gain !== null);
+  const box = $("#tradeoff");
+  if (!points.length) {
+    replace(box, h("p", { class: "faint", text: "Pick runs with a general set (a replay source or an eval set) and two evaluations." }));
+    return;
+  }
+  const W = 520, H = 260, P = 44;
+  const xs = points.map((p) => p.f.gain), ys = points.map((p) => p.f.rise);
+  const span = (v) => {
+    let lo = Math.min(0, ...v), hi = Math.max(0, ...v);
+    const pad = (hi - lo || 1) * 0.1;
+    return [lo - pad, hi + pad];
+  };
+  const [x0, x1] = span(xs), [y0, y1] = span(ys);
+  const X = (v) => P + ((v - x0) / (x1 - x0)) * (W - 2 * P);
+  const Y = (v) => H - P - ((v - y0) / (y1 - y0)) * (H - 2 * P);
+  const axis = "var(--border, #888)";
+  const chart = svg(
+    "svg",
+    { viewBox: `0 0 ${W} ${H}`, width: "100%", role: "img", "aria-label": "Forgetting against domain gain, one point per run", id: "tradeoff-chart" },
+    svg("line", { x1: P, x2: W - P, y1: Y(0), y2: Y(0), stroke: axis }),
+    svg("line", { x1: X(0), x2: X(0), y1: P / 2, y2: H - P, stroke: axis }),
+    svg("text", { x: W - P, y: H - 8, "text-anchor": "end", fill: "currentColor", "font-size": 12 }, "domain gain (val loss fall) →"),
+    svg("text", { x: 4, y: 14, fill: "currentColor", "font-size": 12 }, "↑ general-loss rise (forgetting)"),
+    ...points.map((p) =>
+      svg(
+        "g",
+        { "data-run-id": p.id, "data-gain": p.f.gain, "data-rise": p.f.rise },
+        svg("circle", { cx: X(p.f.gain), cy: Y(p.f.rise), r: 6, fill: seriesColor(state.picked.indexOf(p.id)) }, svg("title", {}, `${p.meta.name || p.id}: gain ${signed(p.f.gain)}, forgetting ${signed(p.f.rise)}`)),
+        svg("text", { x: X(p.f.gain) + 9, y: Y(p.f.rise) + 4, fill: "currentColor", "font-size": 12 }, p.meta.name || p.id)
+      )
+    )
+  );
+  const table = h(
+    "table",
+    { class: "table", id: "tradeoff-table" },
+    h("thead", null, h("tr", null, h("th", { scope: "col", text: "Run" }), h("th", { scope: "col", text: "Domain gain" }), h("th", { scope: "col", text: "Forgetting" }), h("th", { scope: "col", text: "General set" }))),
+    h("tbody", null, points.map((p) => h("tr", { dataset: { runId: p.id } }, h("td", { text: p.meta.name || p.id }), h("td", { class: "num", text: signed(p.f.gain) }), h("td", { class: "num", text: signed(p.f.rise) }), h("td", { text: p.f.set }))))
+  );
+  replace(box, chart, table);
+}
 
 // -- config diff -----------------------------------------------------------------------------
 

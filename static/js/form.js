@@ -319,6 +319,7 @@ function helpText(f) {
 function formatValue(spec, value) {
   if (value === null || value === undefined) return "";
   if (spec.type === "list" && Array.isArray(value)) return value.join(",");
+  if (spec.type === "sources" && typeof value === "object") return JSON.stringify(value);
   if (spec.type === "dict" && typeof value === "object") {
     if (spec.name === "eval_sets") return Object.entries(value).map(([k, v]) => `${k}=${v}`).join("\n");
     return JSON.stringify(value);

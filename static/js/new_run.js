@@ -8,6 +8,7 @@ import { FieldForm } from "./form.js";
 import { LrPlot } from "./lr_schedule.js";
 import { pickPath } from "./picker.js";
 import { addHostsCheck } from "./hosts_check.js";
+import { SourcesTable } from "./sources.js";
 
 const EP = {
   fields: "/api/fields",
@@ -51,6 +52,7 @@ async function main() {
   state.form = new FieldForm($("#groups"), fields, { onChange: onFormChange });
   addPickers(fields);
   addHostsCheck(() => state.form.values(), (errors) => state.form.showErrors(errors));
+  state.sources = new SourcesTable(state.form.controlFor("data"), state.form.controlFor("eval_sets"));
   renderPresets();
   wireConfigPanel();
   wireLaunch();
@@ -104,6 +106,7 @@ function fillForm(source) {
   const config = { ...source };
   for (const key of KEEP) if (!(key in config) && key in current) config[key] = current[key];
   state.form.setValues(config);
+  state.sources.load();
 }
 
 function applyPreset(preset, announce) {
@@ -119,6 +122,7 @@ async function loadClone(runId) {
   try {
     const { config, name } = await api.get(runUrl(runId, "/config"));
     state.form.setValues(config || {});
+    state.sources.load();
     $("#f-name").value = `${name || runId} (copy)`;
     toast(`Settings copied from ${name || runId}. Change what you need, then start.`, { title: "Clone & edit" });
   } catch (err) {
@@ -214,7 +218,7 @@ function applyModelFacts(model) {
 }
 
 async function loadReport() {
-  const data = state.form.values().data;
+  const data = state.sources.firstPath();
   const box = $("#data-report");
   if (!data) {
     state.report = null;

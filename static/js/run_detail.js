@@ -7,6 +7,7 @@ import { RunData, MetricChart, seriesColor, liveIngest } from "./chart.js";
 import { settings } from "./settings.js";
 import { toast } from "./toast.js";
 import { noteRunState } from "./notify.js";
+import { forgetting, signed } from "./forgetting.js";
 import { summary, canResume, isActive, resumeRun, stopRun, deleteRun, diskFull } from "./run_actions.js";
 import { renderRanks } from "./ranks.js";
 
@@ -81,6 +82,8 @@ function noteRows(rows, live) {
       toast(row.message || row.kind, { kind: "warning", title: `Warning: ${row.kind || "training"}` });
     } else if (row.event === "train") {
       page.info.lastTrain = row;
+    } else if (row.event === "tokenization") {
+      page.info.tokenization = row;
     }
   }
 }
@@ -148,6 +151,8 @@ function renderLive() {
   $("#s-tps").textContent = fmt.compact(run.last("train", "tokens_per_second"));
   $("#s-mem").textContent = fmt.gb(run.last("train", "peak_memory"));
   if (page.record) renderRanks(page.record, page.info.lastTrain || (page.record.last && page.record.last.train));
+  renderForgetting();
+  renderTokenization();
   if (run.evalSets.length !== page.knownSets) {
     page.knownSets = run.evalSets.length;
     page.charts.loss.setSeries(lossSeries());
@@ -170,6 +175,41 @@ function renderProgress() {
   setBar("#bar-tokens", totalTokens ? tokens / totalTokens : 0, r.state);
   $("#p-elapsed").textContent = fmt.duration(s.elapsed);
   $("#p-eta").textContent = isActive(r.state) ? fmt.duration(eta(step, total) ?? s.eta) : r.state === "finished" ? "done" : "–";
+}
+
+/** Forgetting (the general set's loss change) beside the domain gain (the validation
+ * loss's fall), both since the first evaluation. */
+function renderForgetting() {
+  const f = forgetting(run);
+  $("#forgetting").hidden = !(f && f.rise !== null);
+  $("#domain-gain").hidden = !(f && f.rise !== null && f.gain !== null);
+  if (!f || f.rise === null) return;
+  $("#s-forget").textContent = signed(f.rise);
+  $("#s-forget-sub").textContent = `${f.set} loss since step ${fmt.int(f.since)}`;
+  $("#s-gain").textContent = signed(f.gain);
+}
+
+/** Tokenization still going on (training started after the first shards): its progress. */
+function renderTokenization() {
+  const start = page.info.start?.data?.tokenization;
+  const last = page.info.tokenization || start;
+  const box = $("#tokenization");
+  if (!last || (last === start && last.done)) {
+    box.hidden = true;
+    return;
+  }
+  const corpora = Object.values(last.corpora || {});
+  const shards = corpora.reduce((a, c) => a + (c.shards || 0), 0);
+  const done = corpora.reduce((a, c) => a + (c.shards_done || 0), 0);
+  const chars = corpora.reduce((a, c) => a + (c.chars || 0), 0);
+  const charsDone = corpora.reduce((a, c) => a + (c.chars_done || 0), 0);
+  const rate = `${fmt.compact(last.tokens_per_second)} tokens/s`;
+  box.hidden = false;
+  box.dataset.done = String(Boolean(last.done));
+  box.className = `callout ${last.done ? "callout-ok" : ""}`;
+  box.textContent = last.done
+    ? `Tokenized ${fmt.compact(last.tokens)} tokens in ${fmt.duration(last.seconds)} (${rate}), while training ran; cached for later runs.`
+    : `Tokenizing the corpus while training runs: ${chars ? Math.floor((100 * charsDone) / chars) : 0}% (${fmt.int(done)} / ${fmt.int(shards)} shards, ${rate}).`;
 }
 
 /** Remaining seconds at the pace of this attempt's last train rows (a resume restarts the clock). */

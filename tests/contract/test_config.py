@@ -318,6 +318,7 @@ ANNOTATIONS = {
     "list": {"list[str]"},
     "dict": {"dict[str, str]", "dict[str, Any]"},
     "schedule": {"str | dict[str, Any]"},
+    "sources": {"str | list[dict[str, Any]]"},
 }
 
 

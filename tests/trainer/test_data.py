@@ -11,25 +11,24 @@ import pytest
 
 from training.contract.config import build_config
 from training.contract.corpus import CorpusError, split_documents
+from training.contract.corpus_formats import Start
 from training.contract.errors import StopRequested
-from training.trainer import token_cache
+from training.trainer import tokenization
+from training.trainer.corpus_scan import CorpusScan, Shard
 from training.trainer.data import (
     DataError,
     EpochOrder,
     PackedSequences,
+    RunData,
     TokenStream,
-    build_run_data,
+    corpus_run_data,
     fixed_batches,
     iterate_batches,
     plan_total_steps,
     scan_inputs,
 )
-from training.trainer.token_cache import (
-    TokenizedCorpus,
-    load_or_tokenize,
-    scan_corpus,
-    tokenizer_fingerprint,
-)
+from training.trainer.token_cache import TokenizedCorpus, scan_corpus, tokenizer_fingerprint
+from training.trainer.tokenization import load_or_tokenize
 
 
 def _corpus(doc_lengths: list[int], eos: int = 0) -> TokenizedCorpus:
@@ -40,7 +39,18 @@ def _corpus(doc_lengths: list[int], eos: int = 0) -> TokenizedCorpus:
         parts.append(np.array([eos]))
         offsets.append(offsets[-1] + n + 1)
     tokens = np.concatenate(parts).astype(np.uint32)
-    return TokenizedCorpus(tokens, np.asarray(offsets, np.int64), "k", Path("."), False, 0.0)
+    return TokenizedCorpus.single(tokens, np.asarray(offsets, np.int64), "k")
+
+
+def _run_data(config: Any, corpus: TokenizedCorpus) -> RunData:
+    """The data of a one-shard run on a synthetic corpus."""
+    n = corpus.documents
+    scan = CorpusScan((), "k", n, 0, shards=(Shard(0, n, 0, 0, Start(0, 1)),))
+    return corpus_run_data(config, scan, corpus)
+
+
+def _held_tokens(data: RunData, name: str = "val") -> set[int]:
+    return {int(t) for tokens, _ in data.held_out[name].batches for t in tokens.ravel() if t}
 
 
 def _config(**values: Any):
@@ -132,21 +142,22 @@ def test_split_holds_out_whole_documents_independent_of_the_seed() -> None:
     assert split_documents(40, 0.1).tolist() == held.tolist()
     assert len(split_documents(2, 0.01)) == 1 and len(split_documents(1, 0.5)) == 0
     corpus = _corpus([20] * 40)
-    data = build_run_data(_config(val_fraction=0.1, seed=5), corpus, None, {}, valid_source="x")
-    assert data.val is not None
-    val_docs = {t // 1000 for t in _tokens_of(data.val)}
-    train_docs = {t // 1000 for t in _tokens_of(data.train)}
+    data = _run_data(_config(val_fraction=0.1, seed=5, val_batches=-1), corpus)
+    val_docs = {t // 1000 for t in _held_tokens(data)}
+    train_docs = {t // 1000 for t in _tokens_of(data.train.packed(0))}
     assert len(val_docs) == 4 and not (val_docs & train_docs)
     assert val_docs | train_docs == set(range(1, 41))
     report = data.report
     assert report["documents"] == 36 and report["validation"]["documents"] == 4
     assert {"documents", "tokens", "sequences", "tokens_per_step", "steps_per_epoch"} <= set(report)
+    [source] = report["sources"]
+    assert source["documents"] == 36 and source["weight"] == 1.0 and source["eval_key"] == "val"
 
 
 def test_one_document_holds_out_its_tail() -> None:
-    data = build_run_data(_config(val_fraction=0.25), _corpus([99]), None, {}, valid_source="x")
-    assert data.val is not None and len(data.val.stream) == 25
-    assert len(data.train.stream) == 75
+    data = _run_data(_config(val_fraction=0.25), _corpus([99]))
+    assert data.report["validation"]["tokens"] == 25
+    assert len(data.train.packed(0).stream) == 75
 
 
 def test_budget_in_epochs_and_tokens() -> None:
@@ -190,9 +201,9 @@ def test_cache_is_keyed_by_text_and_memory_mapped(
 def test_large_corpus_prints_progress_and_can_be_stopped(
     tmp_path: Path, tokenizer: Any, tiny_assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(token_cache, "_PROGRESS_MIN_CHARS", 0)
-    monkeypatch.setattr(token_cache, "_PROGRESS_EVERY_S", 0.0)
-    monkeypatch.setattr(token_cache, "_BATCH_CHARS", 1000)
+    monkeypatch.setattr(tokenization, "_PROGRESS_MIN_CHARS", 0)
+    monkeypatch.setattr(tokenization, "_PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(tokenization, "BATCH_CHARS", 1000)
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"text": f"doc {i} " * 100}) + "\n" for i in range(30)))
     fp = tokenizer_fingerprint(tokenizer, tiny_assets["model"])

@@ -10,7 +10,7 @@ import mlx.nn as nn
 import pytest
 
 from training.contract.config import build_config
-from training.trainer.data import build_run_data, fixed_batches, iterate_batches
+from training.trainer.data import corpus_run_data
 from training.trainer.loop import (
     DIVERGED,
     FINISHED,
@@ -21,9 +21,11 @@ from training.trainer.loop import (
     step_seed,
     train,
 )
+from training.trainer.mixture import MixState
 from training.trainer.model_setup import load_base, prepare_trainable
 from training.trainer.optimization import build_optimizer
-from training.trainer.token_cache import load_or_tokenize, scan_corpus, tokenizer_fingerprint
+from training.trainer.token_cache import scan_corpus, tokenizer_fingerprint
+from training.trainer.tokenization import load_or_tokenize
 
 
 class Recorder:
@@ -72,13 +74,13 @@ def _setup(assets: dict[str, Path], tmp_path: Path, **values: Any) -> tuple[Any,
     )
     loaded = load_base(config, tmp_path)
     fp = tokenizer_fingerprint(loaded.tokenizer, loaded.path)
-    corpus = load_or_tokenize(scan_corpus([assets["corpus"]]), loaded.tokenizer, fp, tmp_path)
-    data = build_run_data(config, corpus, None, {}, valid_source="held out")
+    scan = scan_corpus([assets["corpus"]])
+    corpus = load_or_tokenize(scan, loaded.tokenizer, fp, tmp_path)
+    data = corpus_run_data(config, scan, corpus)
     prepare_trainable(loaded.model, config)
     optimizer = build_optimizer(config, 40)
-    batches = iterate_batches(data.train, config.batch_size, seed=config.seed)
-    assert data.val is not None
-    val = {"val": fixed_batches(data.val, config.batch_size, config.val_batches)}
+    batches = data.batches(config, MixState())
+    val = {"val": data.held_out["val"].batches}
     return loaded.model, optimizer, batches, val
 
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from training.trainer import token_cache
-from training.trainer.token_cache import load_or_tokenize, scan_corpus, tokenizer_fingerprint
+from training.trainer import corpus_scan, token_cache
+from training.trainer.token_cache import scan_corpus, tokenizer_fingerprint
+from training.trainer.tokenization import load_or_tokenize
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_a_truncated_entry_is_rebuilt(
     first = _entry(tmp_path, tokenizer, tiny_assets)
     expected = first.tokens.tolist()
     del first
-    tokens = tmp_path / "cache" / _entry(tmp_path, tokenizer, tiny_assets).key / "tokens.bin"
+    tokens = tmp_path / "cache" / _entry(tmp_path, tokenizer, tiny_assets).key / "part-00000.bin"
     with tokens.open("r+b") as f:  # a crash that lost the end of the file
         f.truncate(tokens.stat().st_size // 2)
     said: list[str] = []
@@ -58,12 +59,15 @@ def test_files_and_folder_are_fsynced_before_the_rename(
 
     monkeypatch.setattr(token_cache.os, "rename", rename)
     entry = _entry(tmp_path, tokenizer, tiny_assets)
-    tmp_name = f".tmp-{entry.key}-{os.getpid()}"
     assert log == [
-        "fsync tokens.bin",
-        "fsync doc_offsets.npy",
-        "fsync meta.json",
-        f"fsync {tmp_name}",
+        "fsync .partial.json.tmp",  # the layout of the parts being built
+        "rename",
+        "fsync .part-00000.bin.tmp",  # each part: both files, then renamed into place
+        "fsync .part-00000.npy.tmp",
+        "rename",
+        "rename",
+        "fsync meta.json",  # every part is there: the entry is published
+        f"fsync .partial-{entry.key}",
         "rename",
         "fsync cache",
     ]
@@ -87,21 +91,19 @@ def test_temporary_folders_of_dead_writers_are_swept(
 def test_a_scan_that_served_a_run_is_not_read_again_until_a_file_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import training.contract.corpus
-
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"text": "one"}\n{"text": "two"}\n')
     memo = tmp_path / "scans"
     fresh = token_cache.scan_corpus([corpus], memo_dir=memo)
     token_cache.remember_scan(fresh, memo)  # written moments ago: not remembered
     assert not memo.exists()
-    monkeypatch.setattr(token_cache, "_RACY_SECONDS", -1.0)  # (as if written long ago)
+    monkeypatch.setattr(corpus_scan, "_RACY_SECONDS", -1.0)  # (as if written long ago)
     first = token_cache.scan_corpus([corpus], memo_dir=memo)
     token_cache.remember_scan(first, memo)
     reads: list[Path] = []
-    real = training.contract.corpus.read_file_documents
+    real = corpus_scan.read_file
     monkeypatch.setattr(
-        token_cache, "read_file_documents", lambda p, raw=None: reads.append(p) or real(p, raw)
+        corpus_scan, "read_file", lambda p, *a, **k: reads.append(p) or real(p, *a, **k)
     )
     again = token_cache.scan_corpus([corpus], memo_dir=memo)
     assert reads == [] and again == first

@@ -542,7 +542,8 @@ class TrainingManager:
             looks_like_hub_id(config.model) and not resolve_path(config.model, root).exists()
         ):
             paths.append(resolve_path(config.model, root))
-        for value in (config.data, config.valid_data, *(config.eval_sets or {}).values()):
+        sources = [source.path for source in config.sources()]
+        for value in (*sources, config.valid_data, *(config.eval_sets or {}).values()):
             if value:
                 paths.append(resolve_path(value, root))
         return paths

@@ -30,8 +30,14 @@ from training.contract.limits import (
     MAX_YAML_NODES,
 )
 from training.contract.model_facts import full_on_quantized, quantization, read_model_config
+from training.contract.sources import Source, data_sources
 
 DEFAULT_ITERS = 1000
+# Fields added after checkpoints were written: hashed only when set to something else than
+# their default, so a run from before them still resumes (config_hash).
+HASHED_WHEN_SET = ("text_field",)
+# mlx-lm's names for our fields, read as ours.
+MLX_LM_ALIASES = {"text_feature": "text_field"}
 DEFAULT_LORA_LAYERS = 16  # mlx-lm's default for lora/dora
 BUDGET_FIELDS = ("iters", "epochs", "train_tokens")
 
@@ -212,11 +218,12 @@ class RunConfig:
     lora_parameters_keys: list[str] | None
     dtype: str
     trust_remote_code: bool
-    data: str
+    data: str | list[dict[str, Any]]
     max_seq_length: int
     valid_data: str | None
     val_fraction: float
     eval_sets: dict[str, str] | None
+    text_field: str
     iters: int | None
     epochs: float | None
     train_tokens: int | None
@@ -306,9 +313,18 @@ class RunConfig:
             out["keys"] = list(self.lora_parameters_keys)
         return out
 
+    def sources(self) -> list[Source]:
+        """The training data as weighted sources (one, for a plain path)."""
+        return data_sources(self.data)
+
     def config_hash(self) -> str:
         """Hash of everything a resume must keep unchanged (fields not marked resumable)."""
-        fixed = {f.name: getattr(self, f.attr) for f in FIELDS if not f.resumable}
+        fixed = {
+            f.name: getattr(self, f.attr)
+            for f in FIELDS
+            if not f.resumable
+            and not (f.name in HASHED_WHEN_SET and getattr(self, f.attr) == f.default)
+        }
         blob = json.dumps(fixed, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -330,7 +346,7 @@ def flatten(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[FieldError], l
     errors: list[FieldError] = []
     warnings: list[str] = []
     for key, value in raw.items():
-        key = str(key)
+        key = MLX_LM_ALIASES.get(str(key), str(key))
         if key in FIELDS_BY_NAME:
             values[key] = value
         elif key in IGNORED_MLX_LM_KEYS:
@@ -470,6 +486,17 @@ def validate(
         for e in _check_distributed(config, check_paths, base_dir or Path.cwd())
         if e.field not in skipped
     ]
+    if "data" not in skipped and "eval_sets" not in skipped:
+        taken = {s.name for s in config.sources()[1:]}
+        clash = sorted(taken & set(config.eval_sets or {}))
+        if clash:
+            errors.append(
+                FieldError(
+                    "eval_sets",
+                    f"{', '.join(clash)} names a data source too (a source is validated on "
+                    "its own held-out documents); rename the set or the source",
+                )
+            )
     if check_paths:
         errors += [
             e for e in _check_paths(config, base_dir or Path.cwd()) if e.field not in skipped
@@ -560,20 +587,22 @@ def _check_paths(config: RunConfig, base_dir: Path) -> list[FieldError]:
                     "and weights (or a Hugging Face id like org/name with internet)",
                 )
             )
-    for name in ("data", "valid_data"):
-        value = config.get(name)
-        if value:
-            kind = _probe(resolve_path(value, base_dir))
-            if isinstance(kind, FieldError):
-                errors.append(FieldError(name, kind.message))
-            elif kind is None:
-                errors.append(
-                    FieldError(
-                        name,
-                        f"not found: {resolve_path(value, base_dir)}; give a text "
-                        "file, a folder of text files or an mlx-lm data folder",
-                    )
+    many = len(config.sources()) > 1
+    paths = [("data", s.path, f"source '{s.name}': " if many else "") for s in config.sources()]
+    if config.valid_data:
+        paths.append(("valid_data", config.valid_data, ""))
+    for name, value, label in paths:
+        kind = _probe(resolve_path(value, base_dir))
+        if isinstance(kind, FieldError):
+            errors.append(FieldError(name, label + kind.message))
+        elif kind is None:
+            errors.append(
+                FieldError(
+                    name,
+                    f"{label}not found: {resolve_path(value, base_dir)}; give a text "
+                    "file, a folder of text files or an mlx-lm data folder",
                 )
+            )
     for set_name, value in (config.eval_sets or {}).items():
         kind = _probe(resolve_path(value, base_dir))
         if isinstance(kind, FieldError):
@@ -637,6 +666,8 @@ def add_field_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif spec.name == "eval_sets":
             kwargs.update(action="append", metavar="NAME=PATH")
+        elif spec.name == "data":  # one --data per source
+            kwargs.update(action="append", metavar="PATH|path=P,weight=W,name=N")
         else:
             kwargs["metavar"] = spec.type.upper() if spec.choices is None else None
             if spec.choices is not None and spec.type == "choice":

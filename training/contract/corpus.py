@@ -1,32 +1,44 @@
 """Corpus discovery and reading: which files make a corpus, and their documents.
 
-A corpus is a .txt/.md file, a .jsonl file with a `text` field per line, a folder
-of those (read recursively, in sorted order so a corpus reads the same everywhere),
-or an mlx-lm data folder (train.jsonl / valid.jsonl). Every problem is a CorpusError
-whose message says what is wrong and how to fix it. The held-out split lives here too:
-the trainer and the evaluation worker must agree on it.
+A corpus is one file of a supported format (corpus_formats.py: text, jsonl, jsonl.gz,
+jsonl.zst, a JSON array, parquet, arrow), a folder of them (read recursively, in sorted
+order so a corpus reads the same everywhere), an mlx-lm data folder (train.jsonl /
+valid.jsonl), or a Hugging Face `datasets` folder: what `save_to_disk` writes (a Dataset,
+or a DatasetDict whose train split trains and validation split validates) or the Arrow
+files of the `datasets` cache (`<name>-train.arrow`, `<name>-validation.arrow`). Every
+problem is a CorpusError whose message says what is wrong and how to fix it. The held-out
+split lives here too: the trainer and the evaluation worker must agree on it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from training.contract.errors import InputError
+from training.contract.corpus_formats import (
+    SUPPORTED,
+    TEXT_FIELD,
+    TEXT_SUFFIXES,
+    CorpusError,
+    RawFn,
+    file_kind,
+    is_corpus_file,
+    read_file,
+)
 
-TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text")
+__all__ = ["TEXT_SUFFIXES", "CorpusError", "CorpusFiles", "file_kind", "find_corpus"]
+
 JSONL_SUFFIXES = (".jsonl",)
-# A file with a NUL byte in its first block is binary, not text.
-_SNIFF_BYTES = 8192
-
-
-class CorpusError(InputError):
-    """A corpus that cannot be used; the message names the file and the fix."""
+# Split files of the `datasets` cache and of Hugging Face parquet exports.
+_SPLIT_FILE = re.compile(
+    r"(?:^|.*[-_])(train|validation|valid|test)(?:-\d{5}-of-\d{5})?\.(?:arrow|parquet)$"
+)
 
 
 @dataclass(frozen=True)
@@ -62,141 +74,100 @@ def find_corpus(path: str | Path) -> CorpusFiles:
     if not root.exists():
         raise CorpusError(f"corpus not found: {root}; give a text file or a folder of text files")
     if root.is_file():
-        _check_suffix(root)
+        file_kind(root)  # CorpusError for a format we do not read
         return CorpusFiles(root, (root,))
     if not root.is_dir():
         raise CorpusError(f"{root} is neither a file nor a folder")
     train, valid = root / "train.jsonl", root / "valid.jsonl"
     if train.is_file():  # mlx-lm's layout
         return CorpusFiles(root, (train,), (valid,) if valid.is_file() else ())
+    found = _hf_dataset(root)
+    if found is not None:
+        return found
     files = tuple(
         sorted(
             p
             for p in root.rglob("*")
             if p.is_file()
-            and p.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES
+            and is_corpus_file(p)
+            and file_kind(p) != "json"  # a folder's .json files are metadata, not corpora
             and not any(part.startswith(".") for part in p.relative_to(root).parts)
         )
     )
     if not files:
         raise CorpusError(
-            f"no text files in {root}; add .txt, .md or .jsonl files (with a 'text' field)"
+            f"no text files in {root}; add {SUPPORTED} files (records with a text field)"
         )
+    splits = _split_files(files)
+    return splits if splits is not None else CorpusFiles(root, files)
+
+
+def _hf_dataset(root: Path) -> CorpusFiles | None:
+    """A folder `datasets.save_to_disk` wrote: a DatasetDict (dataset_dict.json and one
+    folder per split) or a Dataset (state.json naming its Arrow files)."""
+    splits_file = root / "dataset_dict.json"
+    if splits_file.is_file():
+        try:
+            splits = json.loads(splits_file.read_text(encoding="utf-8"))["splits"]
+            names = [str(s) for s in splits]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CorpusError(f"{splits_file}: not a datasets split list ({exc})") from None
+        if "train" not in names:
+            raise CorpusError(
+                f"{root}: a datasets DatasetDict without a 'train' split (it has "
+                f"{', '.join(names) or 'none'}); give the folder of the split to train on"
+            )
+        valid = next((s for s in ("validation", "valid") if s in names), None)
+        train = _hf_dataset(root / "train")
+        if train is None:
+            raise CorpusError(f"{root / 'train'}: not a saved datasets split (no state.json)")
+        valid_files = _hf_dataset(root / valid) if valid else None
+        return CorpusFiles(root, train.train, valid_files.train if valid_files else ())
+    state = root / "state.json"
+    if not state.is_file():
+        return None
+    try:
+        data_files = json.loads(state.read_text(encoding="utf-8"))["_data_files"]
+        files = tuple(root / str(entry["filename"]) for entry in data_files)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorpusError(f"{state}: not a datasets state file ({exc})") from None
+    missing = [f.name for f in files if not f.is_file()]
+    if missing or not files:
+        raise CorpusError(f"{root}: a saved datasets folder missing {', '.join(missing)}")
     return CorpusFiles(root, files)
 
 
-def _check_suffix(path: Path) -> None:
-    if path.suffix.lower() not in TEXT_SUFFIXES + JSONL_SUFFIXES:
-        raise CorpusError(
-            f"{path}: unsupported file type '{path.suffix}'; use .txt, .md or .jsonl "
-            "(one JSON object with a 'text' field per line)"
-        )
-
-
-RawFn = Callable[[bytes], None]
-
-
-def read_documents(files: tuple[Path, ...] | list[Path]) -> Iterator[str]:
-    """Yield the non-empty documents of the files: a text file is one document, a
-    .jsonl line with a non-empty `text` is one document."""
-    for path in files:
-        yield from read_file_documents(path)
-
-
-def file_kind(path: Path) -> str:
-    return "jsonl" if path.suffix.lower() in JSONL_SUFFIXES else "text"
-
-
-def read_file_documents(path: Path, raw: RawFn | None = None) -> Iterator[str]:
-    """The documents of one file; `raw` is given every byte read, as read (to hash the
-    file while it is parsed, without encoding the documents again). A .jsonl file is
-    streamed line by line."""
-    if file_kind(path) == "jsonl":
-        yield from _read_jsonl(path, raw)
-        return
-    data = _read_bytes(path)
-    if raw is not None:
-        raw(data)
-    text = _decode(path, data)
-    if text.strip():
-        yield text
-
-
-def _unreadable(path: Path, exc: OSError) -> CorpusError:
-    if isinstance(exc, PermissionError):
-        return CorpusError(f"{path}: permission denied; make the file readable")
-    return CorpusError(f"{path}: cannot read ({exc.strerror})")
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise _unreadable(path, exc) from None
-    if b"\0" in data[:_SNIFF_BYTES]:
-        raise CorpusError(f"{path}: looks binary (contains NUL bytes); give plain UTF-8 text")
-    return data
-
-
-def _not_utf8(path: Path, line: int) -> CorpusError:
-    return CorpusError(
-        f"{path}: not UTF-8 (invalid byte at line {line}); convert it, e.g. "
-        f"`iconv -f latin1 -t utf-8 {path.name}`"
-    )
-
-
-def _decode(path: Path, data: bytes) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise _not_utf8(path, data[: exc.start].count(b"\n") + 1) from None
-
-
-def _read_jsonl(path: Path, raw: RawFn | None) -> Iterator[str]:
-    try:
-        f = path.open("rb")
-    except OSError as exc:
-        raise _unreadable(path, exc) from None
-    with f:
-        try:
-            if b"\0" in f.read(_SNIFF_BYTES):
-                raise CorpusError(
-                    f"{path}: looks binary (contains NUL bytes); give plain UTF-8 text"
-                )
-            f.seek(0)
-            number = 0
-            for data in f:
-                if raw is not None:
-                    raw(data)
-                number += 1
-                try:
-                    line = data.decode("utf-8-sig" if number == 1 else "utf-8")
-                except UnicodeDecodeError:
-                    raise _not_utf8(path, number) from None
-                # (old Mac line ends: a bare CR never occurs inside valid JSON)
-                for part in line.split("\r") if "\r" in line.rstrip("\r\n") else (line,):
-                    text = _document(path, number, part)
-                    if text is not None:
-                        yield text
-        except OSError as exc:
-            raise _unreadable(path, exc) from None
-
-
-def _document(path: Path, number: int, line: str) -> str | None:
-    if not line.strip():
+def _split_files(files: tuple[Path, ...]) -> CorpusFiles | None:
+    """The `datasets` cache's split files (NAME-train.arrow, NAME-validation.arrow, their
+    -0000N-of-0000M shards; test is left out), when the folder holds a train split."""
+    split: dict[str, list[Path]] = {}
+    for f in files:
+        m = _SPLIT_FILE.fullmatch(f.name)
+        if m:
+            split.setdefault(m.group(1), []).append(f)
+    if not split.get("train"):
         return None
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise CorpusError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
-    if not isinstance(row, dict) or "text" not in row:
-        raise CorpusError(
-            f"{path}:{number}: each line needs a 'text' field for continued pre-training "
-            "(chat or prompt/completion data is not raw text)"
-        )
-    if not isinstance(row["text"], str):
-        raise CorpusError(f"{path}:{number}: 'text' must be a string")
-    return row["text"] if row["text"].strip() else None
+    valid = split.get("validation") or split.get("valid") or []
+    return CorpusFiles(files[0].parent, tuple(split["train"]), tuple(valid))
+
+
+def read_documents(
+    files: tuple[Path, ...] | list[Path], text_field: str = TEXT_FIELD
+) -> Iterator[str]:
+    """Yield the non-empty documents of the files: a text file is one document, a record
+    with a non-blank `text_field` is one document."""
+    for path in files:
+        for doc in read_file(path, text_field):
+            yield doc.text
+
+
+def read_file_documents(
+    path: Path, raw: RawFn | None = None, text_field: str = TEXT_FIELD
+) -> Iterator[str]:
+    """The documents of one file; `raw` is given every byte read, as read, for the kinds
+    that are read whole (text, jsonl, json; corpus_formats.hashes_while_reading)."""
+    for doc in read_file(path, text_field, raw=raw):
+        yield doc.text
 
 
 # The validation split does not depend on the run's seed, so runs on one corpus are

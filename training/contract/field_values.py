@@ -14,6 +14,7 @@ from typing import Any
 
 from training.contract.fields import FieldSpec
 from training.contract.limits import MAX_PATH_CHARS, has_lone_surrogate, path_problem
+from training.contract.sources import coerce_sources
 
 # mlx.optimizers.schedulers a YAML `lr_schedule` mapping may name (what build_schedule calls).
 MLX_LM_SCHEDULES = ("cosine_decay", "linear_schedule", "exponential_decay", "step_decay")
@@ -90,6 +91,8 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
         return _coerce_dict(spec, value)
     if kind == "schedule":
         return _coerce_schedule(spec, value)
+    if kind == "sources":
+        return coerce_sources(value)
     raise AssertionError(f"unknown field type {kind}")
 
 

@@ -15,7 +15,9 @@ from typing import Any, Literal
 
 from training.contract.layout import PROJECT_ROOT
 
-FieldType = Literal["str", "path", "int", "float", "bool", "choice", "dict", "list", "schedule"]
+FieldType = Literal[
+    "str", "path", "int", "float", "bool", "choice", "dict", "list", "schedule", "sources"
+]
 Importance = Literal["essential", "important", "advanced"]
 
 GROUPS: tuple[str, ...] = (
@@ -167,9 +169,13 @@ FIELDS: tuple[FieldSpec, ...] = (
     ),
     # -- data -------------------------------------------------------------------------------
     FieldSpec(
-        "data", "path", None,
-        "Training corpus: a .txt/.md/.jsonl file, a folder of them (read recursively), "
-        "or an mlx-lm data folder (train.jsonl, valid.jsonl with a `text` field).",
+        "data", "sources", None,
+        "Training corpus: a .txt/.md, .jsonl (also .jsonl.gz, .jsonl.zst), .json array or "
+        ".parquet file, a folder of them (read recursively), an mlx-lm data folder "
+        "(train.jsonl, valid.jsonl) or a Hugging Face dataset folder (save_to_disk, or "
+        "the datasets cache's .arrow files). Or a list of sources {path, weight, name} "
+        "that batches draw from in proportion to their weights (e.g. 5% general text "
+        "replayed against forgetting).",
         "data", "essential", required=True, example="corpora/demo",
     ),
     FieldSpec(
@@ -195,6 +201,12 @@ FIELDS: tuple[FieldSpec, ...] = (
         "Extra held-out sets evaluated with the validation set, by name (e.g. a "
         "general-text sample, to watch for forgetting). One NAME=PATH per entry.",
         "data", "important", cli="--eval-set", example="general=corpora/general.txt",
+    ),
+    FieldSpec(
+        "text_field", "str", "text",
+        "The field of JSON records, or the column of Parquet and Arrow files, that holds "
+        "the text (mlx-lm's `text_feature` is read as this too).",
+        "data", "advanced", example="content",
     ),
     # -- training ---------------------------------------------------------------------------
     FieldSpec(

@@ -17,7 +17,10 @@ EVAL = "eval"
 CHECKPOINT = "checkpoint"
 STATUS = "status"
 WARNING = "warning"
-EVENTS: tuple[str, ...] = (RUN_START, TRAIN, EVAL, CHECKPOINT, STATUS, WARNING)
+# Progress of the corpus's tokenization while the run trains (issue 11); the last one has
+# `done: true` and the completed data report.
+TOKENIZATION = "tokenization"
+EVENTS: tuple[str, ...] = (RUN_START, TRAIN, EVAL, CHECKPOINT, STATUS, WARNING, TOKENIZATION)
 
 # `tracker`: a report_to tracker (TensorBoard, wandb) failed; training went on without it.
 WARNING_KINDS: tuple[str, ...] = (
@@ -89,6 +92,9 @@ EXIT_CODE_STATES: dict[int, str] = {
 # -- environment variables --------------------------------------------------------------------
 
 WORKSPACE_ENV = "MLX_CPT_HOME"
+# Characters per tokenization shard (trainer/corpus_scan.py; default 4,000,000): the unit
+# tokenized in the background and shuffled by the data order, so a resume needs the same.
+SHARD_CHARS_ENV = "MLX_CPT_SHARD_CHARS"
 # The console's access token: read by the console and by a reporting trainer, and never
 # passed on to the processes the console starts (console/trainer_process.child_env).
 TOKEN_ENV = "MLX_CPT_TOKEN"

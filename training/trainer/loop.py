@@ -24,7 +24,7 @@ from mlx.optimizers import Optimizer, clip_grad_norm
 from mlx.utils import tree_flatten, tree_map, tree_reduce
 
 from training.contract.protocol import DIVERGED, FINISHED, STOPPED, eval_set_keys
-from training.trainer.data import Batch
+from training.trainer.packing import Batch
 
 LossFn = Callable[[nn.Module, mx.array, mx.array], tuple[mx.array, mx.array]]
 EvalBatches = list[tuple[np.ndarray, np.ndarray]]
@@ -66,6 +66,9 @@ class LoopState:
     last_saved_step: int | None = None
     last_loss: float | None = None  # the latest step's (for a live status line)
     recent_losses: list[float] = field(default_factory=list)
+    # Per data source (by name): target tokens trained and sequences drawn, cumulative.
+    tokens_by_source: dict[str, int] = field(default_factory=dict)
+    source_cursors: dict[str, int] = field(default_factory=dict)
 
 
 class TrainingCallback(Protocol):
@@ -294,6 +297,8 @@ def train(
             step_targets += batch.targets
             local_targets += batch.targets if world == 1 else int(batch.lengths[:, 1].sum())
             state.cursor = batch.cursor
+            state.tokens_by_source = batch.tokens_by_source
+            state.source_cursors = batch.source_cursors
             next_batch = next(batches)  # built in numpy while the step computes
         mx.eval(compiled_state, step_loss, norm, agreed_stop)
         _clear_cache(args.clear_cache_threshold)
@@ -379,6 +384,7 @@ class _Window:
             "iterations_per_second": self.steps / self.seconds,
             "tokens_per_second": self.tokens / self.seconds,
             "trained_tokens": state.trained_tokens,
+            "tokens_by_source": dict(state.tokens_by_source),
             "peak_memory": mx.get_peak_memory() / 1e9,
             "grad_norm": self.norm_sum / self.steps,
         }

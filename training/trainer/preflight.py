@@ -31,7 +31,7 @@ from training.contract.config import (
 from training.contract.layout import RunPaths, Workspace
 from training.contract.model_facts import FULL_ON_QUANTIZED_FIX
 from training.metrics.writer import read_last_seq
-from training.trainer.data import DataInputs, scan_inputs, scan_memo_dir
+from training.trainer.data import LAYOUT, DataInputs, scan_inputs, scan_memo_dir
 from training.trainer.model_setup import (
     LoadedModel,
     describe_quantized,
@@ -74,8 +74,14 @@ class Plan:
     group: Any = None  # mx.distributed.Group
     rank: int = 0
     world: int = 1
+    # A resume of a checkpoint written before shards: its data order took each corpus as one.
+    one_shard: bool = False
+    tokenization: Any = None  # tokenization.Tokenization, once prepare() started it
 
     def release(self) -> None:
+        if self.tokenization is not None:
+            self.tokenization.close()
+            self.tokenization = None
         if self.lock_fd is not None:
             os.close(self.lock_fd)
             self.lock_fd = None
@@ -229,18 +235,28 @@ def input_identity(
     def where(value: str | None) -> str | None:
         return str(resolve_path(value, base_dir).resolve()) if value else None
 
+    data: Any = where(config.data) if isinstance(config.data, str) else [
+        {"name": s.name, "path": where(s.path), "weight": s.weight} for s in config.sources()
+    ]  # fmt: skip
+    token_cache: dict[str, Any] = {
+        "train": cache_key(inputs.train, tokenizer_fp),
+        "valid": cache_key(inputs.valid, tokenizer_fp) if inputs.valid else None,
+        "eval_sets": {n: cache_key(s, tokenizer_fp) for n, s in sorted(inputs.eval_sets.items())},
+    }
+    if len(inputs.sources) > 1:  # (one source: the keys of runs from before sources)
+        token_cache["sources"] = {
+            s.source.name: [
+                cache_key(s.scan, tokenizer_fp),
+                cache_key(s.valid, tokenizer_fp) if s.valid else None,
+            ]
+            for s in inputs.sources[1:]
+        }
     return {
         "model": str(model_path.resolve()),
-        "data": where(config.data),
+        "data": data,
         "valid_data": where(config.valid_data),
         "eval_sets": {n: where(v) for n, v in sorted((config.eval_sets or {}).items())},
-        "token_cache": {
-            "train": cache_key(inputs.train, tokenizer_fp),
-            "valid": cache_key(inputs.valid, tokenizer_fp) if inputs.valid else None,
-            "eval_sets": {
-                n: cache_key(s, tokenizer_fp) for n, s in sorted(inputs.eval_sets.items())
-            },
-        },
+        "token_cache": token_cache,
     }
 
 
@@ -257,6 +273,7 @@ _CACHE_FIELDS = (
     ("train", "data", "the training corpus's text (or the tokenizer)"),
     ("valid", "valid_data", "the validation text (or the tokenizer)"),
     ("eval_sets", "eval_sets", "a held-out set's text (or the tokenizer)"),
+    ("sources", "data", "a data source's text (or the tokenizer)"),
 )
 
 
@@ -321,6 +338,7 @@ def preflight(args: argparse.Namespace, rank: int = 0, world: int = 1) -> Plan:
         identity = input_identity(config, inputs, loaded.path, tokenizer_fp, base_dir)
         if folder.mode == "resume" and rank == 0:
             check_same_inputs(folder, identity)
+        one_shard = folder.mode == "resume" and _order_before_shards(folder)
     except BaseException as exc:
         if lock_fd is not None:
             os.close(lock_fd)
@@ -342,6 +360,7 @@ def preflight(args: argparse.Namespace, rank: int = 0, world: int = 1) -> Plan:
         lock_fd=lock_fd,
         rank=rank,
         world=world,
+        one_shard=one_shard,
     )
 
 
@@ -353,6 +372,25 @@ def check_same_inputs(folder: RunFolder, identity: dict[str, Any]) -> None:
         errors = identity_changes(saved, identity, bundle.name)
         if errors:
             raise ConfigError(errors)
+
+
+def _order_before_shards(folder: RunFolder) -> bool:
+    """Whether the latest checkpoint was trained in the data order of a trainer from before
+    shards (each corpus one shard: the resume keeps that order). ConfigError for a layout
+    this trainer does not know."""
+    bundle = latest_bundle(folder.root)
+    if bundle is None:
+        return False
+    layout = (read_state(bundle).get("data") or {}).get("layout")
+    if layout is None:
+        return True
+    if layout != LAYOUT:
+        message = (
+            f"{bundle.name} was trained with the data layout {layout}, this trainer's is "
+            f"{LAYOUT}; resume it with the trainer that wrote it"
+        )
+        raise ConfigError([FieldError("run_dir", message)])
+    return False
 
 
 def claim_folder(plan: Plan) -> None:

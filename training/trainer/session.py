@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -82,6 +83,8 @@ class SessionContext:
     keep_best: bool
     elapsed_before: float = 0.0  # training seconds of the sessions before a resume
     inputs: dict[str, Any] | None = None  # what the run trains on (checked by --resume)
+    # More of the data cursor for state.json (per-source cursors, the order's layout).
+    data_state: Callable[[LoopState], dict[str, Any]] | None = None
 
 
 class TrainingSession:
@@ -180,9 +183,10 @@ class TrainingSession:
             "fine_tune_type": self.ctx.fine_tune_type,
             "data": {
                 "cursor": state.cursor,
-                "epoch": state.cursor / n,
+                "epoch": state.cursor / n if n else None,  # (n: 0 while still tokenizing)
                 "sequences_per_epoch": n,
                 "seed": self.ctx.seed,
+                **(self.ctx.data_state(state) if self.ctx.data_state else {}),
             },
             "schedule": {
                 "optimizer_step": int(scalar(self.optimizer.step)),

@@ -10,9 +10,11 @@ full disk leaves no room even for that status).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import platform
 import sys
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,16 +40,24 @@ from training.contract.protocol import (
     STOPPED,
 )
 from training.metrics.writer import HttpReporter, TrainingMetricsLogger
+from training.trainer.corpus_scan import CorpusScan, remember_scan
 from training.trainer.data import (
+    LAYOUT,
+    DataInputs,
     RunData,
+    Waiter,
     build_run_data,
-    fixed_batches,
+    data_report,
     format_report,
-    iterate_batches,
+    make_sources,
+    plan_epochs,
     scan_memo_dir,
+    tokenize_plan,
 )
 from training.trainer.data import plan_total_steps as plan_steps
+from training.trainer.data_progress import DataProgress
 from training.trainer.loop import EvalBatches, LoopArgs, LoopState, train
+from training.trainer.mixture import MixState
 from training.trainer.model_setup import (
     adapter_config,
     parameter_counts,
@@ -55,10 +65,12 @@ from training.trainer.model_setup import (
     save_final,
 )
 from training.trainer.optimization import build_optimizer
+from training.trainer.packing import Batch
 from training.trainer.preflight import Plan
 from training.trainer.progress import Progress
 from training.trainer.session import SessionContext, StopFlag, TrainingSession
-from training.trainer.token_cache import default_progress, load_or_tokenize, remember_scan
+from training.trainer.token_cache import TokenizedCorpus, default_progress
+from training.trainer.tokenization import Tokenization
 from training.trainer.trackers import TrackerContext, open_trackers
 from training.trainer.weights import load_optimizer, load_trainable
 
@@ -111,69 +123,133 @@ class Prepared:
     optimizer: Any
     state: LoopState
     eval_sets: dict[str, EvalBatches]
+    batches: Iterator[Batch]
+    progress: DataProgress
     resumed_from: int | None = None
     elapsed_before: float = 0.0
 
 
+def _labels(inputs: DataInputs) -> list[tuple[CorpusScan, str, str]]:
+    """Each corpus of the run with the label its progress lines use and the name its
+    progress events use (a source's name, `valid`, an eval set's name)."""
+    many = len(inputs.sources) > 1
+    out = []
+    for s in inputs.sources:
+        label = f"source '{s.source.name}'" if many else "training corpus"
+        out.append((s.scan, label, s.source.name))
+        if s.valid is not None:
+            out.append((s.valid, f"validation of {label}", f"{s.source.name}:valid"))
+    out += [(scan, f"eval set {name}", name) for name, scan in inputs.eval_sets.items()]
+    return out
+
+
 def prepare(plan: Plan, stop: StopFlag) -> Prepared:
-    """Tokenize into the workspace's cache, split and pack, make the model trainable, build
-    the optimizer, restore a resume. ConfigError for bad data or a checkpoint that does
-    not fit; StopRequested on a stop (a single process; ranks agree afterwards)."""
+    """Tokenize into the workspace's cache (in the background, from what the first steps
+    need), split and pack, make the model trainable, build the optimizer, restore a resume.
+    ConfigError for bad data or a checkpoint that does not fit; StopRequested on a stop (a
+    single process; ranks agree afterwards)."""
     config, loaded = plan.config, plan.loaded
-    cache_dir = plan.workspace.token_cache_dir
     say = default_progress if plan.rank == 0 else None
     # Ranks must run the same collectives: only a lone process stops mid-tokenization.
     should_stop = stop if plan.world == 1 else None
-
-    def tokenized(scan: Any, label: str) -> Any:
-        entry = load_or_tokenize(
-            scan,
-            loaded.tokenizer,
-            plan.tokenizer_fp,
-            cache_dir,
-            progress=say,
-            should_stop=should_stop,
-            label=label,
-        )
-        if plan.rank == 0:  # the next scan of these unchanged files reads nothing
-            remember_scan(scan, scan_memo_dir(plan.workspace))
-        return entry
-
+    tokenization = Tokenization(
+        loaded.tokenizer, plan.tokenizer_fp, plan.workspace.token_cache_dir, progress=say
+    )
+    plan.tokenization = tokenization  # closed by plan.release()
     inputs = plan.inputs
+    wait = Waiter(tokenization)
+    wait.should_stop = should_stop
+    wait.on_wait = tokenization.say_progress
     try:
+        corpora: dict[str, TokenizedCorpus] = {}
+        labels: dict[str, str] = {}
+        for scan, label, name in _labels(inputs):
+            corpora[scan.content_hash] = tokenization.add(scan, label)
+            labels[label] = name
+        sources = make_sources(config, inputs, corpora, wait, plan.one_shard)
+        tokenization.plan(tokenize_plan(sources))
+        if plan.world == 1:
+            tokenization.start()  # the rest arrives while training runs
+        else:  # ranks start together, on complete data
+            tokenization.run_here(should_stop)
         data = build_run_data(
-            config,
-            tokenized(inputs.train, "training corpus"),
-            tokenized(inputs.valid, "validation data") if inputs.valid else None,
-            {name: tokenized(scan, f"eval set {name}") for name, scan in inputs.eval_sets.items()},
-            valid_source=inputs.valid_source,
-            world=plan.world,
+            config, inputs, corpora, wait, rank=plan.rank, world=plan.world, sources=sources
         )
+        if config.epochs is not None:  # the budget counts the main corpus's sequences
+            main = data.sources[0]
+            wait(main.corpus, 0, main.scan.documents)
+            data.report = _report(config, inputs, data, corpora, plan.world)
     except InputError as exc:
         raise ConfigError([FieldError(exc.field or "data", str(exc))]) from None
+    if plan.rank == 0:  # the next scan of these unchanged files reads nothing
+        for scan in inputs.scans():
+            remember_scan(scan, scan_memo_dir(plan.workspace))
     if plan.world == 1 and stop.requested:
         raise StopRequested("stopped after tokenizing")
     total_steps = plan_steps(config, data.report)
+    seqs_per_step = config.batch_size * config.grad_accumulation_steps
+    plan_epochs(data.report, total_steps, seqs_per_step)
     model = loaded.model
     prepare_trainable(model, config)
     optimizer = build_optimizer(config, total_steps)  # its settings passed check_optimizer
     optimizer.init(model.trainable_parameters())
     state = LoopState()
-    prepared = Prepared(data, total_steps, optimizer, state, {})
+    resumed_from: int | None = None
+    elapsed_before = 0.0
     if plan.folder.mode == "resume":
         try:
             saved = _restore(plan.folder.root, model, optimizer, state)
         except (ValueError, OSError, KeyError, TypeError) as exc:
             message = f"cannot resume from the latest checkpoint: {exc}"
             raise ConfigError([FieldError("run_dir", message)]) from None
-        prepared.resumed_from = state.step
-        prepared.elapsed_before = float(saved.get("elapsed_seconds") or 0.0)
-    sets = {"val": data.val} if data.val is not None else {}
-    for name, packed in {**sets, **data.eval_sets}.items():
-        prepared.eval_sets[name] = fixed_batches(
-            packed, config.batch_size, config.val_batches, plan.rank, plan.world
-        )
-    return prepared
+        resumed_from = state.step
+        elapsed_before = float(saved.get("elapsed_seconds") or 0.0)
+    eval_sets = {name: held.batches for name, held in data.held_out.items()}
+    progress = DataProgress(
+        tokenization,
+        data,
+        labels,
+        lambda: _report(config, inputs, data, corpora, plan.world),
+        total_steps,
+        seqs_per_step,
+    )
+    names = [s.name for s in data.sources]
+    single = len(names) == 1
+    mix = MixState(
+        state.cursor,
+        [state.source_cursors.get(n, state.cursor if single else 0) for n in names],
+        [state.tokens_by_source.get(n, state.trained_tokens if single else 0) for n in names],
+    )
+    try:  # the first batch now: its shards are what training waits for before step 1
+        batches = data.batches(config, mix, plan.rank, plan.world)
+        first = next(batches)
+    except InputError as exc:
+        raise ConfigError([FieldError(exc.field or "data", str(exc))]) from None
+    except ValueError as exc:  # a source with no sequences at all
+        raise ConfigError([FieldError("data", str(exc))]) from None
+    wait.should_stop = None  # from now on a stop waits for the shard, then checkpoints
+    wait.on_wait = progress.tick
+    return Prepared(
+        data,
+        total_steps,
+        optimizer,
+        state,
+        eval_sets,
+        progress.watch(itertools.chain([first], batches)),
+        progress,
+        resumed_from,
+        elapsed_before,
+    )
+
+
+def _report(
+    config: Any,
+    inputs: DataInputs,
+    data: RunData,
+    corpora: dict[str, TokenizedCorpus],
+    world: int,
+) -> dict[str, Any]:
+    return data_report(config, inputs, data.sources, data.held_out, corpora, world)
 
 
 def run(plan: Plan, prepared: Prepared, stop: StopFlag) -> int:
@@ -260,7 +336,10 @@ def _train(
 ) -> str:
     config, loaded, paths = plan.config, plan.loaded, plan.folder.paths
     data, state, total_steps = prepared.data, prepared.state, prepared.total_steps
-    report = data.report
+    watcher = prepared.progress
+    # Tokenized already (cached, or small): every figure of the report is known now.
+    report = data.report if watcher.tokenization.pending else watcher.complete_report()
+    report["tokenization"] = watcher.fields()
     if plan.rank == 0:
         write_json_atomic(paths.data_report, report)
         progress.line(format_report(report))
@@ -279,7 +358,7 @@ def _train(
         total_tokens=total_steps * report["tokens_per_step"],
         resumed_from=resumed_from,
         data=report,
-        eval_sets=sorted(data.eval_sets),
+        eval_sets=data.eval_set_names,
         world_size=plan.world,
         model=base_model,
         fine_tune_type=config.fine_tune_type,
@@ -303,7 +382,7 @@ def _train(
         context=SessionContext(
             config_hash=config.config_hash(),
             seed=config.seed,
-            sequences_per_epoch=len(data.train),
+            sequences_per_epoch=(report["sequences"] or 0),
             total_steps=total_steps,
             fine_tune_type=config.fine_tune_type,
             adapter_config=adapter_config(config, base_model, len(model.layers)),
@@ -311,18 +390,28 @@ def _train(
             keep_best=config.keep_best,
             elapsed_before=prepared.elapsed_before,
             inputs=plan.identity,
+            data_state=lambda st: {
+                "sources": {
+                    name: {"cursor": st.source_cursors.get(name), "tokens": tokens}
+                    for name, tokens in st.tokens_by_source.items()
+                },
+                "layout": LAYOUT,
+            },
         ),
         model=model,
         optimizer=optimizer,
         writer=plan.rank == 0,
     )
-    batches = iterate_batches(
-        data.train,
-        config.batch_size,
-        seed=config.seed,
-        start_cursor=state.cursor,
-        rank=plan.rank,
-        world=plan.world,
+    batches = prepared.batches
+    watcher.on_complete = lambda full: setattr(
+        session.ctx, "sequences_per_epoch", full["sequences"] or 0
+    )
+    writer = plan.rank == 0
+    watcher.attach(
+        logger if writer else None,
+        paths.data_report if writer else None,
+        progress.line if writer else None,
+        lambda: state.step,
     )
     args = LoopArgs(
         total_steps=total_steps,
@@ -376,6 +465,9 @@ def _restore(run_dir: Path, model: Any, optimizer: Any, state: LoopState) -> dic
     state.step = state.last_saved_step = int(saved["step"])
     state.cursor = int(saved["data"]["cursor"])
     state.trained_tokens = int(saved["trained_tokens"])
+    for name, entry in (saved["data"].get("sources") or {}).items():
+        state.source_cursors[str(name)] = int(entry["cursor"])
+        state.tokens_by_source[str(name)] = int(entry["tokens"])
     state.val_loss = saved.get("val_loss")
     state.val_step = saved.get("val_step")
     state.best_val_loss = saved.get("best_val_loss")

@@ -223,7 +223,11 @@ class RunConfig:
     learning_rate: float
     lr_schedule: str | dict[str, Any]
     warmup_steps: int
+    warmup_init: float
     min_learning_rate: float
+    decay_fraction: float
+    decay_steps: int | None
+    decay_shape: str
     optimizer: str
     weight_decay: float
     optimizer_config: dict[str, Any] | None

@@ -100,6 +100,7 @@ class FieldSpec:
 
 
 _LORA = DependsOn("fine_tune_type", ("lora", "dora"))
+_WSD = DependsOn("lr_schedule", ("wsd",))
 
 # fmt: off
 FIELDS: tuple[FieldSpec, ...] = (
@@ -218,20 +219,46 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(
         "lr_schedule", "schedule", "cosine",
         "Learning-rate shape after warmup: constant, cosine or linear decay to "
-        "`min_learning_rate`; an mlx-lm mapping {name, arguments, warmup, warmup_init} "
-        "is also accepted in YAML.",
-        "training", "important", choices=("constant", "cosine", "linear"),
+        "`min_learning_rate`, or wsd (warmup-stable-decay: the peak until a final decay; "
+        "a run extended later decays again at its new end); an mlx-lm mapping {name, "
+        "arguments, warmup, warmup_init} is also accepted in YAML.",
+        "training", "important", choices=("constant", "cosine", "linear", "wsd"),
     ),
     FieldSpec(
         "warmup_steps", "int", 0,
-        "Steps of linear warmup from 0 to `learning_rate`.",
+        "Steps of linear warmup from `warmup_init` to `learning_rate` (a run that continues "
+        "from another, `init_from`, re-warms its fresh optimizer this way).",
         "training", "important", minimum=0,
     ),
     FieldSpec(
-        "min_learning_rate", "float", 0.0,
-        "Learning rate at the end of a cosine or linear decay.",
+        "warmup_init", "float", 0.0,
+        "Learning rate the warmup starts from (mlx-lm's warmup_init): e.g. the source run's "
+        "final learning rate, to re-warm from where it ended.",
         "training", "advanced", minimum=0,
-        depends_on=DependsOn("lr_schedule", ("cosine", "linear")),
+    ),
+    FieldSpec(
+        "min_learning_rate", "float", 0.0,
+        "Learning rate at the end of a cosine, linear or wsd decay.",
+        "training", "advanced", minimum=0,
+        depends_on=DependsOn("lr_schedule", ("cosine", "linear", "wsd")),
+    ),
+    FieldSpec(
+        "decay_fraction", "float", 0.2,
+        "Share of the run's steps spent in the wsd decay (the last 20% by default).",
+        "training", "advanced", minimum=0, exclusive_minimum=True, maximum=1.0,
+        depends_on=_WSD,
+    ),
+    FieldSpec(
+        "decay_steps", "int", None,
+        "Steps of the wsd decay; replaces `decay_fraction` (a fixed decay length stays the "
+        "same when the run is extended).",
+        "training", "advanced", minimum=1, depends_on=_WSD,
+    ),
+    FieldSpec(
+        "decay_shape", "choice", "1-sqrt",
+        "Shape of the wsd decay from the peak to `min_learning_rate`: 1-sqrt (Hägele et "
+        "al. 2024), linear or cosine.",
+        "training", "advanced", choices=("1-sqrt", "linear", "cosine"), depends_on=_WSD,
     ),
     FieldSpec(
         "optimizer", "choice", "adamw",

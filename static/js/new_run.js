@@ -279,8 +279,14 @@ function updatePlan() {
       kv("Estimated time", estimate(p))
     );
   }
-  if (state.lr) $("#lr-summary").textContent = p.steps ? state.lr.update(p.cfg, p.steps) : "";
+  lrSoon(p);
 }
+
+// The schedule is computed by the console with the trainer's own code: one request per pause.
+const lrSoon = debounce(async (p) => {
+  if (!state.lr) return;
+  $("#lr-summary").textContent = p.steps ? await state.lr.update(p.cfg, p.steps) : "";
+}, 200);
 
 /** Time at the throughput earlier runs of the same model reached (a rough guide: batch
  * size and sequence length change it); none before a first run. */

@@ -115,7 +115,7 @@ def check_optimizer(config: RunConfig) -> None:
         schedule = learning_rate(config, steps)
         if callable(schedule):
             mx.eval(schedule(mx.array(0)), schedule(mx.array(steps)))
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+    except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError) as exc:
         message = f"cannot build the learning-rate schedule: {exc}"
         raise ConfigError([FieldError("lr_schedule", message)]) from None
     try:

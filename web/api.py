@@ -188,9 +188,9 @@ def validate_config():
 )
 def lr_schedule():
     """The schedule the trainer would follow for `total_steps` (the budget the form
-    plans): every step up to `max_points` (default 1000), else that many spread evenly. Only the schedule's settings
-    are checked (a form without a model or corpus yet still gets its plot); a bad one is a
-    400 naming it."""
+    plans): every step up to `max_points` (default 1000), else that many spread evenly.
+    Only the schedule's settings are checked (a form without a model or corpus yet still
+    gets its plot); a bad one is a 400 naming it."""
     body = json_body()
     config = body["config"]
     placeholders = {"model": "model", "data": "data"}  # required, unused by the schedule

@@ -20,8 +20,14 @@ from typing import Any
 
 import yaml
 
-from training.contract.field_values import check_bounds, coerce
-from training.contract.fields import FIELDS, FIELDS_BY_NAME, IGNORED_MLX_LM_KEYS, FieldSpec
+from training.contract.field_values import LINE_LISTS, check_bounds, coerce
+from training.contract.fields import (
+    FIELDS,
+    FIELDS_BY_NAME,
+    IGNORED_MLX_LM_KEYS,
+    MLX_LM_ALIASES,
+    FieldSpec,
+)
 from training.contract.limits import (
     MAX_YAML_ALIASES,
     MAX_YAML_BYTES,
@@ -211,6 +217,8 @@ class RunConfig:
     lora_parameters_keys: list[str] | None
     dtype: str
     trust_remote_code: bool
+    init_from: str | None
+    init_checkpoint: str | None
     data: str
     max_seq_length: int
     valid_data: str | None
@@ -240,6 +248,8 @@ class RunConfig:
     steps_per_report: int
     steps_per_eval: int
     val_batches: int
+    sample_prompts: list[str] | None
+    sample_max_tokens: int
     save_every: int
     keep_checkpoints: int
     keep_best: bool
@@ -328,6 +338,8 @@ def flatten(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[FieldError], l
         key = str(key)
         if key in FIELDS_BY_NAME:
             values[key] = value
+        elif key in MLX_LM_ALIASES:  # the field itself, given too, wins
+            values.setdefault(MLX_LM_ALIASES[key], value)
         elif key in IGNORED_MLX_LM_KEYS:
             warnings.append(f"ignoring mlx-lm setting '{key}': {IGNORED_MLX_LM_KEYS[key]}")
         elif any(f.startswith(key + ".") for f in FIELDS_BY_NAME):
@@ -578,6 +590,8 @@ def add_field_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif spec.name == "eval_sets":
             kwargs.update(action="append", metavar="NAME=PATH")
+        elif spec.name in LINE_LISTS:  # one value per flag: a prompt may hold commas
+            kwargs.update(action="append", metavar="TEXT")
         else:
             kwargs["metavar"] = spec.type.upper() if spec.choices is None else None
             if spec.choices is not None and spec.type == "choice":

@@ -157,6 +157,21 @@ FIELDS: tuple[FieldSpec, ...] = (
         "Allow a model's own tokenizer code to run (some Hugging Face models need it).",
         "model", "advanced",
     ),
+    FieldSpec(
+        "init_from", "path", None,
+        "Start from another run's trained weights (full) or adapter (lora/dora: training "
+        "goes on in the same adapter), with a fresh optimizer and this run's own schedule: "
+        "a run_id, a run folder, or an mlx-lm adapter folder or adapters.safetensors file "
+        "(mlx-lm's resume_adapter_file). The run must share this run's base model and "
+        "fine_tune_type.",
+        "model", "important", example="20260101-120000-ab12cd",
+    ),
+    FieldSpec(
+        "init_checkpoint", "str", None,
+        "Which weights of the `init_from` run: final, latest, best (lowest validation loss) "
+        "or a step (step-N). Empty: final when that run finished, else latest.",
+        "model", "advanced", example="final",
+    ),
     # -- data -------------------------------------------------------------------------------
     FieldSpec(
         "data", "path", None,
@@ -327,6 +342,17 @@ FIELDS: tuple[FieldSpec, ...] = (
         "cheap. -1 evaluates the whole validation set.",
         "evaluation", "advanced", minimum=1, special={-1: "whole validation set"}, resumable=True,
     ),
+    FieldSpec(
+        "sample_prompts", "list", None,
+        "Prompts the model continues greedily at each evaluation (one per line), written as "
+        "`sample` events: read what the model writes as it learns.",
+        "evaluation", "important", cli="--sample-prompt", example="def parse(", resumable=True,
+    ),
+    FieldSpec(
+        "sample_max_tokens", "int", 48,
+        "Tokens generated per sample prompt (generation stops earlier at EOS).",
+        "evaluation", "advanced", minimum=1, maximum=4096, resumable=True,
+    ),
     # -- checkpoints ------------------------------------------------------------------------
     FieldSpec(
         "save_every", "int", 100,
@@ -355,11 +381,17 @@ IGNORED_MLX_LM_KEYS: dict[str, str] = {
     "test": "use `python -m training.evaluation perplexity` on the final model",
     "test_batches": "use `python -m training.evaluation perplexity` on the final model",
     "adapter_path": "adapters and weights are written to the run folder",
-    "resume_adapter_file": "use --resume to continue a run exactly",
     "report_to": "metrics go to the run's metrics.jsonl and --report-url",
     "project_name": "runs are named in the console",
     "mask_prompt": "continued pre-training trains on every token",
     "config": "the config file is given with -c",
+}
+
+
+# mlx-lm keys read as one of ours (where the setting is the same idea).
+MLX_LM_ALIASES: dict[str, str] = {
+    # mlx-lm starts training from these adapter weights: a run that starts from them.
+    "resume_adapter_file": "init_from",
 }
 
 
@@ -397,9 +429,10 @@ def settings_markdown() -> str:
             )
         lines.append("")
     ignored = ", ".join(f"`{k}`" for k in IGNORED_MLX_LM_KEYS)
+    aliases = ", ".join(f"`{k}` is read as `{v}`" for k, v in MLX_LM_ALIASES.items())
     lines.append(
         f"mlx-lm keys accepted and ignored with a warning: {ignored}. Any other unknown key "
-        "is an error."
+        f"is an error. mlx-lm's {aliases}."
     )
     return "\n".join(lines) + "\n"
 

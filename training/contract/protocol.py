@@ -17,7 +17,8 @@ EVAL = "eval"
 CHECKPOINT = "checkpoint"
 STATUS = "status"
 WARNING = "warning"
-EVENTS: tuple[str, ...] = (RUN_START, TRAIN, EVAL, CHECKPOINT, STATUS, WARNING)
+SAMPLE = "sample"  # a greedy continuation of a sample prompt, at an evaluation
+EVENTS: tuple[str, ...] = (RUN_START, TRAIN, EVAL, CHECKPOINT, STATUS, WARNING, SAMPLE)
 
 WARNING_KINDS: tuple[str, ...] = ("loss_spike", "nan", "memory", "truncation", "data", "config")
 

@@ -48,6 +48,7 @@ from training.trainer.data import (
 )
 from training.trainer.data import plan_total_steps as plan_steps
 from training.trainer.loop import EvalBatches, LoopArgs, LoopState, train
+from training.trainer.loss import make_loss
 from training.trainer.model_setup import (
     adapter_config,
     parameter_counts,
@@ -112,6 +113,8 @@ class Prepared:
     eval_sets: dict[str, EvalBatches]
     resumed_from: int | None = None
     elapsed_before: float = 0.0
+    loss: Any = None  # the loss function (trainer/loss.py make_loss)
+    loss_note: str = ""
 
 
 def prepare(plan: Plan, stop: StopFlag) -> Prepared:
@@ -155,10 +158,11 @@ def prepare(plan: Plan, stop: StopFlag) -> Prepared:
     total_steps = plan_steps(config, data.report)
     model = loaded.model
     prepare_trainable(model, config)
+    loss, loss_note = make_loss(model)
     optimizer = build_optimizer(config, total_steps)  # its settings passed check_optimizer
     optimizer.init(model.trainable_parameters())
     state = LoopState()
-    prepared = Prepared(data, total_steps, optimizer, state, {})
+    prepared = Prepared(data, total_steps, optimizer, state, {}, loss=loss, loss_note=loss_note)
     if plan.folder.mode == "resume":
         try:
             saved = _restore(plan.folder.root, model, optimizer, state)
@@ -270,6 +274,7 @@ def _train(
         f"({config.fine_tune_type}) for {total_steps} steps"
         + (f", resuming at step {state.step}" if resumed_from is not None else "")
     )
+    progress.line(prepared.loss_note)
     progress.begin(total_steps, state.step)
 
     session = TrainingSession(
@@ -288,10 +293,13 @@ def _train(
             keep_best=config.keep_best,
             elapsed_before=prepared.elapsed_before,
             inputs=plan.identity,
+            sample_prompts=list(config.sample_prompts or []),
+            sample_max_tokens=config.sample_max_tokens,
         ),
         model=model,
         optimizer=optimizer,
         writer=plan.rank == 0,
+        tokenizer=loaded.tokenizer,
     )
     batches = iterate_batches(
         data.train,
@@ -321,6 +329,7 @@ def _train(
         state,
         session,
         eval_sets=prepared.eval_sets,
+        loss=prepared.loss,
         group=plan.group,
     )
     if outcome == FINISHED:

@@ -214,9 +214,7 @@ def check_init(
                 f"model to its final/ folder (a model folder) and leave init_from empty"
             )
         elif config.fine_tune_type == "full":
-            fix = (
-                "fuse the adapter into the model first (export it as a model) and use that as model"
-            )
+            fix = "export that run as a model (its adapter fused in) and use it as model"
         else:
             fix = f"use fine_tune_type {kind} to go on training the same adapter"
         errors.append(

@@ -83,6 +83,7 @@ class SessionContext:
     keep_best: bool
     elapsed_before: float = 0.0  # training seconds of the sessions before a resume
     inputs: dict[str, Any] | None = None  # what the run trains on (checked by --resume)
+    initialized_from: dict[str, Any] | None = None  # init_from's source, kept across resumes
     sample_prompts: list[str] = field(default_factory=list)  # continued at each evaluation
     sample_max_tokens: int = 48
 
@@ -217,6 +218,7 @@ class TrainingSession:
             # Cumulative over resumes: this session's seconds plus the earlier sessions'.
             "elapsed_seconds": round(self.elapsed_seconds(), 3),
             "inputs": self.ctx.inputs,
+            "initialized_from": self.ctx.initialized_from,
         }
 
         ckpt_dir = checkpoints.checkpoints_dir(self.run_dir)

@@ -115,6 +115,23 @@ def fields():
                 "model": nullable(
                     obj({"quantization": nullable(ANY_OBJECT)}),
                 ),
+                "memory_estimate": nullable(
+                    obj(
+                        {
+                            "total": {"type": "integer"},
+                            "weights": {"type": "integer"},
+                            "gradients": {"type": "integer"},
+                            "optimizer_state": {"type": "integer"},
+                            "activations": {"type": "integer"},
+                            "logits": {"type": "integer"},
+                            "overhead": {"type": "integer"},
+                            "parameters": {"type": "integer"},
+                            "trainable_parameters": {"type": "integer"},
+                            "machine": {"type": "integer"},
+                            "fits": BOOLEAN,
+                        }
+                    )
+                ),
             },
             required=["ok", "errors", "config"],
         )
@@ -152,6 +169,9 @@ def validate_config():
         errors=[],
         warnings=warnings,
         model=model,
+        # Bytes a training step will peak at, by part, from config.json (no weights
+        # loaded), beside the machine's memory; null for a hub id or an unknown shape.
+        memory_estimate=manager.memory_estimate(cfg),
         config=cfg.to_nested(),
         yaml=cfg.to_yaml(),
         effective={

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.console_helpers import make_workspace
 from tests.trainer_helpers import events, run_trainer, write_config
@@ -137,3 +138,42 @@ def test_a_run_initialized_from_another_starts_where_it_ended(
     for (step, prompt), text in _samples(child).items():
         if step == 0 and (last["step"], prompt) in theirs:
             assert text == theirs[(last["step"], prompt)]
+
+
+def _validate(ws: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """What POST /api/config/validate answers for `config`."""
+    root = make_workspace(ws / "console")
+    app = create_app({"WORKSPACE": root, "TOKEN": "t", "TESTING": True})
+    try:
+        res = app.test_client().post(
+            "/api/config/validate", json={"config": config}, headers={"Authorization": "Bearer t"}
+        )
+        assert res.status_code == 200, res.get_data(as_text=True)
+        data: dict[str, Any] = res.get_json()
+    finally:
+        app.extensions["console"].close()
+    assert data["ok"], data["errors"]
+    return data
+
+
+@pytest.mark.parametrize(
+    ("run", "case"),
+    [("wsd", "full, batch 2 x 64, tiny llama"), ("straight", "lora, batch 2 x 64, tiny llama")],
+    ids=["full", "lora"],
+)
+def test_the_memory_estimate_is_within_25_percent_of_the_measured_peak(
+    run: str, case: str, runs: dict[str, Any], tiny_assets: dict[str, Path]
+) -> None:
+    values = WSD if run == "wsd" else SAMPLED
+    config = yaml.safe_load(
+        write_config(runs["ws"] / f"estimate-{run}.yaml", tiny_assets, **values).read_text()
+    )
+    est = _validate(runs["ws"], config)["memory_estimate"]
+    parts = ("weights", "gradients", "optimizer_state", "activations", "logits", "overhead")
+    assert est["total"] == sum(est[p] for p in parts) and all(est[p] >= 0 for p in parts)
+    assert est["machine"] > 0 and est["fits"] is True
+    peak = max(r["peak_memory"] for r in events(runs["ws"] / "runs" / run, "train")) * 1e9
+    assert 0.75 <= est["total"] / peak <= 1.25, (case, est["total"], peak)
+    if run == "straight":  # lora trains a sliver of the parameters
+        assert est["trainable_parameters"] < est["parameters"] / 5
+        assert est["gradients"] < est["weights"] / 5

@@ -61,7 +61,8 @@ from training.contract.errors import ConfirmRequired, RunConflict
 from training.contract.layout import RunNotFound, RunPaths, RunRecord, Workspace, new_run_id
 from training.contract.limits import has_lone_surrogate
 from training.contract.lineage import InitSource, check_init
-from training.contract.model_facts import model_facts
+from training.contract.memory import estimate_memory
+from training.contract.model_facts import model_facts, read_model_config
 from training.contract.protocol import (
     ACTIVE_STATES,
     CREATED,
@@ -489,6 +490,20 @@ class TrainingManager:
         if not isinstance(model, str) or not model.strip():
             return None
         return model_facts(resolve_path(model.strip(), self.workspace.root))
+
+    def memory_estimate(self, config: RunConfig) -> dict[str, Any] | None:
+        """What a run of `config` will need at its peak, from the model's config.json
+        (contract/memory.py), beside the machine's memory: {total, parts..., machine,
+        fits}; None when the model is no local folder with a llama-shaped config.json."""
+        try:
+            model_config = read_model_config(resolve_path(str(config.model), self.workspace.root))
+        except (OSError, ValueError, TypeError):
+            return None
+        estimate = estimate_memory(model_config, config)
+        if estimate is None:
+            return None
+        machine = int(psutil.virtual_memory().total)
+        return {**estimate, "machine": machine, "fits": estimate["total"] <= machine}
 
     def training_now(self) -> list[str]:
         """Runs whose trainer runs on this machine. Trainers nobody follows yet (started

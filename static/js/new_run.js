@@ -56,8 +56,10 @@ async function main() {
   loadThroughput();
 
   const clone = params.get("clone");
+  const carry = params.get("continue");
   const presetId = params.get("preset");
-  if (clone) await loadClone(clone);
+  if (carry) await loadClone(carry, true);
+  else if (clone) await loadClone(clone);
   else {
     // The demo preset is the default: with it, Start works offline straight away.
     const preset = state.presets.find((p) => p.name === (presetId || "demo"));
@@ -113,12 +115,21 @@ function applyPreset(preset, announce) {
   refresh();
 }
 
-async function loadClone(runId) {
+/** Clone & edit, or (carry) Continue training: the run's settings with init_from set to
+ * it, so the new run starts from its trained weights or adapter with a fresh optimizer. */
+async function loadClone(runId, carry = false) {
   try {
     const { config, name } = await api.get(runUrl(runId, "/config"));
-    state.form.setValues(config || {});
-    $("#f-name").value = `${name || runId} (copy)`;
-    toast(`Settings copied from ${name || runId}. Change what you need, then start.`, { title: "Clone & edit" });
+    const values = { ...(config || {}) };
+    if (carry) {
+      values.init_from = runId;
+      delete values.init_checkpoint;
+    }
+    state.form.setValues(values);
+    const label = name || runId;
+    $("#f-name").value = carry ? `${label} (continued)` : `${label} (copy)`;
+    if (carry) toast(`Starts from ${label}'s trained weights with a fresh optimizer. Set the new data and budget; warmup_steps re-warms the learning rate.`, { title: "Continue training" });
+    else toast(`Settings copied from ${label}. Change what you need, then start.`, { title: "Clone & edit" });
   } catch (err) {
     reportError(err, "Cannot clone that run");
   }

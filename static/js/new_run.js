@@ -208,13 +208,13 @@ function showMemory(est) {
   if (!est) return replace(box, null);
   const share = est.total / est.machine;
   const parts = h("dl", { class: "kv" }, MEMORY_PARTS.flatMap(([key, label]) => [h("dt", { text: label }), h("dd", { class: "num", text: fmt.bytes(est[key]) })]));
-  const head = h("p", { "data-testid": "memory-total", text: `Estimated peak memory: ${fmt.bytes(est.total)} of ${fmt.bytes(est.machine)} (${Math.round(share * 100)}%)` });
+  const head = h("p", { dataset: { testid: "memory-total" }, text: `Estimated peak memory: ${fmt.bytes(est.total)} of ${fmt.bytes(est.machine)} (${Math.round(share * 100)}%)` });
   const warn = est.fits
     ? null
     : h("div", {
         class: "callout callout-bad",
         role: "alert",
-        "data-testid": "memory-warning",
+        dataset: { testid: "memory-warning" },
         text: `This run will not fit: it needs about ${fmt.bytes(est.total)} and this machine has ${fmt.bytes(est.machine)}. Lower batch_size or max_seq_length, turn on grad_checkpoint, train fewer layers, or use lora.`,
       });
   replace(box, h("div", { class: "stack" }, [warn, head, parts].filter(Boolean)));

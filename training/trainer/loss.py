@@ -36,7 +36,7 @@ from training.trainer.loop import LossFn, default_loss
 
 # Bytes of float32 logits per chunk: small enough that the few chunk-sized arrays alive at
 # once are a small part of a step's memory (bench/chunked_loss.py)...
-CHUNK_BYTES = 32 * 1024 * 1024
+CHUNK_BYTES = 64 * 1024 * 1024
 # ...and positions enough that each pass over the head's weight does real work (a chunk
 # reads the whole vocabulary × hidden matrix two or three times).
 MIN_CHUNK_POSITIONS = 64
@@ -107,7 +107,6 @@ def _chunked_train(
 ) -> mx.array:
     """The summed cross-entropy, with its gradients computed chunk by chunk (see above)."""
     h, w = mx.stop_gradient(hidden), mx.stop_gradient(weight)
-    vocab = w.shape[0]
     total = mx.array(0.0, dtype=mx.float32)
     grad_h: list[mx.array] = []
     grad_w: mx.array | None = None
@@ -122,8 +121,10 @@ def _chunked_train(
         tc, mc = targets[start:end, None], mask[start:end, None]
         picked = mx.take_along_axis(logits, tc, axis=-1)
         total = total + ((lse - picked) * mc).sum()
-        onehot = mx.arange(vocab)[None, :] == tc
-        d = ((mx.exp(logits - lse) - onehot) * mc).astype(w.dtype)
+        probs = mx.exp(logits - lse)
+        # softmax minus the one-hot target, without a chunk x vocabulary one-hot array
+        probs = mx.put_along_axis(probs, tc, mx.take_along_axis(probs, tc, axis=-1) - 1, axis=-1)
+        d = (probs * mc).astype(w.dtype)
         gh = d @ w
         grad_h.append(gh)
         previous = [gh, total]  # the loss too: else its chunks' logits wait for the end

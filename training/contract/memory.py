@@ -13,7 +13,7 @@ measured peak as `peak_memory`):
   the first trained one up; with grad_checkpoint, each block's input and one block's
   internals), attention scores included;
 - logits: the loss's share: the output head's logits for one chunk of positions at a time
-  (trainer/loss.py: CHUNK_BYTES (64 MB) of float32 per chunk, a few such arrays alive at once), and
+  (trainer/loss.py: CHUNK_BYTES (32 MB) of float32 per chunk, a few such arrays alive at once), and
   the head's gradient when it trains;
 - overhead: the allocator's own rounding and small arrays (a fixed allowance).
 
@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 # trainer/loss.py's chunking (kept here without MLX; a test holds the two together).
-CHUNK_BYTES = 64 * 1024 * 1024
+CHUNK_BYTES = 32 * 1024 * 1024
 MIN_CHUNK_POSITIONS = 64
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 DEFAULT_LORA_KEYS = (

@@ -36,7 +36,7 @@ from training.trainer.loop import LossFn, default_loss
 
 # Bytes of float32 logits per chunk: small enough that the few chunk-sized arrays alive at
 # once are a small part of a step's memory (bench/chunked_loss.py)...
-CHUNK_BYTES = 64 * 1024 * 1024
+CHUNK_BYTES = 32 * 1024 * 1024
 # ...and positions enough that each pass over the head's weight does real work (a chunk
 # reads the whole vocabulary × hidden matrix two or three times).
 MIN_CHUNK_POSITIONS = 64

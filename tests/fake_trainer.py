@@ -1,7 +1,7 @@
 """A stand-in trainer for fast console lifecycle tests: same command line, same run-folder
 files and the same metrics events as training/continued_pretraining.py, no MLX.
 
-    python -m tests.fake_trainer -c config.yaml --run-dir DIR [--resume | --restart]
+    python -m tests.fake_trainer -c config.yaml --run-dir DIR [--resume | --restart] [--iters N]
 
 Behaviour comes from `<cwd>/fake-trainer.json` (the console runs trainers in the
 workspace) or $FAKE_TRAINER, e.g. {"mode": "normal", "rate": 200, "steps": 50}:
@@ -62,12 +62,13 @@ class Events:
         self.f.flush()
 
 
-def checkpoint(run_dir: Path, step: int, events: Events) -> None:
+def checkpoint(run_dir: Path, step: int, events: Events, reason: str = "periodic") -> None:
     ckpt = run_dir / "checkpoints"
     bundle = ckpt / f"step-{step:08d}"
     tmp = ckpt / f".tmp-step-{step:08d}"
     tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "state.json").write_text(json.dumps({"step": step, "time": time.time()}))
+    state = {"step": step, "time": time.time(), "reason": reason, "fine_tune_type": "full"}
+    (tmp / "state.json").write_text(json.dumps(state))
     (tmp / "adapters.safetensors").write_bytes(b"\0" * 64)
     if bundle.exists():
         import shutil
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--restart", action="store_true")
+    p.add_argument("--iters", type=int)  # a resume that extends the budget
     args = p.parse_args(argv)
     knobs = settings()
     mode = knobs.get("mode", "normal")
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = yaml.safe_load(Path(args.config).read_text()) or {}
     run_dir = Path(args.run_dir)
-    steps = int(knobs.get("steps") or config.get("iters") or 100)
+    steps = int(args.iters or knobs.get("steps") or config.get("iters") or 100)
     rate = float(knobs.get("rate", 100.0))
     save_every = int(config.get("save_every") or 100)
     if args.restart:  # as the real trainer: only without a checkpoint; seq goes on
@@ -217,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint(run_dir, step, events)
         events.emit("status", step, state="stopped", message="stopped on request")
         return 0
-    checkpoint(run_dir, step, events)
+    checkpoint(run_dir, step, events, "final")
+    (run_dir / "final").mkdir(exist_ok=True)
     events.emit("status", step, state="finished", message="done")
     return 0
 

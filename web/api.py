@@ -16,11 +16,14 @@ from training.console import browse, telemetry
 from training.contract.config import ConfigError, build_config, parse_yaml_text
 from training.contract.fields import FIELDS, GROUPS
 from training.contract.layout import Workspace
+from training.contract.schedule import MAX_POINTS, learning_rates, schedule_spec
 from web.apispec import (
     ANY_OBJECT,
     BOOLEAN,
+    NUMBER,
     arg,
     array,
+    integer,
     nullable,
     obj,
     openapi_document,
@@ -37,6 +40,9 @@ from web.security import cookie_name, json_body
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 MAX_CACHE_NAMES = 1000
+# A budget in steps the schedule plot accepts (a run of more plots the same shape).
+MAX_SCHEDULE_STEPS = 100_000_000
+DEFAULT_SCHEDULE_POINTS = 1000
 
 
 @bp.get("/health")
@@ -110,6 +116,23 @@ def fields():
                 "model": nullable(
                     obj({"quantization": nullable(ANY_OBJECT)}),
                 ),
+                "memory_estimate": nullable(
+                    obj(
+                        {
+                            "total": {"type": "integer"},
+                            "weights": {"type": "integer"},
+                            "gradients": {"type": "integer"},
+                            "optimizer_state": {"type": "integer"},
+                            "activations": {"type": "integer"},
+                            "logits": {"type": "integer"},
+                            "overhead": {"type": "integer"},
+                            "parameters": {"type": "integer"},
+                            "trainable_parameters": {"type": "integer"},
+                            "machine": {"type": "integer"},
+                            "fits": BOOLEAN,
+                        }
+                    )
+                ),
             },
             required=["ok", "errors", "config"],
         )
@@ -147,6 +170,9 @@ def validate_config():
         errors=[],
         warnings=warnings,
         model=model,
+        # Bytes a training step will peak at, by part, from config.json (no weights
+        # loaded), beside the machine's memory; null for a hub id or an unknown shape.
+        memory_estimate=manager.memory_estimate(cfg),
         config=cfg.to_nested(),
         yaml=cfg.to_yaml(),
         effective={
@@ -179,6 +205,54 @@ def check_hosts():
         )
     reports = manager.check_hosts(cfg)
     return jsonify(ok=all(r.ok for r in reports), hosts=[r.to_json() for r in reports])
+
+
+@bp.post("/config/lr_schedule")
+@operation(
+    "The learning rate of each step of a config's schedule, computed by the trainer's own "
+    "schedule function (contract/schedule.py)",
+    {
+        200: obj(
+            {
+                "steps": array({"type": "integer"}),
+                "learning_rates": array(NUMBER),
+                "total_steps": {"type": "integer"},
+                "peak": NUMBER,
+                "final": NUMBER,
+            },
+            required=["steps", "learning_rates", "total_steps"],
+        )
+    },
+    body=obj(
+        {
+            "config": {**ANY_OBJECT, "description": "Settings by YAML key (see RunConfig)"},
+            "total_steps": integer(1, MAX_SCHEDULE_STEPS),
+            "max_points": integer(2, MAX_POINTS),
+        },
+        required=["config", "total_steps"],
+    ),
+)
+def lr_schedule():
+    """The schedule the trainer would follow for `total_steps` (the budget the form
+    plans): every step up to `max_points` (default 1000), else that many spread evenly.
+    Only the schedule's settings are checked (a form without a model or corpus yet still
+    gets its plot); a bad one is a 400 naming it."""
+    body = json_body()
+    config = body["config"]
+    placeholders = {"model": "model", "data": "data"}  # required, unused by the schedule
+    cfg, _ = build_config(placeholders, {k: v for k, v in config.items() if v is not None})
+    spec = schedule_spec(cfg, int(body["total_steps"]))
+    try:
+        steps, rates = learning_rates(spec, body.get("max_points") or DEFAULT_SCHEDULE_POINTS)
+    except (ArithmeticError, ValueError) as exc:  # an mlx-lm mapping dividing by zero, ...
+        raise ApiError(400, f"cannot compute this schedule: {exc}", "lr_schedule") from None
+    return jsonify(
+        steps=steps,
+        learning_rates=rates,
+        total_steps=spec.total_steps,
+        peak=max(rates),
+        final=rates[-1],
+    )
 
 
 @bp.get("/presets")

@@ -183,14 +183,28 @@ def stop_run(run_id: str):
 
 @bp.post("/runs/<run_id>/resume")
 @operation(
-    "Resume a stopped, interrupted, failed or diverged run from its checkpoint",
+    "Resume a stopped, interrupted, failed or diverged run from its checkpoint; with "
+    "`iters`, extend a finished or stopped run to that many steps",
     {202: RUN},
-    body=obj({"confirm": CONFIRM}),
+    body=obj(
+        {
+            "confirm": CONFIRM,
+            "iters": integer(
+                1,
+                description="A larger budget in steps (beyond the steps trained): the run "
+                "is extended to it",
+            ),
+        }
+    ),
     errors=[409],
 )
 def resume_run(run_id: str):
     manager = console().manager
-    manager.resume(run_id, confirm=json_body().get("confirm") is True)
+    body = json_body()
+    iters = body.get("iters")
+    manager.resume(
+        run_id, confirm=body.get("confirm") is True, iters=int(iters) if iters is not None else None
+    )
     return jsonify(run=manager.describe(run_id)), 202
 
 

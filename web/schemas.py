@@ -221,6 +221,20 @@ RUN = obj(
         "queue_position": NULLABLE_INTEGER,
         "remote": nullable(BOOLEAN),
         "cloned_from": NULLABLE_TEXT,
+        "initialized_from": nullable(
+            obj(
+                {
+                    "run_id": NULLABLE_TEXT,
+                    "checkpoint": NULLABLE_TEXT,
+                    "bundle": NULLABLE_TEXT,
+                    "step": NULLABLE_INTEGER,
+                    "path": TEXT,
+                    "fine_tune_type": NULLABLE_TEXT,
+                    "val_loss": NULLABLE_NUMBER,
+                },
+                description="The run whose weights this one started from (init_from)",
+            )
+        ),
         "disk_full": nullable(
             obj({"path": TEXT, "needed_bytes": NULLABLE_NUMBER, "free_bytes": NULLABLE_NUMBER})
         ),
@@ -229,7 +243,7 @@ RUN = obj(
     required=["run_id", "name", "state"],
     description="A run; the single-run view adds pid, alive, adopted, exit, resumes, "
     "stop_requested, last, checkpoints, latest_checkpoint_step, resumable, restartable, "
-    "malformed_lines",
+    "extendable, malformed_lines",
 )
 
 QUEUE = obj(

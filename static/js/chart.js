@@ -197,7 +197,7 @@ function rangeIndices(table, xKey, yKey, lo, hi) {
 
 // -- a run's metrics ------------------------------------------------------------------------
 
-const TRAIN_KEYS = ["step", "tokens", "train_loss", "smooth", "learning_rate", "tokens_per_second", "peak_memory", "time"];
+const TRAIN_KEYS = ["step", "tokens", "train_loss", "smooth", "learning_rate", "tokens_per_second", "peak_memory", "time", "grad_norm"];
 const RESERVED_EVAL = new Set(["val_loss", "train_loss", "step", "seq", "v", "time", "trained_tokens"]);
 
 /**
@@ -256,7 +256,7 @@ export class RunData {
   ingestTrain(rows, from = 0, to = rows.length) {
     const t = this.train;
     t.reserve(to - from);
-    const [step, tokens, loss, smooth, lr, tps, mem, time] = TRAIN_KEYS.map((k) => t.col(k));
+    const [step, tokens, loss, smooth, lr, tps, mem, time, gnorm] = TRAIN_KEYS.map((k) => t.col(k));
     const w = this.smoothing;
     let n = t.n;
     for (let r = from; r < to; r++) {
@@ -276,6 +276,7 @@ export class RunData {
       tps[n] = num(row.tokens_per_second);
       mem[n] = num(row.peak_memory);
       time[n] = num(row.time);
+      gnorm[n] = num(row.grad_norm);
       if (l === l) {
         // nextEma(), inlined: this loop runs once per history row.
         this.ema = this.ema * w + (1 - w) * l;

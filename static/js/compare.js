@@ -232,6 +232,15 @@ function renderDiff() {
   const keys = [...new Set(flat.flatMap((f) => Object.keys(f)))];
   const only = $("#diff-only").checked;
   const rows = [];
+  // Lineage first: which run (checkpoint, step) each one started from (init_from).
+  const lineage = ids.map((id) => {
+    const from = (state.runs.find((r) => r.run_id === id) || {}).initialized_from;
+    if (!from) return "–";
+    return `${from.run_id || from.path}${from.checkpoint ? ` @ ${from.checkpoint}` : ""}${from.step != null ? ` (step ${from.step})` : ""}`;
+  });
+  if (lineage.some((v) => v !== "–")) {
+    rows.push(h("tr", { class: "lineage", dataset: { setting: "initialized_from" } }, h("td", { text: "initialized from" }), lineage.map((v) => h("td", { text: v }))));
+  }
   for (const key of keys) {
     const values = flat.map((f) => show(f[key]));
     const differs = new Set(values).size > 1;

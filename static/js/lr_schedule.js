@@ -1,55 +1,17 @@
 /**
- * The learning-rate schedule a config describes, computed in the browser so the New run page
- * can plot it before launch. Mirrors the trainer: linear warmup from 0 (or an mlx-lm
- * mapping's warmup_init) over warmup_steps, then constant, cosine or linear decay to
- * min_learning_rate over the remaining steps; mlx-lm schedule mappings from YAML
- * (cosine_decay, linear_schedule, exponential_decay, step_decay) follow mlx.optimizers.
+ * The learning-rate schedule a config describes, plotted on the New run page before launch.
+ * The values come from the console (POST /api/config/lr_schedule), which runs the trainer's
+ * own schedule function (training/contract/schedule.py): the plot is the curve the trainer
+ * follows, step for step, for every shape (constant, cosine, linear, wsd, mlx-lm mappings).
  *
- *   scheduleFn(config, totalSteps) -> (step) => learning rate, or null if not computable
- *   LrPlot(el).update(config, totalSteps) -> draws it (uPlot, at most 400 points)
+ *   LrPlot(el).update(config, totalSteps) -> Promise<string>: draws it (uPlot, at most 400
+ *       points) and resolves to a one-line summary ("" when it cannot be drawn yet)
  */
 import { cssVar } from "./chart.js";
 import { fmt } from "./dom.js";
+import { api } from "./api.js";
 
-const num = (v, d = NaN) => {
-  const x = typeof v === "number" ? v : parseFloat(v);
-  return Number.isFinite(x) ? x : d;
-};
-
-const MLX = {
-  cosine_decay: ([init, decaySteps, end = 0]) => (s) => {
-    const t = Math.min(s, decaySteps);
-    return end + (init - end) * 0.5 * (1 + Math.cos((Math.PI * t) / decaySteps));
-  },
-  linear_schedule: ([init, end, steps]) => (s) => init + ((end - init) * Math.min(s, steps)) / steps,
-  exponential_decay: ([init, rate]) => (s) => init * rate ** s,
-  step_decay: ([init, rate, size]) => (s) => init * rate ** Math.floor(s / size),
-};
-
-export function scheduleFn(config, totalSteps) {
-  const sched = config.lr_schedule ?? "cosine";
-  if (sched && typeof sched === "object") {
-    const make = MLX[sched.name];
-    if (!make || !Array.isArray(sched.arguments)) return null;
-    const after = make(sched.arguments.map(Number));
-    const warm = num(sched.warmup, 0);
-    const init = num(sched.warmup_init, 0);
-    const peak = after(0);
-    return (s) => (s < warm ? init + ((peak - init) * s) / warm : after(s - warm));
-  }
-  const lr = num(config.learning_rate);
-  const warm = Math.max(0, num(config.warmup_steps, 0));
-  const floor = num(config.min_learning_rate, 0);
-  if (!Number.isFinite(lr) || !(totalSteps > 0)) return null;
-  const decay = Math.max(1, totalSteps - warm);
-  return (s) => {
-    if (s < warm) return (lr * s) / warm;
-    const t = Math.min(1, (s - warm) / decay);
-    if (sched === "cosine") return floor + (lr - floor) * 0.5 * (1 + Math.cos(Math.PI * t));
-    if (sched === "linear") return lr + (floor - lr) * t;
-    return lr;
-  };
-}
+const POINTS = 400;
 
 export class LrPlot {
   constructor(el) {
@@ -69,26 +31,30 @@ export class LrPlot {
     return Math.max(200, this.el.clientWidth - 16);
   }
 
-  /** Returns a one-line summary, or "" when the schedule cannot be drawn yet. */
-  update(config, totalSteps) {
+  /** Resolves to a one-line summary, or "" when the schedule cannot be drawn yet. */
+  async update(config, totalSteps) {
     this.last = [config, totalSteps];
-    const f = scheduleFn(config, totalSteps);
+    const seq = (this.seq = (this.seq || 0) + 1);
+    let res = null;
+    if (totalSteps > 0 && window.uPlot) {
+      try {
+        res = await api.post("/api/config/lr_schedule", { config, total_steps: Math.round(totalSteps), max_points: POINTS });
+      } catch {
+        res = null; // a setting the validation marks in the form
+      }
+    }
+    if (seq !== this.seq) return this.summary || "";
     const empty = this.el.querySelector(".chart-empty");
-    if (!f || !window.uPlot) {
+    if (!res || !res.steps.length) {
       if (this.plot) this.plot.destroy();
       this.plot = null;
       if (empty) empty.hidden = false;
-      return "";
+      return (this.summary = "");
     }
     if (empty) empty.hidden = true;
-    const n = Math.min(400, totalSteps + 1);
-    const xs = new Array(n);
-    const ys = new Array(n);
-    for (let i = 0; i < n; i++) {
-      const s = Math.round((i * totalSteps) / (n - 1 || 1));
-      xs[i] = s;
-      ys[i] = f(s);
-    }
+    const xs = res.steps;
+    const ys = res.learning_rates.map((v) => (v == null ? NaN : v));
+    const n = xs.length;
     const key = JSON.stringify([xs.length, xs[n - 1]]);
     if (this.plot && key === this.key) this.plot.setData([xs, ys]);
     else {
@@ -111,7 +77,6 @@ export class LrPlot {
         this.el
       );
     }
-    const peak = Math.max(...ys);
-    return `peak ${fmt.lr(peak)} · ends ${fmt.lr(ys[n - 1])}`;
+    return (this.summary = `peak ${fmt.lr(res.peak)} · ends ${fmt.lr(res.final)}`);
   }
 }

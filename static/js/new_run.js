@@ -60,8 +60,10 @@ async function main() {
   loadThroughput();
 
   const clone = params.get("clone");
+  const carry = params.get("continue");
   const presetId = params.get("preset");
-  if (clone) await loadClone(clone);
+  if (carry) await loadClone(carry, true);
+  else if (clone) await loadClone(clone);
   else {
     // The demo preset is the default: with it, Start works offline straight away.
     const preset = state.presets.find((p) => p.name === (presetId || "demo"));
@@ -118,13 +120,22 @@ function applyPreset(preset, announce) {
   refresh();
 }
 
-async function loadClone(runId) {
+/** Clone & edit, or (carry) Continue training: the run's settings with init_from set to
+ * it, so the new run starts from its trained weights or adapter with a fresh optimizer. */
+async function loadClone(runId, carry = false) {
   try {
     const { config, name } = await api.get(runUrl(runId, "/config"));
-    state.form.setValues(config || {});
+    const values = { ...(config || {}) };
+    if (carry) {
+      values.init_from = runId;
+      delete values.init_checkpoint;
+    }
+    state.form.setValues(values);
     state.sources.load();
-    $("#f-name").value = `${name || runId} (copy)`;
-    toast(`Settings copied from ${name || runId}. Change what you need, then start.`, { title: "Clone & edit" });
+    const label = name || runId;
+    $("#f-name").value = carry ? `${label} (continued)` : `${label} (copy)`;
+    if (carry) toast(`Starts from ${label}'s trained weights with a fresh optimizer. Set the new data and budget; warmup_steps re-warms the learning rate.`, { title: "Continue training" });
+    else toast(`Settings copied from ${label}. Change what you need, then start.`, { title: "Clone & edit" });
   } catch (err) {
     reportError(err, "Cannot clone that run");
   }
@@ -185,6 +196,34 @@ async function validate() {
   badge.textContent = res.ok ? "Ready" : `${state.errors.length} to fix`;
   updatePlan();
   updateConfigText(res);
+  showMemory(res.ok ? res.memory_estimate : null);
+}
+
+const MEMORY_PARTS = [
+  ["weights", "Weights"],
+  ["gradients", "Gradients"],
+  ["optimizer_state", "Optimizer state"],
+  ["activations", "Activations"],
+  ["logits", "Logits"],
+];
+
+/** The peak memory the server estimates from the model's config.json, by part, against
+ * this machine's memory; a warning when it will not fit. */
+function showMemory(est) {
+  const box = $("#memory-estimate");
+  if (!est) return replace(box, null);
+  const share = est.total / est.machine;
+  const parts = h("dl", { class: "kv" }, MEMORY_PARTS.flatMap(([key, label]) => [h("dt", { text: label }), h("dd", { class: "num", text: fmt.bytes(est[key]) })]));
+  const head = h("p", { dataset: { testid: "memory-total" }, text: `Estimated peak memory: ${fmt.bytes(est.total)} of ${fmt.bytes(est.machine)} (${Math.round(share * 100)}%)` });
+  const warn = est.fits
+    ? null
+    : h("div", {
+        class: "callout callout-bad",
+        role: "alert",
+        dataset: { testid: "memory-warning" },
+        text: `This run will not fit: it needs about ${fmt.bytes(est.total)} and this machine has ${fmt.bytes(est.machine)}. Lower batch_size or max_seq_length, turn on grad_checkpoint, train fewer layers, or use lora.`,
+      });
+  replace(box, h("div", { class: "stack" }, [warn, head, parts].filter(Boolean)));
 }
 
 /** What the chosen model rules out (the server reads its config.json): quantized weights
@@ -285,8 +324,14 @@ function updatePlan() {
       kv("Estimated time", estimate(p))
     );
   }
-  if (state.lr) $("#lr-summary").textContent = p.steps ? state.lr.update(p.cfg, p.steps) : "";
+  lrSoon(p);
 }
+
+// The schedule is computed by the console with the trainer's own code: one request per pause.
+const lrSoon = debounce(async (p) => {
+  if (!state.lr) return;
+  $("#lr-summary").textContent = p.steps ? await state.lr.update(p.cfg, p.steps) : "";
+}, 200);
 
 /** Time at the throughput earlier runs of the same model reached (a rough guide: batch
  * size and sequence length change it); none before a first run. */

@@ -13,7 +13,8 @@ import { renderRanks } from "./ranks.js";
 
 const runId = document.body.dataset.runId;
 const run = new RunData({ smoothing: settings.get("smoothing") });
-const page = { record: null, charts: {}, follower: null, info: {}, logTimer: 0, refreshPending: false };
+// samples: step -> Map(prompt -> text) of the sample events (a resume's rewrite wins).
+const page = { record: null, charts: {}, follower: null, info: {}, logTimer: 0, refreshPending: false, samples: new Map(), samplesDirty: false, sampleSteps: [] };
 // For tests and the curious: window.cpt.run holds the chart columns.
 window.cpt = { run, page };
 
@@ -84,8 +85,50 @@ function noteRows(rows, live) {
       page.info.lastTrain = row;
     } else if (row.event === "tokenization") {
       page.info.tokenization = row;
+    } else if (row.event === "sample") {
+      noteSample(row);
     }
   }
+  if (page.samplesDirty) renderSamples(live);
+}
+
+// -- samples: what the model wrote at each evaluation (sample_prompts) -----------------------
+
+function noteSample(row) {
+  if (typeof row.step !== "number" || typeof row.prompt !== "string") return;
+  if (!page.samples.has(row.step)) page.samples.set(row.step, new Map());
+  page.samples.get(row.step).set(row.prompt, String(row.text ?? ""));
+  page.samplesDirty = true;
+}
+
+/** A slider over the evaluated steps; the newest step is shown unless the reader moved
+ * the slider back (then new steps only extend its range). */
+function renderSamples(live) {
+  page.samplesDirty = false;
+  const steps = [...page.samples.keys()].sort((a, b) => a - b);
+  const card = $("#samples");
+  card.hidden = !steps.length;
+  if (!steps.length) return;
+  const slider = $("#sample-step");
+  const atEnd = !live || Number(slider.value) >= Number(slider.max);
+  slider.max = String(steps.length - 1);
+  if (atEnd) slider.value = slider.max;
+  page.sampleSteps = steps;
+  showSampleStep();
+}
+
+function showSampleStep() {
+  const steps = page.sampleSteps || [];
+  const i = Math.min(Number($("#sample-step").value) || 0, steps.length - 1);
+  const step = steps[i];
+  $("#sample-step-label").textContent = `step ${fmt.int(step)} (${i + 1} of ${steps.length})`;
+  const texts = page.samples.get(step) || new Map();
+  replace(
+    $("#sample-texts"),
+    [...texts].map(([prompt, text]) =>
+      h("div", { class: "sample", dataset: { step: String(step) } }, h("pre", { class: "codeblock" }, h("strong", { text: prompt }), h("span", { class: "sample-text", text })))
+    )
+  );
 }
 
 /** One refresh for a burst of triggers: a status row arrives as a row and as run_status
@@ -124,6 +167,8 @@ function renderRecord() {
   $("#act-start").hidden = r.state !== "created";
   $("#act-stop").hidden = !["starting", "running"].includes(r.state);
   $("#act-resume").hidden = !canResume(r);
+  $("#act-continue").hidden = !["finished", "stopped"].includes(r.state);
+  renderLineage(r.initialized_from);
   $("#act-delete").disabled = isActive(r.state);
   const reason = r.reason || r.state_reason || r.message || (r.exit && r.exit.reason);
   const box = $("#run-reason");
@@ -139,6 +184,16 @@ function renderRecord() {
   replace(box, h("div", { class: "stack" }, h("div", null, h("strong", { text: `${cap(r.state)}: ` }), reason || "", exitBits ? h("span", { class: "muted", text: ` (${exitBits})` }) : null), facts));
   renderRanks(r, page.info.lastTrain || (r.last && r.last.train));
   renderProgress();
+}
+
+/** Which run (and checkpoint) this one started from: init_from's lineage in run.json. */
+function renderLineage(from) {
+  const el = $("#run-lineage");
+  el.hidden = !from;
+  if (!from) return replace(el, null);
+  const where = [from.checkpoint, from.step != null ? `step ${from.step}` : null].filter(Boolean).join(", ");
+  const source = from.run_id ? h("a", { href: `/runs/${encodeURIComponent(from.run_id)}`, text: from.run_id }) : h("code", { text: from.path });
+  replace(el, h("span", null, "Initialized from ", source, where ? ` (${where})` : "", from.val_loss != null ? ` · its validation loss ${fmt.loss(from.val_loss)}` : ""));
 }
 
 function renderLive() {
@@ -292,9 +347,16 @@ function buildCharts() {
     height: 160,
     yFormat: (v) => (v == null ? "–" : Number(v.toPrecision(3)).toString()),
   });
+  page.charts.gnorm = new MetricChart($("#chart-gnorm"), {
+    series: [{ source: run, table: "train", key: "grad_norm", label: "grad norm", color: seriesColor(5), width: 1.5 }],
+    x,
+    height: 160,
+    yFormat: (v) => fmt.num(v),
+  });
 }
 
 function wireToolbar() {
+  $("#sample-step").addEventListener("input", showSampleStep);
   const slider = $("#smoothing");
   const out = $("#smoothing-value");
   slider.value = String(run.smoothing);

@@ -174,8 +174,56 @@ def test_resume_is_refused_without_a_checkpoint_or_from_a_final_state(manager, w
     set_fake_mode(workspace, rate=500)
     done = manager.create_run(fake_config(iters=5))
     wait_state(manager, done, "finished")
-    with pytest.raises(RunConflict, match="finished"):
+    with pytest.raises(RunConflict, match="finished.*larger budget"):
         manager.resume(done, confirm=True)
+
+
+def test_a_finished_run_is_extended_with_a_larger_budget(manager, workspace):
+    set_fake_mode(workspace, rate=500)
+    run_id = manager.create_run(fake_config(iters=4, save_every=2))
+    wait_state(manager, run_id, "finished")
+    assert manager.describe(run_id)["extendable"] is True
+    with pytest.raises(ConfigError, match="trained 4 steps"):
+        manager.resume(run_id, confirm=True, iters=4)
+    with pytest.raises(ConfirmRequired):
+        manager.resume(run_id, confirm=False, iters=8)
+    assert manager.describe(run_id)["state"] == "finished"  # nothing started
+    manager.resume(run_id, confirm=True, iters=8)
+    record = manager.store.read_record(run_id)
+    assert record.cmdline[-3:] == ["--resume", "--iters", "8"]
+    assert record.resumes[-1]["extend_to"] == 8 and record.resumes[-1]["from_state"] == "finished"
+    wait_state(manager, run_id, "finished")
+    wait_until(lambda: manager.describe(run_id)["step"] == 8)
+
+
+def test_a_run_started_from_another_records_its_lineage(manager, workspace):
+    set_fake_mode(workspace, rate=500)
+    source = manager.create_run(fake_config(iters=4, save_every=2))
+    wait_state(manager, source, "finished")
+    child = manager.create_run(fake_config(init_from=source), start=False)
+    lineage = manager.store.read_record(child).initialized_from
+    assert lineage["run_id"] == source and lineage["checkpoint"] == "final"
+    assert lineage["bundle"] == "step-00000004" and lineage["step"] == 4
+    assert manager.describe(child)["initialized_from"] == lineage
+    early = manager.create_run(fake_config(init_from=source, init_checkpoint="step-2"), start=False)
+    assert manager.store.read_record(early).initialized_from["step"] == 2
+    before = set(manager.store.run_ids())
+    with pytest.raises(ConfigError) as bad:
+        manager.create_run(fake_config(init_from="no-such-run"))
+    assert [e.field for e in bad.value.errors] == ["init_from"]
+    with pytest.raises(ConfigError) as bad:
+        manager.create_run(fake_config(init_from=source, init_checkpoint="step-3"))
+    assert [e.field for e in bad.value.errors] == ["init_checkpoint"]
+    with pytest.raises(ConfigError) as bad:
+        manager.create_run(fake_config(init_from=source, fine_tune_type="lora"))
+    assert [e.field for e in bad.value.errors] == ["fine_tune_type"]
+    other = workspace / "models" / "other"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    with pytest.raises(ConfigError) as bad:
+        manager.create_run(fake_config(init_from=source, model="models/other"))
+    assert [e.field for e in bad.value.errors] == ["model"]
+    assert set(manager.store.run_ids()) == before  # nothing created
 
 
 def test_a_run_without_checkpoint_starts_again_from_step_0_only_when_confirmed(manager, workspace):

@@ -14,6 +14,7 @@ from training.contract.fields import (
     FIELDS_BY_NAME,
     GROUPS,
     IGNORED_MLX_LM_KEYS,
+    MLX_LM_ALIASES,
     README_END,
     README_START,
     settings_markdown,
@@ -55,7 +56,7 @@ def test_every_mlx_lm_setting_is_a_field_or_ignored_with_a_reason():
     from mlx_lm.lora import CONFIG_DEFAULTS
 
     parents = {name.split(".")[0] for name in FIELDS_BY_NAME}
-    unknown = set(CONFIG_DEFAULTS) - parents - set(IGNORED_MLX_LM_KEYS)
+    unknown = set(CONFIG_DEFAULTS) - parents - set(IGNORED_MLX_LM_KEYS) - set(MLX_LM_ALIASES)
     assert not unknown, f"mlx-lm keys neither supported nor ignored: {unknown}"
     # The nested mlx-lm lora mapping maps onto our dotted fields.
     for key in CONFIG_DEFAULTS["lora_parameters"]:

@@ -10,6 +10,7 @@ import mlx.optimizers as optim
 import pytest
 
 from training.contract.config import build_config
+from training.contract.schedule import learning_rate_at, schedule_spec
 from training.trainer.optimization import (
     build_optimizer,
     learning_rate,
@@ -42,13 +43,51 @@ def test_linear_and_constant(kind: str, mid: float) -> None:
     assert _lr(s, 50) == pytest.approx(mid)
 
 
-def test_mlx_lm_schedule_mapping_uses_mlx_lms_builder() -> None:
-    cfg = _config(
-        lr_schedule={"name": "cosine_decay", "arguments": [1e-3, 100], "warmup": 5},
-    )
-    s = learning_rate(cfg, 100)
-    assert callable(s) and _lr(s, 5) == pytest.approx(1e-3)
+MAPPINGS = [
+    {"name": "cosine_decay", "arguments": [1e-3, 100], "warmup": 5},
+    {"name": "cosine_decay", "arguments": [1e-3, 30, 1e-4], "warmup": 3, "warmup_init": 1e-5},
+    {"name": "linear_schedule", "arguments": [1e-3, 1e-5, 40]},
+    {"name": "exponential_decay", "arguments": [1e-3, 0.97], "warmup": 2},
+    {"name": "step_decay", "arguments": [1e-3, 0.5, 7]},
+]
+
+
+@pytest.mark.parametrize("mapping", MAPPINGS, ids=lambda m: m["name"])
+def test_mlx_lm_schedule_mappings_equal_mlx_lms_builder_at_every_step(
+    mapping: dict[str, Any],
+) -> None:
+    from mlx_lm.tuner.utils import build_schedule
+
+    ours = learning_rate(_config(lr_schedule=mapping), 60)
+    theirs = build_schedule(mapping)
+    assert callable(ours)
+    for step in range(60):
+        assert _lr(ours, step) == pytest.approx(_lr(theirs, step), rel=1e-5, abs=1e-9), step
     assert learning_rate(_config(lr_schedule="constant", learning_rate=0.1), 10) == 0.1
+
+
+SCHEDULES = [
+    {"lr_schedule": "cosine", "warmup_steps": 3, "min_learning_rate": 1e-5},
+    {"lr_schedule": "linear", "warmup_steps": 0},
+    {"lr_schedule": "constant", "warmup_steps": 4, "warmup_init": 1e-4},
+    {"lr_schedule": "wsd", "warmup_steps": 2, "decay_fraction": 0.3},
+    {"lr_schedule": "wsd", "decay_steps": 7, "decay_shape": "cosine", "min_learning_rate": 1e-4},
+    {"lr_schedule": "wsd", "decay_steps": 5, "decay_shape": "linear"},
+    {"lr_schedule": {"name": "step_decay", "arguments": [2e-3, 0.5, 7], "warmup": 3}},
+]
+
+
+@pytest.mark.parametrize("values", SCHEDULES, ids=lambda v: str(v["lr_schedule"])[:20])
+def test_the_trainers_mlx_schedule_is_the_consoles_float_schedule(values: dict[str, Any]) -> None:
+    """The trainer's schedule (MLX arrays, float32) and the one the console plots (Python
+    floats) are one function: they agree at every step."""
+    config = _config(learning_rate=2e-3, **values)
+    trainer = learning_rate(config, 40)
+    spec = schedule_spec(config, 40)
+    assert callable(trainer)
+    for step in range(41):
+        plotted = learning_rate_at(spec, step)
+        assert _lr(trainer, step) == pytest.approx(plotted, rel=1e-5, abs=1e-9), step
 
 
 @pytest.mark.parametrize(

@@ -94,6 +94,35 @@ def test_validate_config(client):
     assert_error(api(client, "post", "/api/config/validate", {"config": []}), 400, "config")
 
 
+def test_lr_schedule_is_computed_from_the_config(client):
+    body = {
+        "config": {"learning_rate": 1e-3, "lr_schedule": "wsd", "decay_steps": 4},
+        "total_steps": 20,
+        "max_points": 100,
+    }
+    data = api(client, "post", "/api/config/lr_schedule", body).get_json()
+    assert data["steps"] == list(range(1, 21)) and data["total_steps"] == 20
+    assert data["learning_rates"][:16] == [1e-3] * 16 and data["final"] == 0.0
+    spread = api(client, "post", "/api/config/lr_schedule", {**body, "max_points": 5}).get_json()
+    assert spread["steps"][0] == 1 and spread["steps"][-1] == 20 and len(spread["steps"]) == 5
+    bad = api(
+        client,
+        "post",
+        "/api/config/lr_schedule",
+        {"config": {"lr_schedule": "sawtooth"}, "total_steps": 10},
+    )
+    assert_error(bad, 400, "lr_schedule")
+    broken = {"name": "cosine_decay", "arguments": [1e-3, 0]}
+    bad = api(
+        client,
+        "post",
+        "/api/config/lr_schedule",
+        {"config": {"lr_schedule": broken}, "total_steps": 10},
+    )
+    assert_error(bad, 400, "lr_schedule")
+    assert_error(api(client, "post", "/api/config/lr_schedule", {"config": {}}), 400, "total_steps")
+
+
 def quantized_model(workspace, name="tiny-4bit"):
     """A model folder as mlx_lm.convert -q writes its config.json (no weights: the console
     reads config.json only)."""

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,7 +79,9 @@ from training.contract.errors import ConfirmRequired, RunConflict
 from training.contract.hosts import HostPlan, HostsError
 from training.contract.layout import RunNotFound, RunPaths, RunRecord, Workspace, new_run_id
 from training.contract.limits import has_lone_surrogate
-from training.contract.model_facts import model_facts
+from training.contract.lineage import InitSource, check_init
+from training.contract.memory import estimate_memory
+from training.contract.model_facts import model_facts, read_model_config
 from training.contract.protocol import (
     ACTIVE_STATES,
     CREATED,
@@ -87,6 +89,7 @@ from training.contract.protocol import (
     EXIT_DISK_FULL,
     FAILED,
     FINAL_STATES,
+    FINISHED,
     QUEUED,
     RESUMABLE_STATES,
     STARTING,
@@ -356,7 +359,17 @@ class TrainingManager:
         """build_config with path checks against the workspace: ConfigError lists all."""
         if not all(isinstance(layer, Mapping) for layer in layers):
             raise ConfigError([FieldError("config", "expected a mapping of settings")])
-        return build_config(*layers, check_paths=True, base_dir=self.workspace.root)
+        config, warnings = build_config(*layers, check_paths=True, base_dir=self.workspace.root)
+        self.init_source(config)
+        return config, warnings
+
+    def init_source(self, config: RunConfig) -> InitSource | None:
+        """The run `init_from` names, checked as the trainer checks it (ConfigError)."""
+        root = self.workspace.root
+        source, errors = check_init(config, root, root)
+        if errors:
+            raise ConfigError(errors)
+        return source
 
     def create_run(
         self,
@@ -383,12 +396,14 @@ class TrainingManager:
             run_id = new_run_id()
             while (self.workspace.runs_dir / run_id).exists():
                 run_id = new_run_id()
+            source = self.init_source(config)
             record = RunRecord(
                 run_id,
                 name,
                 time.time(),
                 state=QUEUED if queue else CREATED,
                 cloned_from=cloned_from,
+                initialized_from=source.to_json() if source is not None else None,
             )
             self.store.create_run(record, config.to_yaml())
             try:
@@ -422,33 +437,69 @@ class TrainingManager:
             self._spawn(run_id, resume=False, checked=checked)
         self._notify(run_id)
 
-    def resume(self, run_id: str, *, confirm: bool) -> None:
-        """Continue a stopped, interrupted, failed or diverged run from its checkpoint."""
+    def resume(self, run_id: str, *, confirm: bool, iters: int | None = None) -> None:
+        """Continue a stopped, interrupted, failed or diverged run from its checkpoint.
+        With `iters` (a new budget in steps, beyond the steps it has trained) a finished
+        run may resume too: it is extended (the trainer resumes with `--iters N`; a wsd
+        schedule decays again at the new end, a cosine one stretches to it)."""
         if confirm is not True:
             raise ConfirmRequired('resuming starts training again: send {"confirm": true}')
-        self._ended_state(run_id, "resume")
+        self._ended_state(run_id, "resume", also=(FINISHED,) if iters else ())
         checked = self._check_run_launch(run_id)  # on the same hosts, checked again
         with self._lock:
-            state = self._ended_state(run_id, "resume")
+            state = self._ended_state(run_id, "resume", also=(FINISHED,) if iters else ())
             if not has_checkpoint(self.store.paths(run_id).root):
                 raise RunConflict(
                     f"run {run_id} has no checkpoint to resume from: it ended before its "
                     "first one; start it again from step 0 instead (POST "
                     f'/api/runs/{run_id}/restart with {{"confirm": true}})'
                 )
+            extra: list[str] = []
+            if iters is not None:
+                self._check_extension(run_id, iters)
+                extra = ["--iters", str(iters)]
             self._check_capacity(config_yaml=None)
-            log.info("run %s: resuming from %s (explicit request)", run_id, state)
-            self._spawn(run_id, resume=True, from_state=state, checked=checked)
+            log.info(
+                "run %s: resuming from %s%s (explicit request)",
+                run_id,
+                state,
+                f", extended to {iters} steps" if iters is not None else "",
+            )
+            self._spawn(
+                run_id, resume=True, from_state=state, extra=extra, extend_to=iters, checked=checked
+            )
         self._notify(run_id)
 
-    def _ended_state(self, run_id: str, action: str) -> str:
-        """The state of a run that may train again (no live trainer, a resumable state);
-        RunConflict naming the state otherwise."""
+    def _check_extension(self, run_id: str, iters: int) -> None:
+        """A new budget must lie beyond every step the run trained, and make a valid config
+        with the run's other settings (ConfigError naming `iters` otherwise)."""
+        steps = [int(c["step"]) for c in self.store.checkpoints(run_id)]
+        steps.append(int(self.describe(run_id, detail=False).get("step") or 0))
+        trained = max(steps)
+        if iters <= trained:
+            message = (
+                f"run {run_id} has trained {trained} steps; give a budget beyond that "
+                f"(e.g. {2 * max(trained, 1)})"
+            )
+            raise ConfigError([FieldError("iters", message)])
+        _, values = self.store.config(run_id)
+        base = {k: v for k, v in values.items() if k not in ("iters", "epochs", "train_tokens")}
+        build_config(base, {"iters": iters})
+
+    def _ended_state(self, run_id: str, action: str, also: tuple[str, ...] = ()) -> str:
+        """The state of a run that may train again (no live trainer, a resumable state, or
+        one of `also`); RunConflict naming the state otherwise."""
         self.adopt_if_alive(run_id)
         state, _ = self.state(run_id)
-        if state not in RESUMABLE_STATES:
+        if state not in RESUMABLE_STATES + also:
+            hint = ""
+            if state == FINISHED:
+                hint = (
+                    '; a finished run trains further with a larger budget ({"confirm": true, '
+                    '"iters": N}), or a new run starts from it (init_from)'
+                )
             raise RunConflict(
-                f"run {run_id} is {state}; only {', '.join(RESUMABLE_STATES)} runs {action}"
+                f"run {run_id} is {state}; only {', '.join(RESUMABLE_STATES)} runs {action}" + hint
             )
         return state
 
@@ -622,6 +673,20 @@ class TrainingManager:
             return None
         return model_facts(resolve_path(model.strip(), self.workspace.root))
 
+    def memory_estimate(self, config: RunConfig) -> dict[str, Any] | None:
+        """What a run of `config` will need at its peak, from the model's config.json
+        (contract/memory.py), beside the machine's memory: {total, parts..., machine,
+        fits}; None when the model is no local folder with a llama-shaped config.json."""
+        try:
+            model_config = read_model_config(resolve_path(str(config.model), self.workspace.root))
+        except (OSError, ValueError, TypeError):
+            return None
+        estimate = estimate_memory(model_config, config)
+        if estimate is None:
+            return None
+        machine = int(psutil.virtual_memory().total)
+        return {**estimate, "machine": machine, "fits": estimate["total"] <= machine}
+
     def training_now(self) -> list[str]:
         """Runs whose trainer runs on this machine. Trainers nobody follows yet (started
         from the command line, or not adopted with --no-autodetect) share its memory too:
@@ -657,9 +722,11 @@ class TrainingManager:
         except (RunNotFound, OSError):
             return None
 
-    def trainer_argv(self, paths: RunPaths, resume: bool, restart: bool = False) -> list[str]:
+    def trainer_argv(
+        self, paths: RunPaths, resume: bool, restart: bool = False, extra: Sequence[str] = ()
+    ) -> list[str]:
         return trainer_argv(
-            self.settings.python, self.settings.trainer_module, paths, resume, restart
+            self.settings.python, self.settings.trainer_module, paths, resume, restart, extra
         )
 
     def _spawn(
@@ -671,6 +738,8 @@ class TrainingManager:
         from_queue: bool = False,
         from_state: str = "",
         checked: Checked | None = None,
+        extra: Sequence[str] = (),
+        extend_to: int | None = None,
     ) -> None:
         """Write run.json, then start the trainer (for a run with hosts: mlx.launch, once
         its hosts pass their check: `checked`, or checked now); the caller holds the lock."""
@@ -689,6 +758,8 @@ class TrainingManager:
             }
             if restart:
                 attempt["restart"] = True  # from step 0, the earlier metrics cleared
+            if extend_to is not None:
+                attempt["extend_to"] = extend_to  # a larger budget, in steps
             record.resumes.append(attempt)
         record.state, record.started, record.exit = STARTING, now, None
         record.pid = record.pid_create_time = record.cmdline = None
@@ -706,7 +777,7 @@ class TrainingManager:
             }
         # Before the process: a disk that refuses this (OSError, HTTP 507) starts nothing.
         self.store.write_record(record)
-        argv = self.trainer_argv(paths, resume, restart)
+        argv = self.trainer_argv(paths, resume, restart, extra)
         stdin = None
         try:
             if plan is not None and files is not None:

@@ -21,10 +21,12 @@ from training.contract.protocol import (
     EXIT_DISK_FULL,
     FAILED,
     FINAL_STATES,
+    FINISHED,
     RESUMABLE_STATES,
     RUN_START,
     RUNNING,
     STATUS,
+    STOPPED,
     TRAIN,
     UNREADABLE,
 )
@@ -64,6 +66,10 @@ def _number(value: Any) -> int | float | None:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _object(value: Any) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None
 
 
 def current_status(metrics: Metrics, record: RunRecord) -> dict[str, Any] | None:
@@ -197,6 +203,9 @@ def describe_run(
         "queue_position": queue_position,
         "remote": record.remote,
         "cloned_from": record.cloned_from,
+        # The run whose weights it started from (init_from): run.json's, else run_start's
+        # (a run started from the trainer's command line).
+        "initialized_from": record.initialized_from or _object(run_start.get("initialized_from")),
         # {path, needed_bytes, free_bytes} when it failed for lack of space, else null.
         "disk_full": disk_full_info(state, record, status),
         # A run on several machines: its hosts by rank, the backend (else null).
@@ -223,6 +232,10 @@ def describe_run(
             # What TrainingManager.resume and .restart accept: latest.json naming a complete
             # bundle resumes; a run that ended before its first one starts again from 0.
             resumable=state in RESUMABLE_STATES and resumes_from,
+            # A finished or stopped run with a checkpoint may resume with a larger budget.
+            extendable=state in (FINISHED, STOPPED)
+            and resumes_from
+            and store.paths(run_id).config.is_file(),
             restartable=state in RESUMABLE_STATES
             and not resumes_from
             and store.paths(run_id).config.is_file(),  # a remote run's is on its machine

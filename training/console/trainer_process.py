@@ -14,7 +14,7 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,12 +181,19 @@ def _psutil_running(proc: psutil.Process) -> bool:
 
 
 def trainer_argv(
-    python: str, module: str, paths: RunPaths, resume: bool, restart: bool = False
+    python: str,
+    module: str,
+    paths: RunPaths,
+    resume: bool,
+    restart: bool = False,
+    extra: Sequence[str] = (),
 ) -> list[str]:
     """The trainer's command line: a new run, `--resume` (from the latest checkpoint) or
-    `--restart` (from step 0, for a run that has no checkpoint)."""
+    `--restart` (from step 0, for a run that has no checkpoint); `extra` flags after it
+    (a resume that extends the budget: `--iters N`)."""
     argv = [python, "-m", module, "-c", str(paths.config), "--run-dir", str(paths.root)]
-    return argv + ["--resume"] if resume else argv + ["--restart"] if restart else argv
+    mode = ["--resume"] if resume else ["--restart"] if restart else []
+    return argv + mode + list(extra)
 
 
 def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:

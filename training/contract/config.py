@@ -20,8 +20,14 @@ from typing import Any
 
 import yaml
 
-from training.contract.field_values import check_bounds, coerce
-from training.contract.fields import FIELDS, FIELDS_BY_NAME, IGNORED_MLX_LM_KEYS, FieldSpec
+from training.contract.field_values import LINE_LISTS, check_bounds, coerce
+from training.contract.fields import (
+    FIELDS,
+    FIELDS_BY_NAME,
+    IGNORED_MLX_LM_KEYS,
+    MLX_LM_ALIASES,
+    FieldSpec,
+)
 from training.contract.hosts import HostPlan, HostsError, check_env, check_python, host_plan
 from training.contract.limits import (
     MAX_YAML_ALIASES,
@@ -36,8 +42,6 @@ DEFAULT_ITERS = 1000
 # Fields added after checkpoints were written: hashed only when set to something else than
 # their default, so a run from before them still resumes (config_hash).
 HASHED_WHEN_SET = ("text_field",)
-# mlx-lm's names for our fields, read as ours.
-MLX_LM_ALIASES = {"text_feature": "text_field"}
 DEFAULT_LORA_LAYERS = 16  # mlx-lm's default for lora/dora
 BUDGET_FIELDS = ("iters", "epochs", "train_tokens")
 
@@ -218,6 +222,8 @@ class RunConfig:
     lora_parameters_keys: list[str] | None
     dtype: str
     trust_remote_code: bool
+    init_from: str | None
+    init_checkpoint: str | None
     data: str | list[dict[str, Any]]
     max_seq_length: int
     valid_data: str | None
@@ -231,7 +237,11 @@ class RunConfig:
     learning_rate: float
     lr_schedule: str | dict[str, Any]
     warmup_steps: int
+    warmup_init: float
     min_learning_rate: float
+    decay_fraction: float
+    decay_steps: int | None
+    decay_shape: str
     optimizer: str
     weight_decay: float
     optimizer_config: dict[str, Any] | None
@@ -246,6 +256,8 @@ class RunConfig:
     val_batches: int
     report_to: list[str] | None
     project_name: str | None
+    sample_prompts: list[str] | None
+    sample_max_tokens: int
     save_every: int
     keep_checkpoints: int
     keep_best: bool
@@ -346,9 +358,11 @@ def flatten(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[FieldError], l
     errors: list[FieldError] = []
     warnings: list[str] = []
     for key, value in raw.items():
-        key = MLX_LM_ALIASES.get(str(key), str(key))
+        key = str(key)
         if key in FIELDS_BY_NAME:
             values[key] = value
+        elif key in MLX_LM_ALIASES:  # the field itself, given too, wins
+            values.setdefault(MLX_LM_ALIASES[key], value)
         elif key in IGNORED_MLX_LM_KEYS:
             warnings.append(f"ignoring mlx-lm setting '{key}': {IGNORED_MLX_LM_KEYS[key]}")
         elif any(f.startswith(key + ".") for f in FIELDS_BY_NAME):
@@ -668,6 +682,8 @@ def add_field_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs.update(action="append", metavar="NAME=PATH")
         elif spec.name == "data":  # one --data per source
             kwargs.update(action="append", metavar="PATH|path=P,weight=W,name=N")
+        elif spec.name in LINE_LISTS:  # one value per flag: a prompt may hold commas
+            kwargs.update(action="append", metavar="TEXT")
         else:
             kwargs["metavar"] = spec.type.upper() if spec.choices is None else None
             if spec.choices is not None and spec.type == "choice":

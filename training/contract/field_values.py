@@ -16,6 +16,11 @@ from training.contract.fields import FieldSpec
 from training.contract.limits import MAX_PATH_CHARS, has_lone_surrogate, path_problem
 from training.contract.sources import coerce_sources
 
+# List fields whose items are free text (prompts): one per line in a form, kept exactly.
+LINE_LISTS = ("sample_prompts",)
+MAX_LINE_ITEMS = 32
+MAX_LINE_CHARS = 4096
+
 # mlx.optimizers.schedulers a YAML `lr_schedule` mapping may name (what build_schedule calls).
 MLX_LM_SCHEDULES = ("cosine_decay", "linear_schedule", "exponential_decay", "step_decay")
 
@@ -77,6 +82,8 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
         if text not in spec.choices:  # type: ignore[operator]
             raise ValueError(f"must be one of {', '.join(spec.choices or ())}, got {_shown(value)}")
         return text
+    if kind == "list" and spec.name in LINE_LISTS:
+        return _coerce_lines(value)
     if kind == "list":
         if isinstance(value, str):
             items = [v.strip() for v in value.split(",")]
@@ -106,6 +113,32 @@ def _choices_list(spec: FieldSpec, items: list[str]) -> list[str] | None:
             "(comma-separated)"
         )
     return list(dict.fromkeys(items)) or None
+
+
+def _coerce_lines(value: Any) -> list[str] | None:
+    """Free text items (prompts): a list, or text with one item per line; kept as written
+    (a prompt's trailing space matters to its tokens), empty items dropped."""
+    if isinstance(value, str):
+        items = value.split("\n")
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValueError("expected a list, or text with one item per line")
+    out = []
+    for item in items:
+        if not isinstance(item, (str, int, float)) or isinstance(item, bool):
+            raise ValueError(f"expected text, got {_shown(item)}")
+        text = str(item).rstrip("\r") if isinstance(item, str) else str(item)
+        if not text.strip():
+            continue
+        if len(text) > MAX_LINE_CHARS:
+            raise ValueError(f"an item is longer than {MAX_LINE_CHARS} characters")
+        if has_lone_surrogate(text) or "\x00" in text:
+            raise ValueError("an item holds a NUL or a lone surrogate: not valid text")
+        out.append(text)
+    if len(out) > MAX_LINE_ITEMS:
+        raise ValueError(f"at most {MAX_LINE_ITEMS} items, got {len(out)}")
+    return out or None
 
 
 def _coerce_dict(spec: FieldSpec, value: Any) -> dict[str, Any] | None:

@@ -111,6 +111,7 @@ class FieldSpec:
 
 
 _LORA = DependsOn("fine_tune_type", ("lora", "dora"))
+_WSD = DependsOn("lr_schedule", ("wsd",))
 
 # fmt: off
 FIELDS: tuple[FieldSpec, ...] = (
@@ -166,6 +167,21 @@ FIELDS: tuple[FieldSpec, ...] = (
         "trust_remote_code", "bool", False,
         "Allow a model's own tokenizer code to run (some Hugging Face models need it).",
         "model", "advanced",
+    ),
+    FieldSpec(
+        "init_from", "path", None,
+        "Start from another run's trained weights (full) or adapter (lora/dora: training "
+        "goes on in the same adapter), with a fresh optimizer and this run's own schedule: "
+        "a run_id, a run folder, or an mlx-lm adapter folder or adapters.safetensors file "
+        "(mlx-lm's resume_adapter_file). The run must share this run's base model and "
+        "fine_tune_type.",
+        "model", "important", example="20260101-120000-ab12cd",
+    ),
+    FieldSpec(
+        "init_checkpoint", "str", None,
+        "Which weights of the `init_from` run: final, latest, best (lowest validation loss) "
+        "or a step (step-N). Empty: final when that run finished, else latest.",
+        "model", "advanced", example="final",
     ),
     # -- data -------------------------------------------------------------------------------
     FieldSpec(
@@ -239,20 +255,46 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(
         "lr_schedule", "schedule", "cosine",
         "Learning-rate shape after warmup: constant, cosine or linear decay to "
-        "`min_learning_rate`; an mlx-lm mapping {name, arguments, warmup, warmup_init} "
-        "is also accepted in YAML.",
-        "training", "important", choices=("constant", "cosine", "linear"),
+        "`min_learning_rate`, or wsd (warmup-stable-decay: the peak until a final decay; "
+        "a run extended later decays again at its new end); an mlx-lm mapping {name, "
+        "arguments, warmup, warmup_init} is also accepted in YAML.",
+        "training", "important", choices=("constant", "cosine", "linear", "wsd"),
     ),
     FieldSpec(
         "warmup_steps", "int", 0,
-        "Steps of linear warmup from 0 to `learning_rate`.",
+        "Steps of linear warmup from `warmup_init` to `learning_rate` (a run that continues "
+        "from another, `init_from`, re-warms its fresh optimizer this way).",
         "training", "important", minimum=0,
     ),
     FieldSpec(
-        "min_learning_rate", "float", 0.0,
-        "Learning rate at the end of a cosine or linear decay.",
+        "warmup_init", "float", 0.0,
+        "Learning rate the warmup starts from (mlx-lm's warmup_init): e.g. the source run's "
+        "final learning rate, to re-warm from where it ended.",
         "training", "advanced", minimum=0,
-        depends_on=DependsOn("lr_schedule", ("cosine", "linear")),
+    ),
+    FieldSpec(
+        "min_learning_rate", "float", 0.0,
+        "Learning rate at the end of a cosine, linear or wsd decay.",
+        "training", "advanced", minimum=0,
+        depends_on=DependsOn("lr_schedule", ("cosine", "linear", "wsd")),
+    ),
+    FieldSpec(
+        "decay_fraction", "float", 0.2,
+        "Share of the run's steps spent in the wsd decay (the last 20% by default).",
+        "training", "advanced", minimum=0, exclusive_minimum=True, maximum=1.0,
+        depends_on=_WSD,
+    ),
+    FieldSpec(
+        "decay_steps", "int", None,
+        "Steps of the wsd decay; replaces `decay_fraction` (a fixed decay length stays the "
+        "same when the run is extended).",
+        "training", "advanced", minimum=1, depends_on=_WSD,
+    ),
+    FieldSpec(
+        "decay_shape", "choice", "1-sqrt",
+        "Shape of the wsd decay from the peak to `min_learning_rate`: 1-sqrt (Hägele et "
+        "al. 2024), linear or cosine.",
+        "training", "advanced", choices=("1-sqrt", "linear", "cosine"), depends_on=_WSD,
     ),
     FieldSpec(
         "optimizer", "choice", "adamw",
@@ -337,6 +379,17 @@ FIELDS: tuple[FieldSpec, ...] = (
         "mlx-cpt.",
         "evaluation", "advanced", example="my-project", resumable=True,
     ),
+    FieldSpec(
+        "sample_prompts", "list", None,
+        "Prompts the model continues greedily at each evaluation (one per line), written as "
+        "`sample` events: read what the model writes as it learns.",
+        "evaluation", "important", cli="--sample-prompt", example="def parse(", resumable=True,
+    ),
+    FieldSpec(
+        "sample_max_tokens", "int", 48,
+        "Tokens generated per sample prompt (generation stops earlier at EOS).",
+        "evaluation", "advanced", minimum=1, maximum=4096, resumable=True,
+    ),
     # -- checkpoints ------------------------------------------------------------------------
     FieldSpec(
         "save_every", "int", 100,
@@ -410,9 +463,16 @@ IGNORED_MLX_LM_KEYS: dict[str, str] = {
     "test": "use `python -m training.evaluation perplexity` on the final model",
     "test_batches": "use `python -m training.evaluation perplexity` on the final model",
     "adapter_path": "adapters and weights are written to the run folder",
-    "resume_adapter_file": "use --resume to continue a run exactly",
     "mask_prompt": "continued pre-training trains on every token",
     "config": "the config file is given with -c",
+}
+
+
+# mlx-lm keys read as one of ours (where the setting is the same idea).
+MLX_LM_ALIASES: dict[str, str] = {
+    # mlx-lm starts training from these adapter weights: a run that starts from them.
+    "resume_adapter_file": "init_from",
+    "text_feature": "text_field",  # the JSON field that holds the text
 }
 
 
@@ -452,9 +512,10 @@ def settings_markdown() -> str:
             )
         lines.append("")
     ignored = ", ".join(f"`{k}`" for k in IGNORED_MLX_LM_KEYS)
+    aliases = ", ".join(f"`{k}` is read as `{v}`" for k, v in MLX_LM_ALIASES.items())
     lines.append(
         f"mlx-lm keys accepted and ignored with a warning: {ignored}. Any other unknown key "
-        "is an error."
+        f"is an error. mlx-lm's {aliases}."
     )
     return "\n".join(lines) + "\n"
 

@@ -207,6 +207,9 @@ class RunRecord:
     exit: dict[str, Any] | None = None
     resumes: list[dict[str, Any]] = field(default_factory=list)
     cloned_from: str | None = None
+    # init_from's source when the run was created (contract/lineage.py InitSource.to_json):
+    # the run, checkpoint and step whose weights it starts from.
+    initialized_from: dict[str, Any] | None = None
     # No process of this console's: a trainer on another machine (POST /api/callbacks) or
     # one launched from the command line. Its state comes from its events alone.
     remote: bool = False
@@ -272,6 +275,7 @@ _RECORD_FIELDS: dict[str, tuple[Any, str]] = {
         "a list of objects",
     ),
     "cloned_from": (_optional(lambda v: isinstance(v, str)), "text or null"),
+    "initialized_from": (_optional(lambda v: isinstance(v, dict)), "an object or null"),
     "remote": (lambda v: isinstance(v, bool), "true or false"),
     "launch": (_optional(lambda v: isinstance(v, dict)), "an object or null"),
     "v": (_is_int, "a whole number"),

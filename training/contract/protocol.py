@@ -20,7 +20,17 @@ WARNING = "warning"
 # Progress of the corpus's tokenization while the run trains (issue 11); the last one has
 # `done: true` and the completed data report.
 TOKENIZATION = "tokenization"
-EVENTS: tuple[str, ...] = (RUN_START, TRAIN, EVAL, CHECKPOINT, STATUS, WARNING, TOKENIZATION)
+SAMPLE = "sample"  # a greedy continuation of a sample prompt, at an evaluation
+EVENTS: tuple[str, ...] = (
+    RUN_START,
+    TRAIN,
+    EVAL,
+    CHECKPOINT,
+    STATUS,
+    WARNING,
+    TOKENIZATION,
+    SAMPLE,
+)
 
 # `tracker`: a report_to tracker (TensorBoard, wandb) failed; training went on without it.
 WARNING_KINDS: tuple[str, ...] = (

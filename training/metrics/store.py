@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from training.contract.protocol import CHECKPOINT, EVAL, RUN_START, STATUS, TRAIN, WARNING
+from training.contract.protocol import CHECKPOINT, EVAL, RUN_START, SAMPLE, STATUS, TRAIN, WARNING
 from training.contract.reading import MAX_LINE_BYTES, open_file, opened
 from training.metrics.snapshot import read_snapshot, remove_snapshot, snapshot_file, write_snapshot
 from training.metrics.tailer import JsonlTailer, decode_event
@@ -33,6 +33,7 @@ EVENT_CODES: dict[str, int] = {
     RUN_START: 4,
     CHECKPOINT: 5,
     WARNING: 6,
+    SAMPLE: 7,
 }
 # The key each event kind is charted by: its min/max envelope survives downsampling.
 ENVELOPE_KEYS: dict[int, str] = {1: "train_loss", 2: "val_loss"}

@@ -1,13 +1,12 @@
 """The optimizer and its learning-rate schedule, from the run's fields.
 
 The schedule is a function of the optimizer's own step counter (saved with its state), so a
-resumed run continues the curve exactly. It is built from MLX ops because it runs inside
-the compiled step.
+resumed run continues the curve exactly. Its math is contract/schedule.py's (the console
+plots the same function on floats); here it runs on MLX arrays inside the compiled step.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +14,7 @@ import mlx.core as mx
 import mlx.optimizers as optim
 
 from training.contract.config import ConfigError, FieldError, RunConfig
+from training.contract.schedule import ScheduleSpec, learning_rate_at, schedule_spec
 
 Schedule = Callable[[mx.array], mx.array]
 
@@ -28,23 +28,42 @@ OPTIMIZERS: dict[str, Any] = {
 _WEIGHT_DECAY = ("adamw", "sgd")
 
 
-def _cosine(peak: float, floor: float, t: mx.array) -> mx.array:
-    return floor + (peak - floor) * 0.5 * (1.0 + mx.cos(math.pi * t))
+class _MlxOps:
+    """contract/schedule.py's operations on MLX arrays (inside the compiled step)."""
+
+    def to_float(self, x: Any) -> mx.array:
+        return mx.array(x).astype(mx.float32)
+
+    def cos(self, x: Any) -> mx.array:
+        return mx.cos(x)
+
+    def sqrt(self, x: Any) -> mx.array:
+        return mx.sqrt(x)
+
+    def floor(self, x: Any) -> mx.array:
+        return mx.floor(x)
+
+    def minimum(self, a: Any, b: Any) -> mx.array:
+        return mx.minimum(a, b)
+
+    def maximum(self, a: Any, b: Any) -> mx.array:
+        return mx.maximum(a, b)
+
+    def where(self, cond: Any, a: Any, b: Any) -> mx.array:
+        return mx.where(cond, a, b)
 
 
-def _linear(peak: float, floor: float, t: mx.array) -> mx.array:
-    return peak + (floor - peak) * t
+MLX_OPS = _MlxOps()
 
 
-def _constant(peak: float, floor: float, t: mx.array) -> mx.array:
-    return mx.full(t.shape, peak, dtype=mx.float32)
+def mlx_schedule(spec: ScheduleSpec) -> Schedule:
+    """The schedule as the optimizer calls it: contract/schedule.py's learning_rate_at on
+    the optimizer's step counter, the same function the console plots with."""
 
+    def schedule(step: mx.array) -> mx.array:
+        return mx.array(learning_rate_at(spec, step, MLX_OPS)).astype(mx.float32)
 
-DECAYS: dict[str, Callable[[float, float, mx.array], mx.array]] = {
-    "cosine": _cosine,
-    "linear": _linear,
-    "constant": _constant,
-}
+    return schedule
 
 
 def warmup_decay(
@@ -52,37 +71,16 @@ def warmup_decay(
 ) -> Schedule:
     """Linear warmup to `peak` over `warmup` updates (the first update already uses
     peak/warmup, never 0), then `kind` decay towards `floor` at `total_steps`."""
-    decay = DECAYS[kind]
-    span = max(1, total_steps - warmup)
-
-    def schedule(step: mx.array) -> mx.array:
-        s = step.astype(mx.float32)
-        t = mx.clip((s - warmup) / span, 0.0, 1.0)
-        after = decay(peak, floor, t)
-        if warmup <= 0:
-            return after
-        return mx.where(s < warmup, peak * (s + 1.0) / warmup, after)
-
-    return schedule
+    return mlx_schedule(ScheduleSpec(kind, peak, total_steps, warmup=warmup, floor=floor))
 
 
 def learning_rate(config: RunConfig, total_steps: int) -> float | Schedule:
-    """The optimizer's learning_rate: an mlx-lm `lr_schedule` mapping goes through mlx-lm's
-    own build_schedule; a named shape uses the warmup/min fields."""
-    sched = config.lr_schedule
-    if isinstance(sched, dict):
-        from mlx_lm.tuner.utils import build_schedule
-
-        return build_schedule(sched)
-    if sched == "constant" and not config.warmup_steps:
+    """The optimizer's learning_rate: contract/schedule.py's schedule of the config (named
+    shapes and mlx-lm mappings alike); a constant rate without warmup is a plain float."""
+    spec = schedule_spec(config, total_steps)
+    if spec.is_constant:
         return float(config.learning_rate)
-    return warmup_decay(
-        sched or "constant",
-        float(config.learning_rate),
-        total_steps,
-        int(config.warmup_steps or 0),
-        float(config.min_learning_rate or 0.0),
-    )
+    return mlx_schedule(spec)
 
 
 def optimizer_kwargs(config: RunConfig) -> dict[str, Any]:
@@ -117,7 +115,7 @@ def check_optimizer(config: RunConfig) -> None:
         schedule = learning_rate(config, steps)
         if callable(schedule):
             mx.eval(schedule(mx.array(0)), schedule(mx.array(steps)))
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+    except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError) as exc:
         message = f"cannot build the learning-rate schedule: {exc}"
         raise ConfigError([FieldError("lr_schedule", message)]) from None
     try:

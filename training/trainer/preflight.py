@@ -1,6 +1,7 @@
 """Preflight: every check of a trainer's input, cheapest first, before anything is created.
 
-The config, the report URL, the run folder (locked for this trainer), the corpus scan,
+The config, the report URL, the run folder (locked for this trainer), the run `init_from`
+names (it exists, on the same base model, with the same fine_tune_type), the corpus scan,
 the model and tokenizer, and for --resume that the model and data are the ones the
 checkpoint was trained on. Every problem is a ConfigError naming its field (exit 2);
 claim_folder creates a new run folder only after prepare() succeeded too.
@@ -29,6 +30,7 @@ from training.contract.config import (
     resolve_path,
 )
 from training.contract.layout import RunPaths, Workspace
+from training.contract.lineage import InitSource, check_init
 from training.contract.model_facts import FULL_ON_QUANTIZED_FIX
 from training.metrics.writer import read_last_seq
 from training.trainer.data import LAYOUT, DataInputs, scan_inputs, scan_memo_dir
@@ -68,6 +70,9 @@ class Plan:
     tokenizer_fp: str
     identity: dict[str, Any]  # what the run trains on (state.json "inputs")
     rewrite_config: bool = False
+    # init_from: the weights a new run (or a restart) starts from; None for a resume, which
+    # restores its own checkpoint (contract/lineage.py)
+    init_source: InitSource | None = None
     # --restart: the seq of the cleared metrics file's last event (seq continues after it)
     first_seq: int = 0
     lock_fd: int | None = None  # the run folder's flock, held for the process's life
@@ -332,6 +337,11 @@ def preflight(args: argparse.Namespace, rank: int = 0, world: int = 1) -> Plan:
     except (ValueError, OSError) as exc:  # RunFolderError, a corrupt state.json, EACCES
         raise bad_input(exc, "run_dir") from None
     try:
+        init_source = None
+        if folder.mode != "resume":  # a resume restores its own checkpoint
+            init_source, errors = check_init(config, workspace.root, base_dir)
+            if errors:
+                raise ConfigError(errors)
         inputs = scan_inputs(config, base_dir, scan_memo_dir(workspace))
         loaded = check_model(config, base_dir)
         tokenizer_fp = tokenizer_fingerprint(loaded.tokenizer, loaded.path)
@@ -357,6 +367,7 @@ def preflight(args: argparse.Namespace, rank: int = 0, world: int = 1) -> Plan:
         tokenizer_fp=tokenizer_fp,
         identity=identity,
         rewrite_config=rewrite,
+        init_source=init_source,
         lock_fd=lock_fd,
         rank=rank,
         world=world,

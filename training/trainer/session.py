@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -18,10 +18,11 @@ from typing import Any
 from training.contract import checkpoints
 from training.contract.disk import DiskFull, check_space, disk_errors
 from training.contract.errors import StopRequested
-from training.contract.protocol import CHECKPOINT, EVAL, STOPPING, TRAIN
+from training.contract.protocol import CHECKPOINT, EVAL, SAMPLE, STOPPING, TRAIN
 from training.metrics.writer import TrainingMetricsLogger
 from training.trainer.loop import LoopState, scalar
 from training.trainer.progress import Progress
+from training.trainer.sampling import generate_samples
 from training.trainer.weights import checkpoint_bytes, save_optimizer, save_trainable
 
 MEMORY_WARN_PERCENT = 95.0
@@ -85,6 +86,9 @@ class SessionContext:
     inputs: dict[str, Any] | None = None  # what the run trains on (checked by --resume)
     # More of the data cursor for state.json (per-source cursors, the order's layout).
     data_state: Callable[[LoopState], dict[str, Any]] | None = None
+    initialized_from: dict[str, Any] | None = None  # init_from's source, kept across resumes
+    sample_prompts: list[str] = field(default_factory=list)  # continued at each evaluation
+    sample_max_tokens: int = 48
 
 
 class TrainingSession:
@@ -99,6 +103,7 @@ class TrainingSession:
         model: Any,
         optimizer: Any,
         writer: bool,
+        tokenizer: Any = None,
     ) -> None:
         self.run_dir = run_dir
         self.logger = logger
@@ -108,6 +113,7 @@ class TrainingSession:
         self.model = model
         self.optimizer = optimizer
         self.writer = writer
+        self.tokenizer = tokenizer
         self._stopping_sent = False
         self._started = time.time()
         self._step = progress.start_step
@@ -165,6 +171,20 @@ class TrainingSession:
         step = int(info.pop("iteration"))
         event = self.logger.emit(EVAL, step, **info)
         self.progress.eval(event)
+        self._write_samples(step)
+
+    def _write_samples(self, step: int) -> None:
+        """One `sample` event per prompt: the model's greedy continuation at this step
+        (rank 0 only: the others wait at the next step's all-reduce)."""
+        prompts = self.ctx.sample_prompts
+        if not prompts or not self.writer or self.tokenizer is None:
+            return
+        for prompt, text in generate_samples(
+            self.model, self.tokenizer, prompts, self.ctx.sample_max_tokens
+        ):
+            self.logger.emit(SAMPLE, step, prompt=prompt, text=text)
+            shown = (prompt + text).replace("\n", "\\n")
+            self.progress.line(f"sample @ {step}: {shown[:160]}")
 
     def on_warning(self, step: int, kind: str, message: str, **fields: Any) -> None:
         self.logger.warning(step, kind, message, **fields)
@@ -202,6 +222,7 @@ class TrainingSession:
             # Cumulative over resumes: this session's seconds plus the earlier sessions'.
             "elapsed_seconds": round(self.elapsed_seconds(), 3),
             "inputs": self.ctx.inputs,
+            "initialized_from": self.ctx.initialized_from,
         }
 
         ckpt_dir = checkpoints.checkpoints_dir(self.run_dir)

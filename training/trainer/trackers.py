@@ -28,13 +28,10 @@ from typing import Any, Protocol
 
 from training.contract.config import RunConfig
 from training.contract.fields import REPORTERS
-from training.contract.protocol import EVAL, TRAIN
+from training.contract.protocol import EVAL, SAMPLE, TRAIN
 
 TENSORBOARD_DIR = "tensorboard"
 DEFAULT_PROJECT = "mlx-cpt"
-# Generated text during training (another part of the trainer writes these events);
-# logged as text when they come.
-SAMPLE = "sample"
 # Event keys that are bookkeeping, not metrics.
 _NOT_METRICS = frozenset({"v", "seq", "event", "time", "step"})
 # What a tracker's failure message is cut to (a library may raise a page of text).

@@ -23,7 +23,7 @@ import mlx.core as mx
 
 from training.contract import checkpoints
 from training.contract.blas import blas_in_use
-from training.contract.config import ConfigError, FieldError
+from training.contract.config import BUDGET_FIELDS, ConfigError, FieldError
 from training.contract.disk import disk_full_error
 from training.contract.errors import InputError, StopRequested
 from training.contract.files import write_atomic, write_json_atomic
@@ -57,6 +57,7 @@ from training.trainer.data import (
 from training.trainer.data import plan_total_steps as plan_steps
 from training.trainer.data_progress import DataProgress
 from training.trainer.loop import EvalBatches, LoopArgs, LoopState, train
+from training.trainer.loss import make_loss
 from training.trainer.mixture import MixState
 from training.trainer.model_setup import (
     adapter_config,
@@ -72,7 +73,7 @@ from training.trainer.session import SessionContext, StopFlag, TrainingSession
 from training.trainer.token_cache import TokenizedCorpus, default_progress
 from training.trainer.tokenization import Tokenization
 from training.trainer.trackers import TrackerContext, open_trackers
-from training.trainer.weights import load_optimizer, load_trainable
+from training.trainer.weights import load_init, load_optimizer, load_trainable
 
 
 def versions() -> dict[str, Any]:
@@ -127,6 +128,9 @@ class Prepared:
     progress: DataProgress
     resumed_from: int | None = None
     elapsed_before: float = 0.0
+    initialized_from: dict[str, Any] | None = None  # init_from's source (lineage.InitSource)
+    loss: Any = None  # the loss function (trainer/loss.py make_loss)
+    loss_note: str = ""
 
 
 def _labels(inputs: DataInputs) -> list[tuple[CorpusScan, str, str]]:
@@ -191,19 +195,29 @@ def prepare(plan: Plan, stop: StopFlag) -> Prepared:
     plan_epochs(data.report, total_steps, seqs_per_step)
     model = loaded.model
     prepare_trainable(model, config)
+    if plan.init_source is not None:
+        try:
+            load_init(plan.init_source.weights, model)
+        except (ValueError, OSError) as exc:
+            raise ConfigError([FieldError("init_from", str(exc))]) from None
+    loss, loss_note = make_loss(model)
     optimizer = build_optimizer(config, total_steps)  # its settings passed check_optimizer
     optimizer.init(model.trainable_parameters())
     state = LoopState()
     resumed_from: int | None = None
     elapsed_before = 0.0
+    initialized_from = plan.init_source.to_json() if plan.init_source is not None else None
     if plan.folder.mode == "resume":
         try:
             saved = _restore(plan.folder.root, model, optimizer, state)
         except (ValueError, OSError, KeyError, TypeError) as exc:
             message = f"cannot resume from the latest checkpoint: {exc}"
             raise ConfigError([FieldError("run_dir", message)]) from None
+        _check_budget(plan, state.step, total_steps)
         resumed_from = state.step
         elapsed_before = float(saved.get("elapsed_seconds") or 0.0)
+        lineage = saved.get("initialized_from")
+        initialized_from = lineage if isinstance(lineage, dict) else None
     eval_sets = {name: held.batches for name, held in data.held_out.items()}
     progress = DataProgress(
         tokenization,
@@ -239,6 +253,9 @@ def prepare(plan: Plan, stop: StopFlag) -> Prepared:
         progress,
         resumed_from,
         elapsed_before,
+        initialized_from,
+        loss,
+        loss_note,
     )
 
 
@@ -250,6 +267,21 @@ def _report(
     world: int,
 ) -> dict[str, Any]:
     return data_report(config, inputs, data.sources, data.held_out, corpora, world)
+
+
+def _check_budget(plan: Plan, step: int, total_steps: int) -> None:
+    """A resume trains on to its budget: one below the checkpoint's step, or a finished run
+    resumed without a larger one, is bad input (extend a run with a larger budget)."""
+    config = plan.config
+    field = next((b for b in BUDGET_FIELDS if config.get(b) is not None), "iters")
+    finished = plan.folder.paths.final.is_dir()
+    if step > total_steps or (step == total_steps and finished):
+        what = "finished at" if step == total_steps else "is past"
+        message = (
+            f"the run {what} step {step} of this budget ({total_steps} steps); to train it "
+            f"further, give a larger budget (e.g. --iters {2 * step})"
+        )
+        raise ConfigError([FieldError(field, message)])
 
 
 def run(plan: Plan, prepared: Prepared, stop: StopFlag) -> int:
@@ -364,6 +396,7 @@ def _train(
         fine_tune_type=config.fine_tune_type,
         trainable_parameters=trainable,
         total_parameters=total,
+        initialized_from=prepared.initialized_from,
     )
     started = "restarted from step 0" if plan.folder.mode == "restart" else "started"
     logger.status(state.step, RUNNING, "resumed" if resumed_from is not None else started)
@@ -372,6 +405,12 @@ def _train(
         f"({config.fine_tune_type}) for {total_steps} steps"
         + (f", resuming at step {state.step}" if resumed_from is not None else "")
     )
+    source = prepared.initialized_from
+    if source is not None and resumed_from is None:
+        where = source.get("run_id") or source.get("path")
+        at = f" {source['bundle']}" if source.get("bundle") else ""
+        progress.line(f"initialized from {where}{at}: a fresh optimizer, this run's schedule")
+    progress.line(prepared.loss_note)
     progress.begin(total_steps, state.step)
 
     session = TrainingSession(
@@ -397,10 +436,14 @@ def _train(
                 },
                 "layout": LAYOUT,
             },
+            initialized_from=prepared.initialized_from,
+            sample_prompts=list(config.sample_prompts or []),
+            sample_max_tokens=config.sample_max_tokens,
         ),
         model=model,
         optimizer=optimizer,
         writer=plan.rank == 0,
+        tokenizer=loaded.tokenizer,
     )
     batches = prepared.batches
     watcher.on_complete = lambda full: setattr(
@@ -433,6 +476,7 @@ def _train(
         state,
         session,
         eval_sets=prepared.eval_sets,
+        loss=prepared.loss,
         group=plan.group,
     )
     if outcome == FINISHED:

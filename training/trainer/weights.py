@@ -70,3 +70,28 @@ def load_optimizer(bundle: Path, optimizer: Any) -> None:
 
     flat: dict[str, Any] = mx.load(str(bundle / OPTIMIZER_FILE))  # type: ignore[assignment]
     optimizer.state = tree_unflatten(list(flat.items()))
+
+
+def load_init(weights_file: Path, model: Any) -> int:
+    """init_from: load another run's trained weights into this run's trainable parameters.
+    Every weight of the file must be one this run trains, with the same shape (ValueError
+    naming the first that are not), so a source is never half-applied; the weights take
+    this run's dtype. Returns how many arrays were loaded."""
+
+    weights: dict[str, Any] = mx.load(str(weights_file))  # type: ignore[assignment]
+    expected = dict(tree_flatten(model.trainable_parameters()))
+    untrained = sorted(set(weights) - set(expected))
+    wrong = sorted(k for k in set(weights) & set(expected) if weights[k].shape != expected[k].shape)
+    if untrained or wrong:
+        parts = [
+            f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("not trained by this run", untrained), ("other shapes", wrong))
+            if keys
+        ]
+        raise ValueError(
+            f"{weights_file} does not fit this run's trainable parameters ("
+            + "; ".join(parts)
+            + "): train the same layers (num_layers), adapter rank and keys as that run"
+        )
+    model.load_weights([(k, v.astype(expected[k].dtype)) for k, v in weights.items()], strict=False)
+    return len(weights)

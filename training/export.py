@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         field = getattr(exc, "field", None)
         print(f"error{f' ({field})' if field else ''}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    # An adapter export of a run that trained its embeddings and head holds its own base.
+    base = result.path if (result.path / "config.json").is_file() else result.source.model
     hint = (
-        f"mlx_lm.load({str(result.source.model)!r}, adapter_path={str(result.path)!r})"
+        f"mlx_lm.load({str(base)!r}, adapter_path={str(result.path)!r})"
         if result.format == "adapter"
         else f"mlx_lm.load({str(result.path)!r})"
     )

@@ -215,6 +215,8 @@ class RunConfig:
     lora_parameters_scale: float
     lora_parameters_dropout: float
     lora_parameters_keys: list[str] | None
+    train_embeddings: bool
+    embedding_lr_scale: float
     dtype: str
     trust_remote_code: bool
     init_from: str | None
@@ -472,6 +474,15 @@ def validate(
     n_layers = values["num_layers"]
     if n_layers is not None and n_layers == 0:
         errors.append(FieldError("num_layers", "must be at least 1, or -1 for all layers"))
+    if values["train_embeddings"] and values["fine_tune_type"] not in ("lora", "dora"):
+        errors.append(
+            FieldError(
+                "train_embeddings",
+                "only applies to lora/dora runs: a full run already trains the embeddings "
+                "and the head with every weight (num_layers empty or -1); turn it off, or "
+                "choose lora or dora",
+            )
+        )
     if check_paths:
         errors += [
             e for e in _check_paths(config, base_dir or Path.cwd()) if e.field not in skipped

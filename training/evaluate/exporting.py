@@ -3,13 +3,17 @@
 Formats: `model`, a standalone model folder (`mlx_lm.load(dest)`): LoRA/DoRA adapters
 are fused into the base the way `mlx_lm fuse` does it, a full run's weights are saved
 as they are; `adapter`, the LoRA/DoRA adapter folder alone (`mlx_lm.load(base,
-adapter_path=dest)`). Every export carries a model card (README.md). The export is
+adapter_path=dest)`); a run that also trained its embeddings and head fully
+(`train_embeddings`) exports the base with those weights in place and the adapters beside
+them (`mlx_lm.load(dest, adapter_path=dest)`: mlx-lm's adapter loader takes adapter
+weights only). Every export carries a model card (README.md). The export is
 built in a hidden sibling folder and renamed into place, so a failure leaves nothing
 behind, and an existing folder is replaced only with `overwrite`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -19,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.contract.checkpoints import ADAPTER_CONFIG_FILE, ADAPTERS_FILE, FULL_MODULES_KEY
 from training.contract.exports import FORMATS, ExportError, check_destination
 from training.contract.layout import Workspace
 from training.contract.model_source import ModelSource
+from training.evaluate.adapters import full_modules, read_adapter_config, split_weights
 from training.evaluate.model_card import render_model_card
-from training.evaluate.models import load_source
+from training.evaluate.models import load_model, load_source
 
 # Told each stage of the export as it begins ("loading the model").
 StageProgress = Callable[[str], None]
@@ -70,7 +76,7 @@ def export_source(
     try:
         if fmt == "adapter":
             progress("copying the adapter")
-            _copy_adapter(source, staging)
+            _copy_adapter(source, staging, progress)
         elif source.adapter_path is None:
             progress("copying the model folder")
             _copy_model_folder(source.model, staging)
@@ -88,10 +94,33 @@ def export_source(
     return ExportResult(dest, fmt, source, size, time.perf_counter() - started)
 
 
-def _copy_adapter(source: ModelSource, staging: Path) -> None:
+def _copy_adapter(source: ModelSource, staging: Path, progress: StageProgress) -> None:
+    """The adapter folder as it is; one that also holds fully trained embeddings and head
+    (`full_modules`) becomes the base model with those weights in place plus the adapters
+    alone beside them, since mlx-lm's adapter loader takes adapter weights only:
+    `mlx_lm.load(dest, adapter_path=dest)`."""
     assert source.adapter_path is not None
-    for name in ("adapters.safetensors", "adapter_config.json"):
-        shutil.copy2(source.adapter_path / name, staging / name)
+    config = read_adapter_config(source.adapter_path)
+    modules = full_modules(config)
+    if not modules:
+        for name in (ADAPTERS_FILE, ADAPTER_CONFIG_FILE):
+            shutil.copy2(source.adapter_path / name, staging / name)
+        return
+    import mlx.core as mx
+    from mlx_lm.utils import save
+
+    progress("loading the base model")
+    base = load_model(source.model)
+    weights: dict[str, Any] = mx.load(str(source.adapter_path / ADAPTERS_FILE))  # type: ignore[assignment]
+    adapters, trained = split_weights(weights, modules)
+    base.model.load_weights(list(trained.items()), strict=False)
+    progress(f"saving the base with its trained {', '.join(modules)}")
+    save(staging, source.model, base.model, base.tokenizer, base.config, donate_model=False)
+    mx.save_safetensors(str(staging / ADAPTERS_FILE), adapters, {"format": "mlx"})
+    plain = {k: v for k, v in config.items() if k != FULL_MODULES_KEY}
+    plain["model"] = "."  # the base with the trained embeddings and head: this folder
+    plain["base_model"] = str(config.get("model") or source.model)
+    (staging / ADAPTER_CONFIG_FILE).write_text(json.dumps(plain, indent=2) + "\n")
 
 
 def _copy_model_folder(model: Path, staging: Path) -> None:

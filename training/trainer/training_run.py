@@ -51,6 +51,7 @@ from training.trainer.loop import EvalBatches, LoopArgs, LoopState, train
 from training.trainer.loss import make_loss
 from training.trainer.model_setup import (
     adapter_config,
+    embedding_weight_names,
     parameter_counts,
     prepare_trainable,
     save_final,
@@ -165,7 +166,8 @@ def prepare(plan: Plan, stop: StopFlag) -> Prepared:
         except (ValueError, OSError) as exc:
             raise ConfigError([FieldError("init_from", str(exc))]) from None
     loss, loss_note = make_loss(model)
-    optimizer = build_optimizer(config, total_steps)  # its settings passed check_optimizer
+    full = embedding_weight_names(model) if config.train_embeddings else None
+    optimizer = build_optimizer(config, total_steps, full)  # settings passed check_optimizer
     optimizer.init(model.trainable_parameters())
     state = LoopState()
     prepared = Prepared(data, total_steps, optimizer, state, {}, loss=loss, loss_note=loss_note)
@@ -320,7 +322,7 @@ def _train(
             sequences_per_epoch=len(data.train),
             total_steps=total_steps,
             fine_tune_type=config.fine_tune_type,
-            adapter_config=adapter_config(config, base_model, len(model.layers)),
+            adapter_config=adapter_config(config, base_model, model),
             keep_checkpoints=config.keep_checkpoints,
             keep_best=config.keep_best,
             elapsed_before=prepared.elapsed_before,

@@ -90,7 +90,9 @@ def runs(
         ws / "child.yaml", assets, **EMB, embedding_lr_scale=0.3, iters=1, init_from="straight"
     )
     _ok(run_trainer(ws, "-c", child, "--run-dir", ws / "runs" / "child"))
-    return {"ws": ws, "model": untied}
+    dora = write_config(ws / "dora.yaml", assets, **{**EMB, "fine_tune_type": "dora"}, iters=2)
+    _ok(run_trainer(ws, "-c", dora, "--run-dir", ws / "runs" / "dora"))
+    return {"ws": ws, "model": untied, "assets": assets}
 
 
 def _trained(run_dir: Path) -> dict[str, np.ndarray]:
@@ -165,11 +167,14 @@ def _logits(model: Any, tokenizer: Any) -> np.ndarray:
     return np.array(model(mx.array([tokenizer.encode(PROMPT)])).astype(mx.float32))
 
 
-def test_fused_and_adapter_exports_load_with_mlx_lm(runs: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.parametrize("run", ["straight", "dora"])
+def test_fused_and_adapter_exports_load_with_mlx_lm(
+    run: str, runs: dict[str, Any], tmp_path: Path
+) -> None:
     from mlx_lm import load
 
     ws = Workspace(runs["ws"])
-    source = resolve_run_source(RunPaths(runs["ws"] / "runs" / "straight"), "final", None)
+    source = resolve_run_source(RunPaths(runs["ws"] / "runs" / run), "final", None)
     trained = load_model(source.model, source.adapter_path)
     expected = _logits(trained.model, trained.tokenizer)
     fused = export_source(source, tmp_path / "fused", "model", ws)
@@ -224,3 +229,18 @@ def test_the_embeddings_of_a_tied_model_are_its_head(tiny_assets: dict[str, Path
 
     model, _ = load(str(tiny_assets["model"]))
     assert [name for name, _ in embedding_modules(model)] == ["model.embed_tokens"]
+
+
+def test_init_from_a_run_with_trained_embeddings_needs_the_switch(runs: dict[str, Any]) -> None:
+    ws = runs["ws"]
+    config = write_config(
+        ws / "plain-child.yaml",
+        runs["assets"],
+        **{**EMB, "train_embeddings": False},
+        iters=1,
+        init_from="straight",
+    )
+    proc = run_trainer(ws, "-c", config, "--run-dir", ws / "runs" / "plain-child")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "init_from" in proc.stderr and "turn train_embeddings on" in proc.stderr
+    assert not (ws / "runs" / "plain-child").exists()

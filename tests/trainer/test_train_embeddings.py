@@ -72,7 +72,8 @@ def runs(
     untied: Path, tiny_assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
     """One step at embedding_lr_scale 0, 0.5 and 1; six steps straight; three steps then
-    extended to six; a run initialized from the six-step one."""
+    extended to six; a run initialized from the six-step one; two steps of DoRA on the
+    last block."""
     ws = tmp_path_factory.mktemp("embeddings")
     assets = {**tiny_assets, "model": untied}
     for scale in (0.0, 0.5, 1.0):
@@ -90,7 +91,8 @@ def runs(
         ws / "child.yaml", assets, **EMB, embedding_lr_scale=0.3, iters=1, init_from="straight"
     )
     _ok(run_trainer(ws, "-c", child, "--run-dir", ws / "runs" / "child"))
-    dora = write_config(ws / "dora.yaml", assets, **{**EMB, "fine_tune_type": "dora"}, iters=2)
+    last_block = {**EMB, "fine_tune_type": "dora", "num_layers": 1}
+    dora = write_config(ws / "dora.yaml", assets, **last_block, iters=2)
     _ok(run_trainer(ws, "-c", dora, "--run-dir", ws / "runs" / "dora"))
     return {"ws": ws, "model": untied, "assets": assets}
 

@@ -246,3 +246,41 @@ def test_init_from_a_run_with_trained_embeddings_needs_the_switch(runs: dict[str
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "init_from" in proc.stderr and "turn train_embeddings on" in proc.stderr
     assert not (ws / "runs" / "plain-child").exists()
+
+
+def test_embeddings_and_head_are_found_outside_the_blocks_at_any_depth() -> None:
+    import mlx.nn as nn
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.relative = nn.Embedding(8, 4)  # inside a block: the adapters' business
+            self.proj = nn.Linear(4, 4)
+
+    class Inner(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wte = nn.Embedding(16, 4)
+            self.wpe = nn.Embedding(8, 4)
+            self.layers = [Block(), Block()]
+            self.lm_head = nn.Linear(4, 16, bias=False)
+
+    class Wrapper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.language_model = Inner()
+
+        @property
+        def layers(self) -> list[Block]:
+            return self.language_model.layers
+
+    names = [name for name, _ in embedding_modules(Wrapper())]
+    assert names == ["language_model.wpe", "language_model.wte", "language_model.lm_head"]
+
+    class NoEmbedding(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = [Block()]
+
+    with pytest.raises(ValueError, match="no token embedding"):
+        embedding_modules(NoEmbedding())

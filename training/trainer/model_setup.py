@@ -147,29 +147,30 @@ def prepare_trainable(model: nn.Module, config: RunConfig) -> None:
         grad_checkpoint(layers[0])
 
 
-# The output head's attribute in mlx-lm's models (absent when tied to the embeddings).
+# Names of the output head in mlx-lm's models (absent when tied to the embeddings).
 HEAD_NAMES = ("lm_head", "output", "head")
+_EMBEDDINGS = (nn.Embedding, nn.QuantizedEmbedding)
+_LINEARS = (nn.Linear, nn.QuantizedLinear)
 
 
 def embedding_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The modules `train_embeddings` trains fully in a lora/dora run: every embedding
-    outside the transformer blocks (token, and position where a model has one) and the
-    output head (`lm_head`; none when it is tied to the token embedding). ValueError when
-    the model has no embedding to find."""
+    outside the transformer blocks (token, and position where a model has one), then the
+    output head: a linear layer outside the blocks named lm_head, output or head, at any
+    depth (none when the head is tied to the token embedding). Sorted by name within each
+    kind. ValueError when the model has no embedding to find."""
     in_blocks = {id(m) for layer in model.layers for _, m in layer.named_modules()}
-    found: list[tuple[str, nn.Module]] = [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, (nn.Embedding, nn.QuantizedEmbedding)) and id(m) not in in_blocks
-    ]
-    for name in HEAD_NAMES:
-        head = model.get(name)
-        if isinstance(head, nn.Module) and "weight" in head:
-            found.append((name, head))
-            break
-    if not any(isinstance(m, (nn.Embedding, nn.QuantizedEmbedding)) for _, m in found):
+    outside = [(name, m) for name, m in model.named_modules() if id(m) not in in_blocks]
+    embeddings = sorted(
+        ((n, m) for n, m in outside if isinstance(m, _EMBEDDINGS)), key=lambda nm: nm[0]
+    )
+    heads = sorted(
+        ((n, m) for n, m in outside if isinstance(m, _LINEARS) and n.rsplit(".")[-1] in HEAD_NAMES),
+        key=lambda nm: nm[0],
+    )
+    if not embeddings:
         raise ValueError(f"{type(model).__name__} has no token embedding to train")
-    return found
+    return [*embeddings, *heads]
 
 
 def embedding_weight_names(model: nn.Module) -> list[str]:

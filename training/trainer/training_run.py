@@ -21,7 +21,7 @@ import mlx.core as mx
 
 from training.contract import checkpoints
 from training.contract.blas import blas_in_use
-from training.contract.config import BUDGET_FIELDS, ConfigError, FieldError
+from training.contract.config import BUDGET_FIELDS, ConfigError, FieldError, RunConfig
 from training.contract.disk import disk_full_error
 from training.contract.errors import InputError, StopRequested
 from training.contract.files import write_atomic, write_json_atomic
@@ -300,7 +300,7 @@ def _train(
     logger.status(state.step, RUNNING, "resumed" if resumed_from is not None else started)
     progress.line(
         f"training {trainable / 1e6:.2f}M of {total / 1e6:.2f}M parameters "
-        f"({config.fine_tune_type}) for {total_steps} steps"
+        f"({config.fine_tune_type}{_full_note(config, model)}) for {total_steps} steps"
         + (f", resuming at step {state.step}" if resumed_from is not None else "")
     )
     source = prepared.initialized_from
@@ -382,6 +382,14 @@ def _train(
             "loss is not finite; last good checkpoint: " + (latest["bundle"] if latest else "none"),
         )
     return outcome
+
+
+def _full_note(config: RunConfig, model: Any) -> str:
+    """' + model.embed_tokens, lm_head at 0.2x the rate' for a train_embeddings run."""
+    if not config.train_embeddings:
+        return ""
+    names = ", ".join(embedding_weight_names(model))
+    return f" + {names} at {config.embedding_lr_scale:g}x the rate"
 
 
 def _restore(run_dir: Path, model: Any, optimizer: Any, state: LoopState) -> dict[str, Any]:

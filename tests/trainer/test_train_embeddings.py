@@ -143,6 +143,21 @@ def test_the_multiplier_is_the_embeddings_own_rate(runs: dict[str, Any]) -> None
     adapters = [k for k in after[1.0] if k not in FULL_WEIGHTS]
     for name in adapters:
         assert np.array_equal(after[0.0][name], after[1.0][name]), name
+    # The checkpoint's optimizer state: two groups, the second at the multiplier's rate.
+    state = mx.load(
+        str(
+            runs["ws"]
+            / "runs"
+            / "scale-0.5"
+            / "checkpoints"
+            / "step-00000001"
+            / "optimizer.safetensors"
+        )
+    )
+    assert state["states.1.learning_rate"].item() == pytest.approx(
+        0.5 * state["states.0.learning_rate"].item()
+    )
+    assert {"states.1.model.embed_tokens.weight.m", "states.1.lm_head.weight.v"} <= set(state)
     rates = {s: events(runs["ws"] / "runs" / f"scale-{s}", "train")[0] for s in (0.0, 1.0)}
     assert rates[0.0]["learning_rate"] == rates[1.0]["learning_rate"] == pytest.approx(3e-3)
 

@@ -185,6 +185,8 @@ def test_form_rules_pickers_yaml_and_command_line(
     expect(scale).to_have_js_property("hidden", True)
     page.locator('[name="train_embeddings"]').check()
     expect(scale).to_have_js_property("hidden", False)
+    # The LR plot adds the embeddings' and head's own rate (embedding_lr_scale x).
+    expect(page.locator("#lr-summary")).to_contain_text("embeddings and head (dashed)")
     page.select_option('[name="fine_tune_type"]', "full")
     expect(page.locator('[data-field="train_embeddings"]')).to_be_hidden()
     expect(scale).to_have_js_property("hidden", True)

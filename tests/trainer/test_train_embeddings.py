@@ -117,6 +117,7 @@ def test_only_the_adapters_embeddings_and_head_train(runs: dict[str, Any]) -> No
     assert start["trainable_parameters"] == sum(v.size for v in trained.values())
     config = json.loads((run / "final" / "adapter_config.json").read_text())
     assert config["full_modules"] == ["model.embed_tokens", "lm_head"]
+    assert "python -m training.export" in (run / "final" / "README.md").read_text()
     # Every other base weight is the base's: the trained model, loaded as the evaluation
     # worker and the playground load it, holds them unchanged.
     loaded = load_model(runs["model"], run / "final")

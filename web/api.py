@@ -219,6 +219,12 @@ def check_hosts():
                 "total_steps": {"type": "integer"},
                 "peak": NUMBER,
                 "final": NUMBER,
+                "embedding_learning_rates": array(
+                    NUMBER,
+                    description="The embeddings' and head's rate at each step "
+                    "(train_embeddings in a lora/dora run: embedding_lr_scale times the "
+                    "learning rate); absent otherwise",
+                ),
             },
             required=["steps", "learning_rates", "total_steps"],
         )
@@ -246,12 +252,16 @@ def lr_schedule():
         steps, rates = learning_rates(spec, body.get("max_points") or DEFAULT_SCHEDULE_POINTS)
     except (ArithmeticError, ValueError) as exc:  # an mlx-lm mapping dividing by zero, ...
         raise ApiError(400, f"cannot compute this schedule: {exc}", "lr_schedule") from None
+    extra: dict[str, list[float]] = {}
+    if cfg.train_embeddings and cfg.fine_tune_type in ("lora", "dora"):
+        extra["embedding_learning_rates"] = [r * cfg.embedding_lr_scale for r in rates]
     return jsonify(
         steps=steps,
         learning_rates=rates,
         total_steps=spec.total_steps,
         peak=max(rates),
         final=rates[-1],
+        **extra,
     )
 
 

@@ -152,12 +152,22 @@ export class FieldForm {
     });
   }
 
-  /** Show or hide fields whose depends_on rule changed. */
+  /** Show or hide fields whose depends_on rule changed. A hidden field counts as unset, so a
+   * rule on it fails too (embedding_lr_scale needs train_embeddings, itself lora/dora only);
+   * passes repeat until nothing changes, whatever the registry's order. */
   applyDependencies() {
     const current = this.rawValues();
-    for (const { row, spec } of this.rows.values()) {
-      const dep = spec.depends_on;
-      row.hidden = Boolean(dep) && !dep.values.map(String).includes(String(current[dep.field]));
+    for (let changed = true, pass = 0; changed && pass <= this.rows.size; pass++) {
+      changed = false;
+      for (const [name, { row, spec }] of this.rows) {
+        const dep = spec.depends_on;
+        const hidden = Boolean(dep) && !dep.values.map(String).includes(String(current[dep.field]));
+        if (hidden && name in current) {
+          delete current[name];
+          changed = true;
+        }
+        row.hidden = hidden;
+      }
     }
   }
 

@@ -5,7 +5,8 @@
  * follows, step for step, for every shape (constant, cosine, linear, wsd, mlx-lm mappings).
  *
  *   LrPlot(el).update(config, totalSteps) -> Promise<string>: draws it (uPlot, at most 400
- *       points) and resolves to a one-line summary ("" when it cannot be drawn yet)
+ *       points) and resolves to a one-line summary ("" when it cannot be drawn yet); a LoRA
+ *       run with train_embeddings also gets the embeddings' and head's rate, dashed
  */
 import { cssVar } from "./chart.js";
 import { fmt } from "./dom.js";
@@ -53,10 +54,14 @@ export class LrPlot {
     }
     if (empty) empty.hidden = true;
     const xs = res.steps;
-    const ys = res.learning_rates.map((v) => (v == null ? NaN : v));
+    const values = (list) => list.map((v) => (v == null ? NaN : v));
+    const data = [xs, values(res.learning_rates)];
+    // train_embeddings: the embeddings' and head's own rate, dashed under the adapters'.
+    const embeddings = Array.isArray(res.embedding_learning_rates);
+    if (embeddings) data.push(values(res.embedding_learning_rates));
     const n = xs.length;
-    const key = JSON.stringify([xs.length, xs[n - 1]]);
-    if (this.plot && key === this.key) this.plot.setData([xs, ys]);
+    const key = JSON.stringify([xs.length, xs[n - 1], embeddings]);
+    if (this.plot && key === this.key) this.plot.setData(data);
     else {
       if (this.plot) this.plot.destroy();
       this.key = key;
@@ -71,12 +76,19 @@ export class LrPlot {
           cursor: { drag: { x: false, y: false } },
           scales: { x: { time: false } },
           axes: [style, { ...style, size: 56, values: (u, t) => t.map((v) => fmt.lr(v)) }],
-          series: [{}, { stroke: cssVar("--accent"), width: 1.75, fill: cssVar("--accent-soft") }],
+          series: [
+            {},
+            { stroke: cssVar("--accent"), width: 1.75, fill: cssVar("--accent-soft") },
+            ...(embeddings ? [{ stroke: axis, width: 1.5, dash: [5, 4] }] : []),
+          ],
         },
-        [xs, ys],
+        data,
         this.el
       );
     }
-    return (this.summary = `peak ${fmt.lr(res.peak)} · ends ${fmt.lr(res.final)}`);
+    const summary = `peak ${fmt.lr(res.peak)} · ends ${fmt.lr(res.final)}`;
+    if (!embeddings) return (this.summary = summary);
+    const peak = Math.max(...res.embedding_learning_rates);
+    return (this.summary = `${summary} · embeddings and head (dashed): peak ${fmt.lr(peak)}`);
   }
 }

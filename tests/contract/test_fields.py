@@ -36,7 +36,10 @@ def test_field_is_documented_and_consistent(spec):
         assert check_bounds(spec, spec.default) is None
     if spec.depends_on:
         other = FIELDS_BY_NAME[spec.depends_on.field]
-        assert other.choices and set(spec.depends_on.values) <= set(other.choices)
+        if other.type == "bool":  # a switch: shown while it is on (or off)
+            assert set(spec.depends_on.values) <= {True, False}
+        else:
+            assert other.choices and set(spec.depends_on.values) <= set(other.choices)
     assert spec.flag.startswith("--") and " " not in spec.flag
 
 

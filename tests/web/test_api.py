@@ -123,6 +123,27 @@ def test_lr_schedule_is_computed_from_the_config(client):
     assert_error(api(client, "post", "/api/config/lr_schedule", {"config": {}}), 400, "total_steps")
 
 
+def test_lr_schedule_gives_the_embeddings_rate_of_a_train_embeddings_run(client):
+    config = {"learning_rate": 1e-3, "lr_schedule": "cosine", "warmup_steps": 2}
+    body = {
+        "config": {
+            **config,
+            "fine_tune_type": "lora",
+            "train_embeddings": True,
+            "embedding_lr_scale": 0.25,
+        },
+        "total_steps": 12,
+    }
+    data = api(client, "post", "/api/config/lr_schedule", body).get_json()
+    assert data["embedding_learning_rates"] == [r * 0.25 for r in data["learning_rates"]]
+    assert len(set(data["learning_rates"])) > 3  # a real curve, scaled at every step
+    plain = {**body, "config": {**config, "fine_tune_type": "lora"}}
+    assert (
+        "embedding_learning_rates"
+        not in api(client, "post", "/api/config/lr_schedule", plain).get_json()
+    )
+
+
 def quantized_model(workspace, name="tiny-4bit"):
     """A model folder as mlx_lm.convert -q writes its config.json (no weights: the console
     reads config.json only)."""

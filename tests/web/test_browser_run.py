@@ -178,6 +178,18 @@ def test_form_rules_pickers_yaml_and_command_line(
     expect(rank).to_be_visible()
     page.select_option('[name="fine_tune_type"]', "full")
     expect(rank).to_be_hidden()
+    # A rule on a hidden field fails too: the embeddings' rate needs train_embeddings, which
+    # is lora/dora only, so a full run shows neither even with the switch left on.
+    scale = page.locator('[data-field="embedding_lr_scale"]')
+    page.select_option('[name="fine_tune_type"]', "lora")
+    expect(scale).to_have_js_property("hidden", True)
+    page.locator('[name="train_embeddings"]').check()
+    expect(scale).to_have_js_property("hidden", False)
+    # The LR plot adds the embeddings' and head's own rate (embedding_lr_scale x).
+    expect(page.locator("#lr-summary")).to_contain_text("embeddings and head (dashed)")
+    page.select_option('[name="fine_tune_type"]', "full")
+    expect(page.locator('[data-field="train_embeddings"]')).to_be_hidden()
+    expect(scale).to_have_js_property("hidden", True)
 
     # The model picker lists the workspace and picks a model folder.
     page.fill('[name="model"]', "")

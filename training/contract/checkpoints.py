@@ -38,6 +38,10 @@ STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 ADAPTERS_FILE = "adapters.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
+# adapter_config.json key (ours; mlx-lm ignores it): modules a lora/dora run trained fully
+# beside its adapters (train_embeddings: the embeddings and the head), whose weights
+# adapters.safetensors holds too. training/evaluate/adapters.py loads them.
+FULL_MODULES_KEY = "full_modules"
 LATEST_FILE = "latest.json"
 CHECKPOINTS_DIR = "checkpoints"
 TMP_PREFIX = ".tmp-"

@@ -220,6 +220,8 @@ class RunConfig:
     lora_parameters_scale: float
     lora_parameters_dropout: float
     lora_parameters_keys: list[str] | None
+    train_embeddings: bool
+    embedding_lr_scale: float
     dtype: str
     trust_remote_code: bool
     init_from: str | None
@@ -511,6 +513,15 @@ def validate(
                     "its own held-out documents); rename the set or the source",
                 )
             )
+    if values["train_embeddings"] and values["fine_tune_type"] not in ("lora", "dora"):
+        errors.append(
+            FieldError(
+                "train_embeddings",
+                "only applies to lora/dora runs: a full run already trains the embeddings "
+                "and the head with every weight (num_layers empty or -1); turn it off, or "
+                "choose lora or dora",
+            )
+        )
     if check_paths:
         errors += [
             e for e in _check_paths(config, base_dir or Path.cwd()) if e.field not in skipped

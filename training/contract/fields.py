@@ -158,6 +158,22 @@ FIELDS: tuple[FieldSpec, ...] = (
         example="self_attn.q_proj,self_attn.v_proj",
     ),
     FieldSpec(
+        "train_embeddings", "bool", False,
+        "Also train the token embeddings and the output head fully (not as adapters) in a "
+        "lora/dora run, at `embedding_lr_scale` times the learning rate: continued "
+        "pre-training on a new domain or language often needs them. Checkpoints, final/ and "
+        "exports carry them with the adapters.",
+        "model", "important", depends_on=_LORA,
+    ),
+    FieldSpec(
+        "embedding_lr_scale", "float", 0.2,
+        "Multiplier of the learning rate (at every step of the schedule) for the embeddings "
+        "and the head when `train_embeddings` is on; CPT recipes use 2-10x smaller than the "
+        "adapters' (0.1-0.5). They get their own optimizer state, so Adam's update is exact.",
+        "training", "advanced", minimum=0, maximum=10.0,
+        depends_on=DependsOn("train_embeddings", (True,)),
+    ),
+    FieldSpec(
         "dtype", "choice", "auto",
         "Precision of the trained weights: auto keeps the model's own; float32 is the "
         "safest for full fine-tuning on the CPU.",

@@ -29,6 +29,7 @@ from typing import Any
 from training.contract.checkpoints import (
     ADAPTER_CONFIG_FILE,
     ADAPTERS_FILE,
+    FULL_MODULES_KEY,
     best_bundle,
     bundle_name,
     list_bundles,
@@ -223,6 +224,15 @@ def check_init(
                 f"{name} trained {kind}, this run is {config.fine_tune_type}; {fix}",
             )
         )
+    if kind in ("lora", "dora") and kind == config.fine_tune_type and not config.train_embeddings:
+        if _full_modules(source.weights):
+            errors.append(
+                FieldError(
+                    "train_embeddings",
+                    f"{name} also trained its embeddings and head fully (train_embeddings); "
+                    "turn train_embeddings on to go on training them with init_from",
+                )
+            )
     if source.run_id is not None and config.model:
         if source.base_model is None:
             errors.append(
@@ -241,6 +251,15 @@ def check_init(
                 )
             )
     return source, errors
+
+
+def _full_modules(weights: Path) -> bool:
+    """Whether the adapter_config.json beside `weights` lists modules trained fully."""
+    try:
+        config = read_json_object(weights.parent, ADAPTER_CONFIG_FILE)
+    except (OSError, ValueError):
+        return False
+    return bool(config.get(FULL_MODULES_KEY))
 
 
 def _same_folder(a: Path, b: Path) -> bool:

@@ -6,7 +6,10 @@ are fused into the base the way `mlx_lm fuse` does it, a full run's weights are 
 as they are, and with a Quantization the weights go through mlx-lm's own
 `quantize_model` (4 or 8 bits, a group size; the scales and the unquantized layers in the
 model's own dtype); `adapter`, the LoRA/DoRA adapter folder alone (`mlx_lm.load(base,
-adapter_path=dest)`); `gguf`, one float16 GGUF file written by mlx-lm's GGUF writer
+adapter_path=dest)`; a run that also trained its embeddings and head
+fully (`train_embeddings`) exports the base with those weights in place and the adapters
+beside them: `mlx_lm.load(dest, adapter_path=dest)`, since mlx-lm's adapter loader takes
+adapter weights only); `gguf`, one float16 GGUF file written by mlx-lm's GGUF writer
 (mlx_lm/gguf.py, the llama family only). Every export carries a model card (README.md).
 
 A quantized export can be measured: the perplexity of the unquantized model and of the
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import shlex
 import shutil
@@ -32,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.contract.checkpoints import ADAPTER_CONFIG_FILE, ADAPTERS_FILE, FULL_MODULES_KEY
 from training.contract.eval_text import EvalText
 from training.contract.exports import (
     GGUF_FILE,
@@ -43,6 +48,7 @@ from training.contract.exports import (
 )
 from training.contract.layout import RunPaths, Workspace
 from training.contract.model_source import ModelSource
+from training.evaluate.adapters import full_modules, read_adapter_config, split_weights
 from training.evaluate.model_card import render_model_card
 from training.evaluate.models import LoadedModel, ShouldStop, load_model, load_source
 from training.evaluate.perplexity import (
@@ -98,8 +104,14 @@ class ExportResult:
     def load_python(self) -> str | None:
         """How mlx-lm loads it (None for GGUF, which mlx-lm does not read)."""
         if self.format == "adapter":
-            return f"mlx_lm.load({str(self.source.model)!r}, adapter_path={str(self.path)!r})"
+            return f"mlx_lm.load({str(self.base)!r}, adapter_path={str(self.path)!r})"
         return None if self.format == "gguf" else f"mlx_lm.load({str(self.path)!r})"
+
+    @property
+    def base(self) -> Path:
+        """The model an adapter export applies to: the export itself when it holds the base
+        with the embeddings and head trained fully (train_embeddings), else the source's."""
+        return self.path if (self.path / "config.json").is_file() else self.source.model
 
     def load_command(self) -> str:
         """A shell command that loads it and generates."""
@@ -107,7 +119,7 @@ class ExportResult:
             return f"llama-cli -m {shlex.quote(str(self.file))} -p 'Hello'"
         if self.format == "adapter":
             return (
-                f"mlx_lm.generate --model {shlex.quote(str(self.source.model))} "
+                f"mlx_lm.generate --model {shlex.quote(str(self.base))} "
                 f"--adapter-path {shlex.quote(str(self.path))} --prompt 'Hello'"
             )
         return f"mlx_lm.generate --model {shlex.quote(str(self.path))} --prompt 'Hello'"
@@ -150,7 +162,7 @@ def export_source(
     try:
         if fmt == "adapter":
             progress("copying the adapter")
-            _copy_adapter(source, staging)
+            _copy_adapter(source, staging, progress)
         elif fmt == "gguf":
             _save_gguf(source, staging, progress)
         elif quantization is not None:
@@ -179,10 +191,33 @@ def export_source(
     )
 
 
-def _copy_adapter(source: ModelSource, staging: Path) -> None:
+def _copy_adapter(source: ModelSource, staging: Path, progress: StageProgress) -> None:
+    """The adapter folder as it is; one that also holds fully trained embeddings and head
+    (`full_modules`) becomes the base model with those weights in place plus the adapters
+    alone beside them, since mlx-lm's adapter loader takes adapter weights only:
+    `mlx_lm.load(dest, adapter_path=dest)`."""
     assert source.adapter_path is not None
-    for name in ("adapters.safetensors", "adapter_config.json"):
-        shutil.copy2(source.adapter_path / name, staging / name)
+    config = read_adapter_config(source.adapter_path)
+    modules = full_modules(config)
+    if not modules:
+        for name in (ADAPTERS_FILE, ADAPTER_CONFIG_FILE):
+            shutil.copy2(source.adapter_path / name, staging / name)
+        return
+    import mlx.core as mx
+    from mlx_lm.utils import save
+
+    progress("loading the base model")
+    base = load_model(source.model)
+    weights: dict[str, Any] = mx.load(str(source.adapter_path / ADAPTERS_FILE))  # type: ignore[assignment]
+    adapters, trained = split_weights(weights, modules)
+    base.model.load_weights(list(trained.items()), strict=False)
+    progress(f"saving the base with its trained {', '.join(modules)}")
+    save(staging, source.model, base.model, base.tokenizer, base.config, donate_model=False)
+    mx.save_safetensors(str(staging / ADAPTERS_FILE), adapters, {"format": "mlx"})
+    plain = {k: v for k, v in config.items() if k != FULL_MODULES_KEY}
+    plain["model"] = "."  # the base with the trained embeddings and head: this folder
+    plain["base_model"] = str(config.get("model") or source.model)
+    (staging / ADAPTER_CONFIG_FILE).write_text(json.dumps(plain, indent=2) + "\n")
 
 
 def _copy_model_folder(model: Path, staging: Path) -> None:

@@ -20,6 +20,7 @@ import yaml
 from training.contract.exports import GGUF_FILE, Quantization
 from training.contract.layout import RunPaths, Workspace
 from training.contract.model_source import ModelSource
+from training.evaluate.adapters import has_full_modules
 from training.metrics.checkpoint_table import final_losses
 
 DATA_KEYS = (
@@ -55,6 +56,15 @@ def _data_report(run_root: Path, run_start: dict[str, Any] | None) -> dict[str, 
 def _usage(source: ModelSource, fmt: str) -> str:
     if fmt == "gguf":
         return f"llama-cli -m path/to/this/folder/{GGUF_FILE} -p 'Hello'"
+    if fmt == "adapter" and has_full_modules(source):
+        return (
+            "# The base model with its embeddings and output head as trained (fully, beside\n"
+            "# the adapters: train_embeddings) is this folder; the adapters lie beside it.\n"
+            "from mlx_lm import load, generate\n\n"
+            'model, tokenizer = load("path/to/this/folder", '
+            'adapter_path="path/to/this/folder")\n'
+            'print(generate(model, tokenizer, prompt="Hello", max_tokens=50))'
+        )
     if fmt == "adapter":
         return (
             "from mlx_lm import load, generate\n\n"

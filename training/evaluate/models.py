@@ -70,12 +70,13 @@ def load_model(model: str | Path, adapter_path: str | Path | None = None) -> Loa
     adapter_dir = check_adapter_dir(adapter_path) if adapter_path else None
     from mlx_lm import load
 
+    from training.evaluate.adapters import load_adapters
+
     try:
-        result: Any = load(
-            str(model_dir),
-            adapter_path=str(adapter_dir) if adapter_dir else None,
-            return_config=True,
-        )
+        result: Any = load(str(model_dir), return_config=True)
+        if adapter_dir is not None:  # mlx-lm's, plus embeddings and head trained fully
+            load_adapters(result[0], adapter_dir)
+            result[0].eval()
     # mlx-lm raises many types here (FileNotFoundError, ValueError, KeyError, safetensors
     # errors); to the person they all mean the same thing: this model does not load.
     except Exception as exc:  # noqa: BLE001

@@ -16,6 +16,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from training.contract.checkpoints import FULL_MODULES_KEY
 from training.contract.config import RunConfig, resolve_path
 from training.contract.disk import DiskFull, check_space, disk_errors
 from training.contract.files import fsync_path
@@ -139,19 +140,66 @@ def prepare_trainable(model: nn.Module, config: RunConfig) -> None:
         linear_to_lora_layers(
             model, n, config.lora_parameters(), use_dora=config.fine_tune_type == "dora"
         )
+        if config.train_embeddings:
+            for _, module in embedding_modules(model):
+                module.unfreeze()
     if config.grad_checkpoint:
         grad_checkpoint(layers[0])
 
 
-def adapter_config(config: RunConfig, base_model: str, blocks: int) -> dict[str, Any]:
-    """adapter_config.json as mlx-lm's load_adapters reads it."""
+# Names of the output head in mlx-lm's models (absent when tied to the embeddings).
+HEAD_NAMES = ("lm_head", "output", "head")
+_EMBEDDINGS = (nn.Embedding, nn.QuantizedEmbedding)
+_LINEARS = (nn.Linear, nn.QuantizedLinear)
+
+
+def embedding_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules `train_embeddings` trains fully in a lora/dora run: every embedding
+    outside the transformer blocks (token, and position where a model has one), then the
+    output head: a linear layer outside the blocks named lm_head, output or head, at any
+    depth (none when the head is tied to the token embedding). Sorted by name within each
+    kind. ValueError when the model has no embedding to find."""
+    in_blocks = {id(m) for layer in model.layers for _, m in layer.named_modules()}
+    outside = [(name, m) for name, m in model.named_modules() if id(m) not in in_blocks]
+    embeddings = sorted(
+        ((n, m) for n, m in outside if isinstance(m, _EMBEDDINGS)), key=lambda nm: nm[0]
+    )
+    heads = sorted(
+        ((n, m) for n, m in outside if isinstance(m, _LINEARS) and n.rsplit(".")[-1] in HEAD_NAMES),
+        key=lambda nm: nm[0],
+    )
+    if not embeddings:
+        raise ValueError(f"{type(model).__name__} has no token embedding to train")
+    return [*embeddings, *heads]
+
+
+def embedding_weight_names(model: nn.Module) -> list[str]:
+    """Prefixes of the weights `embedding_modules` holds ("model.embed_tokens", "lm_head")."""
+    return [name for name, _ in embedding_modules(model)]
+
+
+def quantized_embeddings(model: nn.Module, config: RunConfig) -> list[tuple[str, nn.Module]]:
+    """The embeddings and head `train_embeddings` would train that are quantized (no
+    gradient): empty when the switch is off."""
+    if not config.train_embeddings or config.fine_tune_type == "full":
+        return []
+    return [(name, m) for name, m in embedding_modules(model) if _is_quantized(m)]
+
+
+def adapter_config(config: RunConfig, base_model: str, model: nn.Module) -> dict[str, Any]:
+    """adapter_config.json as mlx-lm's load_adapters reads it; with `train_embeddings`,
+    `full_modules` names the modules trained fully beside the adapters, whose weights
+    adapters.safetensors also holds (training/evaluate/adapters.py loads them; mlx-lm's own
+    load_adapters takes adapter weights only, so an export splits them out)."""
     out: dict[str, Any] = {
         "fine_tune_type": config.fine_tune_type,
-        "num_layers": layers_to_train(config, blocks),
+        "num_layers": layers_to_train(config, len(model.layers)),
         "model": base_model,
     }
     if config.fine_tune_type != "full":
         out["lora_parameters"] = config.lora_parameters()
+    if config.train_embeddings and config.fine_tune_type != "full":
+        out[FULL_MODULES_KEY] = embedding_weight_names(model)
     return out
 
 
@@ -220,14 +268,26 @@ def _write_final(
         config_json = dict(loaded.model_config)
         save(tmp, loaded.path, loaded.model, loaded.tokenizer, config_json, donate_model=False)
     else:
-        blocks = len(loaded.model.layers)
-        save_trainable(tmp, loaded.model, adapter_config(config, base_model, blocks))
-        (tmp / "README.md").write_text(
-            f"# {config.fine_tune_type} adapters\n\nBase model: `{base_model}`\n\n"
-            f"    mlx_lm.generate --model {base_model} --adapter-path {final_dir} "
-            '--prompt "..."\n'
-        )
+        save_trainable(tmp, loaded.model, adapter_config(config, base_model, loaded.model))
+        (tmp / "README.md").write_text(_adapter_readme(config, base_model, final_dir))
     for p in tmp.iterdir():
         if p.is_file():
             fsync_path(p)
     fsync_path(tmp)
+
+
+def _adapter_readme(config: RunConfig, base_model: str, final_dir: Path) -> str:
+    head = f"# {config.fine_tune_type} adapters\n\nBase model: `{base_model}`\n\n"
+    if not config.train_embeddings:
+        return head + (
+            f'    mlx_lm.generate --model {base_model} --adapter-path {final_dir} --prompt "..."\n'
+        )
+    run_dir = final_dir.parent
+    return head + (
+        "adapters.safetensors also holds the embeddings and the output head, trained fully "
+        "(`train_embeddings`); mlx-lm's adapter loader takes adapter weights only, so export "
+        "the run first:\n\n"
+        f"    python -m training.export --run {run_dir} --format model     # fused, standalone\n"
+        f"    python -m training.export --run {run_dir} --format adapter   # the base with the "
+        "trained embeddings and head, the adapters beside them\n"
+    )

@@ -100,9 +100,51 @@ def optimizer_kwargs(config: RunConfig) -> dict[str, Any]:
     return kwargs
 
 
-def build_optimizer(config: RunConfig, total_steps: int) -> optim.Optimizer:
+def scaled(rate: float | Schedule, factor: float) -> float | Schedule:
+    """The learning rate times `factor` at every step (a schedule stays a schedule)."""
+    if not callable(rate):
+        return float(rate) * factor
+    schedule = rate
+
+    def times(step: mx.array) -> mx.array:
+        return schedule(step) * factor
+
+    return times
+
+
+def build_optimizer(
+    config: RunConfig, total_steps: int, full_prefixes: list[str] | None = None
+) -> optim.Optimizer:
+    """The run's optimizer. With `full_prefixes` (train_embeddings: the embeddings and the
+    head in a lora/dora run), a MultiOptimizer of two of the same kind: the first updates
+    every other parameter at the schedule's rate (it is the one reported as
+    `learning_rate`), the second the weights under those prefixes at `embedding_lr_scale`
+    times it. Each keeps its own state (moments, step counter), so Adam's update of each
+    group is exactly its own at its own rate (scaling gradients would not be: Adam divides
+    the scale out) and both save and restore with the checkpoint."""
     cls = OPTIMIZERS[config.optimizer]
-    return cls(learning_rate=learning_rate(config, total_steps), **optimizer_kwargs(config))
+    rate = learning_rate(config, total_steps)
+    main = cls(learning_rate=rate, **optimizer_kwargs(config))
+    if not full_prefixes:
+        return main
+    embeddings = cls(
+        learning_rate=scaled(rate, float(config.embedding_lr_scale)), **optimizer_kwargs(config)
+    )
+    prefixes = tuple(f"{p}." for p in full_prefixes)
+
+    def not_embedding(path: str, _: mx.array) -> bool:
+        return not path.startswith(prefixes)
+
+    return GroupedOptimizer([main, embeddings], [not_embedding])
+
+
+class GroupedOptimizer(optim.MultiOptimizer):
+    """mlx's MultiOptimizer with the first optimizer's step counter and learning rate as
+    its own (what checkpoints and reports read); every group steps together."""
+
+    @property
+    def step(self) -> mx.array:
+        return self.optimizers[0].step
 
 
 def check_optimizer(config: RunConfig) -> None:

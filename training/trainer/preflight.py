@@ -39,6 +39,7 @@ from training.trainer.model_setup import (
     describe_quantized,
     layers_to_train,
     load_base,
+    quantized_embeddings,
     quantized_to_train,
 )
 from training.trainer.optimization import check_optimizer
@@ -228,6 +229,18 @@ def check_model(config: RunConfig, base_dir: Path) -> Any:
             f"weights ({first}{more}), which have no gradient; {FULL_ON_QUANTIZED_FIX}"
         )
         raise ConfigError([FieldError("fine_tune_type", message)])
+    try:
+        quantized = quantized_embeddings(loaded.model, config)
+    except ValueError as exc:  # no embedding to find
+        raise ConfigError([FieldError("train_embeddings", str(exc))]) from None
+    if quantized:
+        names = ", ".join(describe_quantized(*q) for q in quantized)
+        message = (
+            f"the embeddings and head of {config.model} are quantized ({names}), which have "
+            "no gradient; turn train_embeddings off, or use a dequantized copy of the model "
+            "(mlx_lm.convert --dequantize)"
+        )
+        raise ConfigError([FieldError("train_embeddings", message)])
     return loaded
 
 

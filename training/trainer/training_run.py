@@ -23,7 +23,7 @@ import mlx.core as mx
 
 from training.contract import checkpoints
 from training.contract.blas import blas_in_use
-from training.contract.config import BUDGET_FIELDS, ConfigError, FieldError
+from training.contract.config import BUDGET_FIELDS, ConfigError, FieldError, RunConfig
 from training.contract.disk import disk_full_error
 from training.contract.errors import InputError, StopRequested
 from training.contract.files import write_atomic, write_json_atomic
@@ -61,6 +61,7 @@ from training.trainer.loss import make_loss
 from training.trainer.mixture import MixState
 from training.trainer.model_setup import (
     adapter_config,
+    embedding_weight_names,
     parameter_counts,
     prepare_trainable,
     save_final,
@@ -201,7 +202,8 @@ def prepare(plan: Plan, stop: StopFlag) -> Prepared:
         except (ValueError, OSError) as exc:
             raise ConfigError([FieldError("init_from", str(exc))]) from None
     loss, loss_note = make_loss(model)
-    optimizer = build_optimizer(config, total_steps)  # its settings passed check_optimizer
+    full = embedding_weight_names(model) if config.train_embeddings else None
+    optimizer = build_optimizer(config, total_steps, full)  # settings passed check_optimizer
     optimizer.init(model.trainable_parameters())
     state = LoopState()
     resumed_from: int | None = None
@@ -402,7 +404,7 @@ def _train(
     logger.status(state.step, RUNNING, "resumed" if resumed_from is not None else started)
     progress.line(
         f"training {trainable / 1e6:.2f}M of {total / 1e6:.2f}M parameters "
-        f"({config.fine_tune_type}) for {total_steps} steps"
+        f"({config.fine_tune_type}{_full_note(config, model)}) for {total_steps} steps"
         + (f", resuming at step {state.step}" if resumed_from is not None else "")
     )
     source = prepared.initialized_from
@@ -424,7 +426,7 @@ def _train(
             sequences_per_epoch=(report["sequences"] or 0),
             total_steps=total_steps,
             fine_tune_type=config.fine_tune_type,
-            adapter_config=adapter_config(config, base_model, len(model.layers)),
+            adapter_config=adapter_config(config, base_model, model),
             keep_checkpoints=config.keep_checkpoints,
             keep_best=config.keep_best,
             elapsed_before=prepared.elapsed_before,
@@ -494,6 +496,14 @@ def _train(
             "loss is not finite; last good checkpoint: " + (latest["bundle"] if latest else "none"),
         )
     return outcome
+
+
+def _full_note(config: RunConfig, model: Any) -> str:
+    """' + model.embed_tokens, lm_head at 0.2x the rate' for a train_embeddings run."""
+    if not config.train_embeddings:
+        return ""
+    names = ", ".join(embedding_weight_names(model))
+    return f" + {names} at {config.embedding_lr_scale:g}x the rate"
 
 
 def _restore(run_dir: Path, model: Any, optimizer: Any, state: LoopState) -> dict[str, Any]:

@@ -88,10 +88,19 @@ def load_init(weights_file: Path, model: Any) -> int:
             for label, keys in (("not trained by this run", untrained), ("other shapes", wrong))
             if keys
         ]
+        fix = "train the same layers (num_layers), adapter rank and keys as that run"
+        adapters = ("lora_a", "lora_b", "m")
+        if any(k.rsplit(".", 1)[-1] not in adapters for k in untrained) and any(
+            k.rsplit(".", 1)[-1] in adapters for k in expected
+        ):
+            fix = (
+                "that run also trained its embeddings and head fully: turn train_embeddings "
+                "on to go on training them"
+            )
         raise ValueError(
             f"{weights_file} does not fit this run's trainable parameters ("
             + "; ".join(parts)
-            + "): train the same layers (num_layers), adapter rank and keys as that run"
+            + f"): {fix}"
         )
     model.load_weights([(k, v.astype(expected[k].dtype)) for k, v in weights.items()], strict=False)
     return len(weights)

@@ -48,6 +48,8 @@ def _sample(spec: FieldSpec) -> tuple[list[str], Any]:
         return [spec.flag, "/usr/bin/python3"], "/usr/bin/python3"
     if spec.name == "distributed.env":
         return [spec.flag, "OMP_NUM_THREADS=1"], {"OMP_NUM_THREADS": "1"}
+    if spec.name == "sample_prompts":  # one prompt per flag: a prompt may hold commas
+        return [spec.flag, "def f(a, b", spec.flag, "The"], ["def f(a, b", "The"]
     if spec.name == "optimizer_config":
         value = {"adamw": {"betas": [0.9, 0.95]}}
         return [spec.flag, json.dumps(value)], value
@@ -78,7 +80,9 @@ def test_cli_flag_yaml_key_and_registry_agree(spec: FieldSpec) -> None:
     parser = build_parser()
     assert spec.help.strip()
     words, yaml_value = _sample(spec)
-    base = {"model": "m", "data": "d"}
+    base: dict[str, Any] = {"model": "m", "data": "d"}
+    if spec.name in ("train_embeddings", "embedding_lr_scale"):
+        base["fine_tune_type"] = "lora"  # the switch applies to lora/dora runs only
     from_cli, _ = build_config(base, cli_values(parser.parse_args(words)))
     from_yaml, _ = build_config(base, _nest(spec.name, yaml_value))
     assert from_cli == from_yaml

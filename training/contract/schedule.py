@@ -179,7 +179,20 @@ def _mlx_lm_at(mapping: Mapping[str, Any], step: Any, ops: Ops) -> Any:
     return ops.where(s < boundary, rising, main(s - boundary))
 
 
+# mlx.optimizers' schedulers and how many arguments each takes (fewest, most).
+_MLX_ARGUMENTS = {
+    "cosine_decay": (2, 3),
+    "linear_schedule": (3, 3),
+    "exponential_decay": (2, 2),
+    "step_decay": (3, 3),
+}
+
+
 def _mlx_scheduler(name: str, args: list[float], ops: Ops) -> Any:
+    fewest, most = _MLX_ARGUMENTS.get(name, (0, len(args)))
+    if not fewest <= len(args) <= most:
+        wanted = str(fewest) if fewest == most else f"{fewest} to {most}"
+        raise ValueError(f"mlx's {name} takes {wanted} arguments, got {len(args)}")
     if name == "cosine_decay":
         init, decay_steps = args[0], args[1]
         end = args[2] if len(args) > 2 else 0.0

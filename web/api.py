@@ -249,7 +249,7 @@ def lr_schedule():
     cfg, _ = build_config(placeholders, {k: v for k, v in config.items() if v is not None})
     spec = schedule_spec(cfg, int(body["total_steps"]))
     try:
-        steps, rates = learning_rates(spec, body.get("max_points") or DEFAULT_SCHEDULE_POINTS)
+        steps, rates = learning_rates(spec, int(body.get("max_points") or DEFAULT_SCHEDULE_POINTS))
     except (ArithmeticError, ValueError) as exc:  # an mlx-lm mapping dividing by zero, ...
         raise ApiError(400, f"cannot compute this schedule: {exc}", "lr_schedule") from None
     extra: dict[str, list[float]] = {}

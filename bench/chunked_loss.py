@@ -67,7 +67,7 @@ def run(
     losses, tokens, seconds = [], 0, 0.0
     for i, (batch, lengths) in enumerate(batches):
         tic = time.perf_counter()
-        value, ntoks, norm, _ = update(batch, lengths, None, mx.array(0.0))
+        value, ntoks, norm, _ = update(batch, lengths, None, mx.array(0.0), mx.array(1.0))
         mx.eval(state, value, norm)
         elapsed = time.perf_counter() - tic
         losses.append(float(value.item()))

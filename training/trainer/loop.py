@@ -109,17 +109,21 @@ def make_step(
     state = [model.state, optimizer.state, mx.random.state]
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def accumulate(batch: mx.array, lengths: mx.array, prev: Any) -> tuple[Any, ...]:
+    def accumulate(
+        batch: mx.array, lengths: mx.array, prev: Any, share: mx.array
+    ) -> tuple[Any, ...]:
         (value, ntoks), grad = value_and_grad(model, batch, lengths)
+        grad = tree_map(lambda g: g * share, grad)
         if prev is not None:
             grad = tree_map(lambda a, b: a + b, grad, prev)
         return value, ntoks, grad
 
     @partial(mx.compile, inputs=state, outputs=state)
     def update(
-        batch: mx.array, lengths: mx.array, prev: Any, stop_flag: mx.array
+        batch: mx.array, lengths: mx.array, prev: Any, stop_flag: mx.array, share: mx.array
     ) -> tuple[mx.array, ...]:
         (value, ntoks), grad = value_and_grad(model, batch, lengths)
+        grad = tree_map(lambda g: g * share, grad)
         if prev is not None:
             grad = tree_map(lambda a, b: a + b, grad, prev)
         averaged = average_gradients({"grad": grad, "stop": stop_flag})
@@ -285,17 +289,22 @@ def train(
         for micro in range(accum):
             batch = next_batch
             tokens, lengths = mx.array(batch.tokens), mx.array(batch.lengths)
+            mine = batch.targets if world == 1 else int(batch.lengths[:, 1].sum())
+            # This worker's share of the micro-batch's targets, times the workers: the
+            # average over workers is then the mean over every target, as one process
+            # computes it, also when a short sequence leaves the workers unequal shares.
+            share = mx.array(mine * world / batch.targets if batch.targets else 1.0, flag_dtype)
             if micro < accum - 1:
-                value, _, grad = accumulate(tokens, lengths, grad)
+                value, _, grad = accumulate(tokens, lengths, grad, share)
                 mx.async_eval(value, grad)
             else:
                 asked = world > 1 and callback.should_stop()
                 flag = mx.array(1.0 if asked else 0.0, dtype=flag_dtype)
-                value, _, norm, agreed_stop = update(tokens, lengths, grad, flag)
+                value, _, norm, agreed_stop = update(tokens, lengths, grad, flag, share)
                 mx.async_eval(compiled_state, value, norm, agreed_stop)
-            step_loss = step_loss + value
+            step_loss = step_loss + value * share
             step_targets += batch.targets
-            local_targets += batch.targets if world == 1 else int(batch.lengths[:, 1].sum())
+            local_targets += mine
             state.cursor = batch.cursor
             state.tokens_by_source = batch.tokens_by_source
             state.source_cursors = batch.source_cursors

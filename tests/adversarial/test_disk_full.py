@@ -127,7 +127,9 @@ def test_a_checkpoint_that_does_not_fit_fails_clearly_then_resumes_exactly(
         assert status["path"] == str(ckpt_dir) and status["step"] == 4
         needed, free = status["needed_bytes"], status["free_bytes"]
         assert 0 < free < needed
-        assert free == free_bytes(runs)  # what is left once the attempt was cleaned up
+        # What is left once the attempt was cleaned up (a partial bundle would hold up to
+        # all of it); the lines logged after the status may take a page or two.
+        assert 0 <= free - (free_bytes(runs) or 0) <= 4 * 4096
         message = status["message"]
         for part in (f"disk full: {free} bytes free in {ckpt_dir}", f"needs about {needed}"):
             assert part in message

@@ -117,11 +117,16 @@ def _chunked_train(
         if previous:  # one chunk's logits at a time: wait for the previous gradient
             hc = mx.depends(hc, previous)
         logits = (hc @ w.T).astype(mx.float32)
-        lse = mx.logsumexp(logits, axis=-1, keepdims=True)
+        # One exp over the chunk serves the log-sum-exp and the softmax (exp is most of a
+        # CPU step's cost; mlx-lm's loss and its backward take it twice).
+        top = mx.stop_gradient(logits.max(axis=-1, keepdims=True))
+        exps = mx.exp(logits - top)
+        sums = exps.sum(axis=-1, keepdims=True)
+        lse = top + mx.log(sums)
         tc, mc = targets[start:end, None], mask[start:end, None]
         picked = mx.take_along_axis(logits, tc, axis=-1)
         total = total + ((lse - picked) * mc).sum()
-        probs = mx.exp(logits - lse)
+        probs = exps * mx.reciprocal(sums)
         # softmax minus the one-hot target, without a chunk x vocabulary one-hot array
         probs = mx.put_along_axis(probs, tc, mx.take_along_axis(probs, tc, axis=-1) - 1, axis=-1)
         d = (probs * mc).astype(w.dtype)

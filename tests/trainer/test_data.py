@@ -23,10 +23,10 @@ from training.trainer.data import (
     TokenStream,
     corpus_run_data,
     fixed_batches,
-    iterate_batches,
     plan_total_steps,
     scan_inputs,
 )
+from training.trainer.mixture import single_source_batches
 from training.trainer.token_cache import TokenizedCorpus, scan_corpus, tokenizer_fingerprint
 from training.trainer.tokenization import load_or_tokenize
 
@@ -63,7 +63,7 @@ def test_packing_trains_every_token_once_per_epoch_in_fixed_shapes() -> None:
     stream = TokenStream.from_ranges(corpus.tokens, [(0, corpus.n_tokens)])
     packed = PackedSequences(stream, 16)
     targets: list[int] = []
-    batches = iterate_batches(packed, 4, seed=3)
+    batches = single_source_batches(packed, 4, seed=3)
     consumed = 0
     while consumed < len(packed):
         batch = next(batches)
@@ -97,12 +97,13 @@ def test_a_sequence_is_its_stream_window_across_segments() -> None:
 def test_order_is_a_function_of_seed_and_epoch_and_resumes_at_a_cursor() -> None:
     packed = PackedSequences(TokenStream.from_ranges(_corpus([300]).tokens, [(0, 301)]), 8)
     a = [
-        b.tokens.copy() for _, b in zip(range(12), iterate_batches(packed, 4, seed=1), strict=False)
+        b.tokens.copy()
+        for _, b in zip(range(12), single_source_batches(packed, 4, seed=1), strict=False)
     ]
-    resumed = iterate_batches(packed, 4, seed=1, start_cursor=5 * 4)
+    resumed = single_source_batches(packed, 4, seed=1, start_cursor=5 * 4)
     for expected in a[5:]:
         assert np.array_equal(next(resumed).tokens, expected)
-    other_seed = next(iterate_batches(packed, 4, seed=2)).tokens
+    other_seed = next(single_source_batches(packed, 4, seed=2)).tokens
     assert not np.array_equal(other_seed, a[0])
     order = EpochOrder(len(packed), seed=1)
     assert sorted(order.permutation(1).tolist()) == list(range(len(packed)))
@@ -110,12 +111,12 @@ def test_order_is_a_function_of_seed_and_epoch_and_resumes_at_a_cursor() -> None
 
 def test_workers_split_each_global_batch() -> None:
     packed = PackedSequences(TokenStream.from_ranges(_corpus([200]).tokens, [(0, 201)]), 8)
-    whole = next(iterate_batches(packed, 4, seed=0))
-    halves = [next(iterate_batches(packed, 4, seed=0, rank=r, world=2)) for r in (0, 1)]
+    whole = next(single_source_batches(packed, 4, seed=0))
+    halves = [next(single_source_batches(packed, 4, seed=0, rank=r, world=2)) for r in (0, 1)]
     assert np.array_equal(np.concatenate([h.tokens for h in halves]), whole.tokens)
     assert halves[0].targets == halves[1].targets == whole.targets
     with pytest.raises(ValueError):
-        next(iterate_batches(packed, 3, seed=0, world=2))
+        next(single_source_batches(packed, 3, seed=0, world=2))
 
 
 def test_evaluation_batches_are_fixed_bounded_and_padded() -> None:

@@ -32,7 +32,6 @@ from training.trainer.mixture import (
     SourceOrder,
     integer_weights,
     mixed_batches,
-    single_source_batches,
 )
 from training.trainer.packing import (
     Batch,
@@ -51,7 +50,6 @@ __all__ = [
     "PackedSequences",
     "TokenStream",
     "fixed_batches",
-    "iterate_batches",
 ]
 
 # What a data order is: resumed runs check that their checkpoint's is this one.
@@ -78,21 +76,6 @@ class EpochOrder:
 
     def __getitem__(self, cursor: int) -> int:
         return int(self.permutation(cursor // self.n)[cursor % self.n])
-
-
-def iterate_batches(
-    packed: PackedSequences,
-    batch_size: int,
-    *,
-    seed: int,
-    start_cursor: int = 0,
-    rank: int = 0,
-    world: int = 1,
-) -> Iterator[Batch]:
-    """Endless batches of one packed stream (one source, one shard)."""
-    return single_source_batches(
-        packed, batch_size, seed=seed, start_cursor=start_cursor, rank=rank, world=world
-    )
 
 
 # -- inputs: which files, checked before anything is created ------------------------------------
